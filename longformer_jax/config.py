@@ -1,0 +1,149 @@
+"""Typed model configuration; reads and writes HF ``config.json`` files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Sequence
+
+import jax.numpy as jnp
+
+from longformer_jax import attention as attn
+
+# HF config keys that have no meaning for the model's numerics but are kept on
+# a round trip so that transformers sees the same config.
+_PASSTHROUGH_KEYS = ("id2label", "label2id", "problem_type", "bos_token_id",
+                     "eos_token_id", "tokenizer_class", "classifier_dropout")
+
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "tanh")
+
+
+@dataclasses.dataclass(frozen=True)
+class LongformerConfig:
+  """Architecture of a Longformer (the fields of HF's ``LongformerConfig``) plus ours.
+
+  ``attention_window`` and ``attention_dilation`` are per layer (a single value
+  is broadcast); dilation may also be per head within a layer.
+  """
+
+  vocab_size: int = 50265
+  hidden_size: int = 768
+  num_hidden_layers: int = 12
+  num_attention_heads: int = 12
+  intermediate_size: int = 3072
+  hidden_act: str = "gelu"
+  hidden_dropout_prob: float = 0.1
+  attention_probs_dropout_prob: float = 0.1
+  max_position_embeddings: int = 4098
+  type_vocab_size: int = 1
+  layer_norm_eps: float = 1e-5
+  initializer_range: float = 0.02
+  pad_token_id: int = 1
+  sep_token_id: int = 2
+  num_labels: int = 2
+  attention_window: tuple[int, ...] = (512,) * 12
+  # Ours (not in HF configs; stored in config.json under the same names).
+  attention_dilation: tuple[tuple[int, ...], ...] | None = None  # None: 1 everywhere
+  causal: bool = False
+  block_size: int = attn.DEFAULT_BLOCK_SIZE
+  max_global_tokens: int | None = None  # static G; None: from concrete inputs
+  dtype: str = "float32"  # compute dtype; params are always float32
+  extra_json: str = "{}"  # HF passthrough keys (labels...), as JSON: the config stays hashable
+
+  def __post_init__(self):
+    layers = self.num_hidden_layers
+    window = self.attention_window
+    window = (window,) * layers if isinstance(window, int) else tuple(int(w) for w in window)
+    if len(window) != layers:
+      raise ValueError(f"attention_window has {len(window)} entries for "
+                       f"num_hidden_layers={layers}")
+    for i, w in enumerate(window):
+      try:
+        attn.window_radii(w, self.causal)
+      except ValueError as e:
+        raise ValueError(f"attention_window[{i}]: {e}") from None
+    object.__setattr__(self, "attention_window", window)
+    dil = self.attention_dilation
+    if dil is not None:
+      dil = (dil,) * layers if isinstance(dil, int) else tuple(dil)
+      if len(dil) != layers:
+        raise ValueError(f"attention_dilation has {len(dil)} entries for "
+                         f"num_hidden_layers={layers}")
+      try:
+        dil = tuple(attn.normalize_dilation(d, self.num_attention_heads) for d in dil)
+      except ValueError as e:
+        raise ValueError(f"attention_dilation: {e}") from None
+      object.__setattr__(self, "attention_dilation", dil)
+    if self.hidden_size % self.num_attention_heads:
+      raise ValueError(f"hidden_size={self.hidden_size} is not a multiple of "
+                       f"num_attention_heads={self.num_attention_heads}")
+    if self.hidden_act not in ACTIVATIONS:
+      raise ValueError(f"hidden_act={self.hidden_act!r} is not one of {ACTIVATIONS}")
+    if self.block_size < 1:
+      raise ValueError(f"block_size must be positive, got {self.block_size}")
+    jnp.dtype(self.dtype)  # raises on an unknown dtype name
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_attention_heads
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  def layer_dilation(self, layer: int) -> tuple[int, ...]:
+    if self.attention_dilation is None:
+      return (1,) * self.num_attention_heads
+    return self.attention_dilation[layer]
+
+  def replace(self, **changes) -> "LongformerConfig":
+    return dataclasses.replace(self, **changes)
+
+  # ---- HF config.json ------------------------------------------------------
+  @classmethod
+  def from_hf_dict(cls, d: dict, **overrides) -> "LongformerConfig":
+    """Builds a config from a parsed HF ``config.json`` (unknown keys are ignored)."""
+    model_type = d.get("model_type", "longformer")
+    if model_type != "longformer":
+      raise ValueError(f"config.json: model_type={model_type!r}, expected 'longformer' "
+                       "(convert RoBERTa checkpoints with longformer_jax.convert)")
+    names = {f.name for f in dataclasses.fields(cls)} - {"extra_json"}
+    kwargs = {k: v for k, v in d.items() if k in names}
+    if "id2label" in d and "num_labels" not in d:
+      kwargs["num_labels"] = len(d["id2label"])
+    if isinstance(kwargs.get("attention_dilation"), list):
+      kwargs["attention_dilation"] = tuple(
+          tuple(x) if isinstance(x, list) else x for x in kwargs["attention_dilation"])
+    extra = {k: d[k] for k in _PASSTHROUGH_KEYS if d.get(k) is not None}
+    kwargs.update(overrides)
+    return cls(**kwargs, extra_json=json.dumps(extra, sort_keys=True))
+
+  @classmethod
+  def from_json(cls, path: str | os.PathLike, **overrides) -> "LongformerConfig":
+    """Reads ``config.json`` (a file or a directory holding one)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+      path = os.path.join(path, "config.json")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"no config.json at {path}")
+    with open(path) as f:
+      return cls.from_hf_dict(json.load(f), **overrides)
+
+  def to_hf_dict(self, architectures: Sequence[str] = ("LongformerModel",)) -> dict:
+    """The HF ``config.json`` contents (plus our own keys, which HF keeps as attributes)."""
+    d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+         if f.name not in ("extra_json", "dtype", "max_global_tokens", "block_size")}
+    d["attention_window"] = list(self.attention_window)
+    if self.attention_dilation is None:
+      del d["attention_dilation"]
+    else:
+      d["attention_dilation"] = [list(x) for x in self.attention_dilation]
+    if not self.causal:
+      del d["causal"]
+    extra = json.loads(self.extra_json)
+    if len(extra.get("id2label", {})) not in (0, self.num_labels):
+      extra.pop("id2label"), extra.pop("label2id", None)  # stale after a num_labels change
+    d.update(extra)
+    d.update(model_type="longformer", architectures=list(architectures))
+    return d

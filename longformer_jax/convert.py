@@ -1,0 +1,285 @@
+"""HF checkpoints in and out, RoBERTa -> Longformer (paper section 5), native checkpoints.
+
+* :func:`from_hf` loads an HF Longformer directory (``config.json`` + safetensors
+  or ``pytorch_model.bin``, sharded or not) into our model.
+* :func:`to_hf` writes a directory that ``transformers`` loads.
+* :func:`roberta_to_longformer` turns a RoBERTa checkpoint into a Longformer one:
+  position embeddings copied up to the new length, global Q/K/V from local ones.
+* :func:`save_native` / :func:`load_native`: orbax checkpoint + config.json.
+
+CLI: ``python -m longformer_jax.convert {roberta,to-native,to-hf} ...`` (``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from longformer_jax import model as model_lib
+from longformer_jax.config import LongformerConfig
+
+log = logging.getLogger(__name__)
+
+_RENAME_TO_HF = {"self_attn": "self"}
+_LEAF_TO_HF = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}
+# Keys that HF checkpoints may hold and that we derive or do not need.
+_IGNORED = re.compile(r"(^|\.)(embeddings\.position_ids|lm_head\.decoder\.(weight|bias))$")
+# Keys of some HF Longformer head or the pooler: fine to skip, or to initialise.
+_HEAD = re.compile(r"^(lm_head|classifier|qa_outputs)\.|(^|\.)pooler\.")
+
+
+def task_of(model) -> str:
+  for task, (cls, _) in model_lib.TASKS.items():
+    if type(model) is cls:
+      return task
+  raise TypeError(f"{type(model).__name__} is not a Longformer model of this package")
+
+
+def hf_name(path: tuple) -> str:
+  """Our parameter path -> the HF state-dict key."""
+  parts = [_RENAME_TO_HF.get(str(p), str(p)) for p in path[:-1]]
+  leaf = str(path[-1])
+  if path[-2:] == ("lm_head", "bias"):
+    return "lm_head.bias"
+  return ".".join(parts + [_LEAF_TO_HF[leaf]])
+
+
+def _to_hf_array(path: tuple, value) -> np.ndarray:
+  x = np.asarray(value, np.float32)
+  return np.ascontiguousarray(x.T) if path[-1] == "kernel" else x
+
+
+def _from_hf_array(path: tuple, value: np.ndarray) -> np.ndarray:
+  x = np.asarray(value, np.float32)
+  return x.T if path[-1] == "kernel" else x
+
+
+def hf_state_dict(model) -> dict[str, np.ndarray]:
+  """Our parameters as an HF state dict (float32 numpy, HF layouts)."""
+  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  return {hf_name(path): _to_hf_array(path, var[...]) for path, var in flat}
+
+
+# ---- reading checkpoint files ----------------------------------------------
+def _load_file(path: str) -> dict[str, np.ndarray]:
+  if path.endswith(".safetensors"):
+    from safetensors import safe_open
+    out = {}
+    with safe_open(path, framework="flax") as f:  # the flax reader handles bf16
+      for k in f.keys():
+        out[k] = np.asarray(f.get_tensor(k).astype(jnp.float32))
+    return out
+  try:
+    import torch
+  except ImportError as e:
+    raise ImportError(f"{path} is a PyTorch pickle; install torch to read it, or convert "
+                      "it to safetensors") from e
+  sd = torch.load(path, map_location="cpu", weights_only=True)
+  return {k: v.float().numpy() for k, v in sd.items() if hasattr(v, "float")}
+
+
+def load_state_dict(directory: str) -> dict[str, np.ndarray]:
+  """All tensors of an HF checkpoint directory (single or sharded files)."""
+  for name in ("model.safetensors", "pytorch_model.bin"):
+    if os.path.exists(os.path.join(directory, name)):
+      return _load_file(os.path.join(directory, name))
+    index = os.path.join(directory, name + ".index.json")
+    if os.path.exists(index):
+      with open(index) as f:
+        shards = sorted(set(json.load(f)["weight_map"].values()))
+      out = {}
+      for shard in shards:
+        out.update(_load_file(os.path.join(directory, shard)))
+      return out
+  raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin (or sharded index) "
+                          f"in {directory}")
+
+
+def _align_prefix(sd: dict, task: str) -> dict:
+  """Adds or strips ``longformer.`` so the keys match the model of ``task``."""
+  prefixed = any(k.startswith("longformer.") for k in sd)
+  if task == "base" and prefixed:
+    return {k[len("longformer."):] if k.startswith("longformer.") else k: v
+            for k, v in sd.items()}
+  if task != "base" and not prefixed:
+    return {k if _HEAD.match(k) else "longformer." + k: v for k, v in sd.items()}
+  return sd
+
+
+def load_hf_weights(model, sd: dict[str, np.ndarray]) -> None:
+  """Copies an HF state dict into ``model``; raises on unknown keys or shapes.
+
+  Missing head (or pooler) weights keep their random init, with a warning,
+  as when fine-tuning a pretrained body on a new task.
+  """
+  task = task_of(model)
+  sd = {k: v for k, v in _align_prefix(sd, task).items() if not _IGNORED.search(k)}
+  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  expected = {hf_name(path): (path, var) for path, var in flat}
+  unknown = sorted(k for k in sd if k not in expected and not _HEAD.search(k))
+  if unknown:
+    raise ValueError(f"checkpoint has {len(unknown)} unknown keys for a Longformer {task} "
+                     f"model: {unknown[:8]}")
+  unused = sorted(k for k in sd if k not in expected)
+  if unused:
+    log.warning("checkpoint weights not used by the %s model: %s", task, unused[:8])
+  missing = sorted(k for k in expected if k not in sd)
+  body_missing = [k for k in missing if not _HEAD.search(k)]
+  if body_missing:
+    raise ValueError(f"checkpoint lacks {len(body_missing)} weights of the Longformer body: "
+                     f"{body_missing[:8]}")
+  if missing:
+    log.warning("newly initialised (not in the checkpoint): %s", missing)
+  updates = []
+  for key, (path, var) in expected.items():
+    if key not in sd:
+      continue
+    value = _from_hf_array(path, sd[key])
+    if value.shape != var.shape:
+      raise ValueError(f"checkpoint key {key} has shape {sd[key].shape}, the model expects "
+                       f"{_to_hf_array(path, np.zeros(var.shape)).shape}")
+    updates.append((path, var.replace(jnp.asarray(value, var.dtype))))
+  nnx.update(model, nnx.from_flat_state(updates))
+
+
+def from_hf(path: str | os.PathLike, task: str | None = None, **config_overrides):
+  """Loads an HF Longformer checkpoint directory and returns our model (eval mode).
+
+  Args:
+    path: directory with ``config.json`` and the weights.
+    task: one of ``model.TASKS`` (``base``, ``masked_lm``, ...); default from the
+      config's ``architectures`` (``base`` when absent).
+    **config_overrides: fields of :class:`LongformerConfig` to change (``dtype``,
+      ``block_size``, ``max_global_tokens``, dropout rates...).
+  """
+  path = os.fspath(path)
+  cfg = LongformerConfig.from_json(path, **config_overrides)
+  if task is None:
+    with open(os.path.join(path, "config.json")) as f:
+      archs = json.load(f).get("architectures") or ["LongformerModel"]
+    task = model_lib.task_of_architecture(archs[0])
+  model = model_lib.create_model(cfg, task)
+  load_hf_weights(model, load_state_dict(path))
+  model.eval()
+  return model
+
+
+def to_hf(model, path: str | os.PathLike) -> None:
+  """Writes ``config.json`` + ``model.safetensors`` that transformers loads."""
+  from safetensors.numpy import save_file
+  path = os.fspath(path)
+  os.makedirs(path, exist_ok=True)
+  arch = model_lib.TASKS[task_of(model)][1]
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(model.config.to_hf_dict([arch]), f, indent=2, sort_keys=True)
+  save_file(hf_state_dict(model), os.path.join(path, "model.safetensors"),
+            metadata={"format": "pt"})
+
+
+# ---- RoBERTa -> Longformer ---------------------------------------------------
+def extend_positions(pos_PxD: np.ndarray, new_positions: int, offset: int = 2) -> np.ndarray:
+  """Position table of ``new_positions`` rows: the first ``offset`` rows kept,
+  the learned rows after them copied over and over (the paper's initialisation)."""
+  learned = pos_PxD[offset:]
+  out = np.empty((new_positions, pos_PxD.shape[1]), pos_PxD.dtype)
+  out[:offset] = pos_PxD[:offset]
+  for start in range(offset, new_positions, len(learned)):
+    take = min(len(learned), new_positions - start)
+    out[start:start + take] = learned[:take]
+  return out
+
+
+def roberta_to_longformer(src: str, dst: str, max_length: int = 4096,
+                          attention_window: int = 512) -> None:
+  """Converts an HF RoBERTa checkpoint directory into an HF Longformer one."""
+  with open(os.path.join(src, "config.json")) as f:
+    cfg = json.load(f)
+  if cfg.get("model_type") != "roberta":
+    raise ValueError(f"{src}/config.json: model_type={cfg.get('model_type')!r}, expected "
+                     "'roberta'")
+  if attention_window <= 0 or attention_window % 2:
+    raise ValueError(f"attention_window must be a positive even number, got {attention_window}")
+  offset = cfg.get("pad_token_id", 1) + 1
+  sd = {re.sub(r"^roberta\.", "longformer.", k): v for k, v in load_state_dict(src).items()
+        if not k.endswith("position_ids")}
+  for k in list(sd):
+    if k.endswith("embeddings.position_embeddings.weight"):
+      sd[k] = extend_positions(sd[k], max_length + offset, offset)
+    m = re.match(r"(.*attention\.self\.)(query|key|value)\.(weight|bias)$", k)
+    if m:
+      sd[f"{m[1]}{m[2]}_global.{m[3]}"] = sd[k].copy()
+  archs = [a.replace("Roberta", "Longformer") for a in cfg.get("architectures") or []]
+  cfg.update(model_type="longformer", max_position_embeddings=max_length + offset,
+             attention_window=[attention_window] * cfg["num_hidden_layers"],
+             architectures=archs or ["LongformerModel"])
+  cfg.pop("position_embedding_type", None)
+  os.makedirs(dst, exist_ok=True)
+  with open(os.path.join(dst, "config.json"), "w") as f:
+    json.dump(cfg, f, indent=2, sort_keys=True)
+  from safetensors.numpy import save_file
+  save_file({k: np.ascontiguousarray(v) for k, v in sd.items()},
+            os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
+
+
+# ---- native (orbax) checkpoints ---------------------------------------------
+def save_native(model, path: str | os.PathLike) -> None:
+  """Orbax checkpoint of the parameters in ``path/params`` + ``path/config.json``."""
+  import orbax.checkpoint as ocp
+  path = os.path.abspath(os.fspath(path))
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(model.config.to_hf_dict([model_lib.TASKS[task_of(model)][1]]), f, indent=2)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(path, "params"), nnx.state(model, nnx.Param), force=True)
+
+
+def load_native(path: str | os.PathLike, **config_overrides):
+  """Inverse of :func:`save_native`; returns the model in eval mode."""
+  import orbax.checkpoint as ocp
+  path = os.path.abspath(os.fspath(path))
+  cfg = LongformerConfig.from_json(path, **config_overrides)
+  with open(os.path.join(path, "config.json")) as f:
+    task = model_lib.task_of_architecture(json.load(f)["architectures"][0])
+  model = model_lib.create_model(cfg, task)
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                        nnx.state(model, nnx.Param))
+  with ocp.StandardCheckpointer() as ckptr:
+    nnx.update(model, ckptr.restore(os.path.join(path, "params"), target))
+  model.eval()
+  return model
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog="python -m longformer_jax.convert",
+                                   description=__doc__.split("\n\n")[0])
+  sub = parser.add_subparsers(dest="cmd", required=True)
+  p = sub.add_parser("roberta", help="RoBERTa HF checkpoint -> Longformer HF checkpoint")
+  p.add_argument("src"), p.add_argument("dst")
+  p.add_argument("--max-length", type=int, default=4096)
+  p.add_argument("--attention-window", type=int, default=512)
+  p = sub.add_parser("to-native", help="HF Longformer checkpoint -> orbax checkpoint")
+  p.add_argument("src"), p.add_argument("dst")
+  p.add_argument("--task", default=None, choices=sorted(model_lib.TASKS))
+  p = sub.add_parser("to-hf", help="orbax checkpoint -> HF Longformer checkpoint")
+  p.add_argument("src"), p.add_argument("dst")
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(message)s")
+  if args.cmd == "roberta":
+    roberta_to_longformer(args.src, args.dst, args.max_length, args.attention_window)
+  elif args.cmd == "to-native":
+    save_native(from_hf(args.src, args.task), args.dst)
+  else:
+    to_hf(load_native(args.src), args.dst)
+  print(f"wrote {args.dst}")
+
+
+if __name__ == "__main__":
+  main()

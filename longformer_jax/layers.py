@@ -1,0 +1,172 @@
+"""Flax nnx building blocks of the Longformer encoder (post-LN, RoBERTa-shaped).
+
+Attribute names follow the reference checkpoints' module tree so that
+conversion is a mechanical renaming (see ``convert.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from longformer_jax import attention as attn
+from longformer_jax.config import LongformerConfig
+
+
+def activation(name: str):
+  """The HF activation of that name (``gelu`` is the exact erf form)."""
+  return {
+      "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+      "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+      "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+      "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+      "relu": jax.nn.relu,
+      "silu": jax.nn.silu,
+      "tanh": jnp.tanh,
+  }[name]
+
+
+def dense(cfg: LongformerConfig, d_in: int, d_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+  init = nnx.initializers.normal(cfg.initializer_range)
+  return nnx.Linear(d_in, d_out, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                    kernel_init=init, rngs=rngs)
+
+
+def layer_norm(cfg: LongformerConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
+                       param_dtype=jnp.float32, rngs=rngs)
+
+
+def embed(cfg: LongformerConfig, num: int, rngs: nnx.Rngs) -> nnx.Embed:
+  init = nnx.initializers.normal(cfg.initializer_range)
+  return nnx.Embed(num, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                   embedding_init=init, rngs=rngs)
+
+
+def position_ids_from_input_ids(input_ids_BxN, padding_idx: int):
+  """RoBERTa positions: padding_idx + 1, + 2, ... for real tokens, padding_idx for pads."""
+  not_pad = (input_ids_BxN != padding_idx).astype(jnp.int32)
+  return jnp.cumsum(not_pad, axis=1, dtype=jnp.int32) * not_pad + padding_idx
+
+
+class Embeddings(nnx.Module):
+  """Word + learned position + token type embeddings, then LayerNorm and dropout."""
+
+  def __init__(self, cfg: LongformerConfig, rngs: nnx.Rngs):
+    self.word_embeddings = embed(cfg, cfg.vocab_size, rngs)
+    self.position_embeddings = embed(cfg, cfg.max_position_embeddings, rngs)
+    self.token_type_embeddings = embed(cfg, cfg.type_vocab_size, rngs)
+    self.LayerNorm = layer_norm(cfg, rngs)
+    self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
+
+  def __call__(self, input_ids_BxN, token_type_ids_BxN, position_ids_BxN):
+    x = (self.word_embeddings(input_ids_BxN) + self.position_embeddings(position_ids_BxN)
+         + self.token_type_embeddings(token_type_ids_BxN))
+    return self.dropout(self.LayerNorm(x))
+
+
+class SelfAttention(nnx.Module):
+  """Local Q/K/V and global Q_g/K_g/V_g projections around ``attention.py``."""
+
+  def __init__(self, cfg: LongformerConfig, layer: int, rngs: nnx.Rngs):
+    d = cfg.hidden_size
+    self.heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
+    self.window = cfg.attention_window[layer]
+    self.dilation = cfg.layer_dilation(layer)
+    self.causal, self.block_size = cfg.causal, cfg.block_size
+    for name in ("query", "key", "value", "query_global", "key_global", "value_global"):
+      setattr(self, name, dense(cfg, d, d, rngs))
+    # Holds the dropout rate, the train/eval flag and the rng stream.
+    self.dropout = nnx.Dropout(cfg.attention_probs_dropout_prob, rngs=rngs)
+
+  def _dropout_args(self):
+    if self.dropout.deterministic or self.dropout.rate == 0.0:
+      return dict(dropout_rate=0.0, dropout_rng=None)
+    return dict(dropout_rate=self.dropout.rate, dropout_rng=self.dropout.rngs())
+
+  def __call__(self, x_BxNxD, valid_BxN, is_global_BxN, gidx: attn.GlobalIndex | None):
+    b, n, d = x_BxNxD.shape
+    scale = 1.0 / math.sqrt(self.head_dim)
+
+    def heads(t):
+      return t.reshape(t.shape[:2] + (self.heads, self.head_dim))
+
+    q_BxNxHxD = heads(self.query(x_BxNxD) * scale)
+    out_BxNxHxD = attn.local_attention(
+        q_BxNxHxD, heads(self.key(x_BxNxD)), heads(self.value(x_BxNxD)),
+        valid_BxN=valid_BxN, is_global_BxN=is_global_BxN, gidx=gidx, window=self.window,
+        dilation=self.dilation, causal=self.causal, block_size=self.block_size,
+        **self._dropout_args())
+    if gidx is not None:
+      qg_BxGxHxD = heads(self.query_global(attn.gather_tokens(x_BxNxD, gidx)) * scale)
+      og_BxGxHxD = attn.global_attention(
+          qg_BxGxHxD, heads(self.key_global(x_BxNxD)), heads(self.value_global(x_BxNxD)),
+          valid_BxN=valid_BxN, gidx=gidx, causal=self.causal, **self._dropout_args())
+      out_BxNxHxD = attn.scatter_tokens(out_BxNxHxD, og_BxGxHxD, gidx)
+    return out_BxNxHxD.reshape(b, n, d)
+
+
+class DenseLayerNorm(nnx.Module):
+  """dense -> dropout -> LayerNorm(x + residual): HF's SelfOutput / Output."""
+
+  def __init__(self, cfg: LongformerConfig, d_in: int, rngs: nnx.Rngs):
+    self.dense = dense(cfg, d_in, cfg.hidden_size, rngs)
+    self.LayerNorm = layer_norm(cfg, rngs)
+    self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
+
+  def __call__(self, x, residual):
+    return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class Attention(nnx.Module):
+  def __init__(self, cfg: LongformerConfig, layer: int, rngs: nnx.Rngs):
+    self.self_attn = SelfAttention(cfg, layer, rngs)
+    self.output = DenseLayerNorm(cfg, cfg.hidden_size, rngs)
+
+  def __call__(self, x_BxNxD, valid_BxN, is_global_BxN, gidx):
+    return self.output(self.self_attn(x_BxNxD, valid_BxN, is_global_BxN, gidx), x_BxNxD)
+
+
+class Intermediate(nnx.Module):
+  def __init__(self, cfg: LongformerConfig, rngs: nnx.Rngs):
+    self.dense = dense(cfg, cfg.hidden_size, cfg.intermediate_size, rngs)
+    self.act = activation(cfg.hidden_act)
+
+  def __call__(self, x):
+    return self.act(self.dense(x))
+
+
+class Layer(nnx.Module):
+  """One encoder layer: attention block, then feed-forward block, both post-LN."""
+
+  def __init__(self, cfg: LongformerConfig, layer: int, rngs: nnx.Rngs):
+    self.attention = Attention(cfg, layer, rngs)
+    self.intermediate = Intermediate(cfg, rngs)
+    self.output = DenseLayerNorm(cfg, cfg.intermediate_size, rngs)
+
+  def __call__(self, x_BxNxD, valid_BxN, is_global_BxN, gidx):
+    h = self.attention(x_BxNxD, valid_BxN, is_global_BxN, gidx)
+    return self.output(self.intermediate(h), h)
+
+
+class Encoder(nnx.Module):
+  def __init__(self, cfg: LongformerConfig, rngs: nnx.Rngs):
+    self.layer = nnx.List([Layer(cfg, i, rngs) for i in range(cfg.num_hidden_layers)])
+
+  def __call__(self, x_BxNxD, valid_BxN, is_global_BxN, gidx):
+    for layer in self.layer:
+      x_BxNxD = layer(x_BxNxD, valid_BxN, is_global_BxN, gidx)
+    return x_BxNxD
+
+
+class Pooler(nnx.Module):
+  """tanh(dense(first token))."""
+
+  def __init__(self, cfg: LongformerConfig, rngs: nnx.Rngs):
+    self.dense = dense(cfg, cfg.hidden_size, cfg.hidden_size, rngs)
+
+  def __call__(self, x_BxNxD):
+    return jnp.tanh(self.dense(x_BxNxD[:, 0]))

@@ -1,0 +1,28 @@
+"""longformer_jax: the Longformer in JAX / Flax nnx."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="longformer_jax",
+    version="0.1.0",
+    description="Longformer (sliding-window + global attention) in JAX / Flax nnx",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["longformer_jax", "longformer_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12",
+        "ml-collections>=1.1",
+        "tensorflow-datasets>=4.9.10",
+        "safetensors>=0.8",
+        "numpy>=2.0",
+        "matplotlib>=3.9",
+    ],
+    extras_require={
+        # torch is pinned to the CPU build: it is only the numerical reference.
+        "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.0"],
+    },
+)

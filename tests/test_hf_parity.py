@@ -1,0 +1,233 @@
+"""Parity with HF transformers' PyTorch Longformer (random init, weights through from_hf/to_hf)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import longformer_jax as lj  # noqa: E402
+
+PAD, SEP, VOCAB = 1, 2, 99
+
+
+def hf_config(**kw):
+  base = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+              intermediate_size=37, attention_window=[8, 4], max_position_embeddings=80,
+              type_vocab_size=2, num_labels=3, pad_token_id=PAD, sep_token_id=SEP,
+              bos_token_id=0, eos_token_id=SEP)
+  base.update(kw)
+  return transformers.LongformerConfig(**base)
+
+
+def batch(rng, b=3, n=21, lengths=(21, 15, 9)):
+  ids = rng.integers(3, VOCAB, size=(b, n))
+  mask = np.zeros((b, n), np.int64)
+  for e, length in enumerate(lengths[:b]):
+    mask[e, :length] = 1
+  ids[mask == 0] = PAD
+  gmask = np.zeros((b, n), np.int64)
+  gmask[0, [0, min(5, n - 1)]] = 1
+  if b > 2:
+    gmask[2, :4] = 1
+  types = rng.integers(0, 2, size=(b, n)) * mask
+  return ids, mask, gmask, types
+
+
+def qa_batch(rng, b=3, n=23, q_lens=(3, 5, 1), lengths=(23, 17, 12)):
+  ids, mask, _, _ = batch(rng, b, n, lengths)
+  for e in range(b):
+    ids[e, 0] = 0
+    q = q_lens[e]
+    ids[e, q + 1:q + 3] = SEP
+    ids[e, lengths[e] - 1] = SEP
+  return ids, mask
+
+
+HEADS = {
+    "base": transformers.LongformerModel,
+    "masked_lm": transformers.LongformerForMaskedLM,
+    "sequence_classification": transformers.LongformerForSequenceClassification,
+    "token_classification": transformers.LongformerForTokenClassification,
+    "question_answering": transformers.LongformerForQuestionAnswering,
+    "multiple_choice": transformers.LongformerForMultipleChoice,
+}
+FIELDS = {"base": ["last_hidden_state", "pooler_output"],
+          "question_answering": ["start_logits", "end_logits"]}
+
+
+def save_hf(task, tmp_path, seed=0, **cfg):
+  torch.manual_seed(seed)
+  if task == "question_answering":
+    cfg.setdefault("num_labels", 2)
+  hf = HEADS[task](hf_config(**cfg)).eval()
+  path = tmp_path / f"hf_{task}"
+  hf.save_pretrained(path)
+  return hf, path
+
+
+def run_both(task, hf, ours, inputs):
+  torch_in = {k: torch.tensor(v) for k, v in inputs.items() if v is not None}
+  with torch.no_grad():
+    ref = hf(**torch_in)
+  out = ours(**inputs)
+  for field in FIELDS.get(task, ["logits"]):
+    a, b = np.asarray(out[field]), ref[field].numpy()
+    assert a.shape == b.shape, (field, a.shape, b.shape)
+    assert np.abs(a - b).max() <= 1e-4, (task, field, np.abs(a - b).max())
+
+
+def task_inputs(task, rng, with_global=True):
+  if task == "question_answering":
+    ids, mask = qa_batch(rng)
+    return dict(input_ids=ids, attention_mask=mask)  # question tokens global by default
+  if task == "multiple_choice":
+    ids, mask = qa_batch(rng)
+    return dict(input_ids=np.stack([ids, ids[::-1]], 1),
+                attention_mask=np.stack([mask, mask[::-1]], 1))
+  ids, mask, gmask, types = batch(rng)
+  out = dict(input_ids=ids, attention_mask=mask, token_type_ids=types)
+  if with_global:
+    out["global_attention_mask"] = gmask
+  return out
+
+
+@pytest.mark.parametrize("task", sorted(HEADS))
+def test_head_parity_and_round_trip(task, tmp_path):
+  hf, path = save_hf(task, tmp_path)
+  ours = lj.from_hf(path)
+  assert type(ours) is lj.TASKS[task][0]
+  run_both(task, hf, ours, task_inputs(task, np.random.default_rng(1)))
+
+  # ours -> HF is exact.
+  lj.to_hf(ours, tmp_path / "back")
+  back = HEADS[task].from_pretrained(tmp_path / "back").eval()
+  ref_sd, back_sd = hf.state_dict(), back.state_dict()
+  assert ref_sd.keys() == back_sd.keys()
+  for k in ref_sd:
+    assert torch.equal(ref_sd[k], back_sd[k]), k
+
+
+def test_sequence_classification_default_global_and_explicit(tmp_path):
+  hf, path = save_hf("sequence_classification", tmp_path, seed=3)
+  ours = lj.from_hf(path)
+  rng = np.random.default_rng(5)
+  run_both("sequence_classification", hf, ours,
+           task_inputs("sequence_classification", rng, with_global=False))
+  run_both("sequence_classification", hf, ours, task_inputs("sequence_classification", rng))
+
+
+@pytest.mark.parametrize("windows,n", [([8, 4], 16), ([4, 16], 37), ([6, 6], 3)])
+def test_per_layer_windows_and_lengths(windows, n, tmp_path):
+  hf, path = save_hf("base", tmp_path, seed=7, attention_window=windows)
+  ours = lj.from_hf(path, block_size=4)
+  rng = np.random.default_rng(n)
+  ids, mask, gmask, types = batch(rng, b=2, n=n, lengths=(n, max(1, n // 2)))
+  gmask[:, n // 2:] = 0
+  run_both("base", hf, ours, dict(input_ids=ids, attention_mask=mask,
+                                  global_attention_mask=gmask, token_type_ids=types))
+
+
+def test_pytorch_bin_checkpoint(tmp_path):
+  hf, path = save_hf("masked_lm", tmp_path)
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  shutil.copy(path / "config.json", bin_dir / "config.json")
+  torch.save(hf.state_dict(), bin_dir / "pytorch_model.bin")
+  run_both("masked_lm", hf, lj.from_hf(bin_dir), task_inputs("masked_lm", np.random.default_rng(2)))
+
+
+def test_base_checkpoint_into_task_head(tmp_path, caplog):
+  hf, path = save_hf("base", tmp_path)
+  ours = lj.from_hf(path, task="sequence_classification")
+  assert "newly initialised" in caplog.text and "classifier" in caplog.text
+  ids, mask, gmask, types = batch(np.random.default_rng(0))
+  body = ours.longformer(ids, mask, gmask, types).last_hidden_state
+  with torch.no_grad():
+    ref = hf(torch.tensor(ids), torch.tensor(mask), torch.tensor(gmask), torch.tensor(types))
+  assert np.abs(np.asarray(body) - ref.last_hidden_state.numpy()).max() <= 1e-4
+
+
+def test_native_checkpoint_round_trip(tmp_path):
+  _, path = save_hf("token_classification", tmp_path)
+  ours = lj.from_hf(path)
+  lj.save_native(ours, tmp_path / "native")
+  again = lj.load_native(tmp_path / "native")
+  inputs = task_inputs("token_classification", np.random.default_rng(3))
+  np.testing.assert_array_equal(np.asarray(ours(**inputs).logits),
+                                np.asarray(again(**inputs).logits))
+
+
+def test_roberta_to_longformer_matches_roberta_when_window_covers_all(tmp_path):
+  torch.manual_seed(0)
+  rcfg = transformers.RobertaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                    num_attention_heads=4, intermediate_size=37,
+                                    max_position_embeddings=20, pad_token_id=PAD)
+  roberta = transformers.RobertaForMaskedLM(rcfg).eval()
+  roberta.save_pretrained(tmp_path / "roberta")
+  lj.convert.main(["roberta", str(tmp_path / "roberta"), str(tmp_path / "lf"),
+                   "--max-length", "64", "--attention-window", "32"])
+  ours = lj.from_hf(tmp_path / "lf")
+  assert ours.config.max_position_embeddings == 66
+  pos = np.asarray(ours.longformer.embeddings.position_embeddings.embedding[...])
+  old = roberta.roberta.embeddings.position_embeddings.weight.detach().numpy()
+  np.testing.assert_array_equal(pos[2:20], old[2:20])
+  np.testing.assert_array_equal(pos[20:38], old[2:20])  # copied again past the old length
+  # 16 tokens, radius 16: every token sees every other, so Longformer == RoBERTa.
+  ids, mask, _, _ = batch(np.random.default_rng(4), b=2, n=16, lengths=(16, 11))
+  with torch.no_grad():
+    ref = roberta(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+  got = np.asarray(ours(ids, mask).logits)
+  valid = mask.astype(bool)
+  assert np.abs(got[valid] - ref[valid]).max() <= 1e-4
+
+
+# ---- errors name the bad field -------------------------------------------------
+def test_bad_checkpoints_are_named(tmp_path):
+  _, path = save_hf("base", tmp_path)
+  from safetensors.numpy import load_file, save_file
+  sd = load_file(path / "model.safetensors")
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  shutil.copy(path / "config.json", bad / "config.json")
+  save_file({**sd, "encoder.layer.0.mystery.weight": np.zeros(3, np.float32)},
+            bad / "model.safetensors")
+  with pytest.raises(ValueError, match="mystery"):
+    lj.from_hf(bad)
+  sd["embeddings.word_embeddings.weight"] = np.zeros((VOCAB + 1, 32), np.float32)
+  save_file(sd, bad / "model.safetensors")
+  with pytest.raises(ValueError, match="word_embeddings.*shape"):
+    lj.from_hf(bad)
+  cfg = json.loads((path / "config.json").read_text())
+  cfg["model_type"] = "bert"
+  (bad / "config.json").write_text(json.dumps(cfg))
+  with pytest.raises(ValueError, match="model_type"):
+    lj.from_hf(bad)
+  no_weights = tmp_path / "no_weights"
+  no_weights.mkdir()
+  shutil.copy(path / "config.json", no_weights / "config.json")
+  with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    lj.from_hf(no_weights)
+
+
+def test_bad_inputs_are_named(tmp_path):
+  _, path = save_hf("base", tmp_path)
+  ours = lj.from_hf(path, max_global_tokens=2)
+  ids, mask, gmask, _ = batch(np.random.default_rng(0))
+  with pytest.raises(ValueError, match=r"input_ids\[1, 3\] = 99"):
+    bad = ids.copy()
+    bad[1, 3] = VOCAB
+    ours(bad, mask)
+  with pytest.raises(ValueError, match="attention_mask has shape"):
+    ours(ids, mask[:, :-1])
+  with pytest.raises(ValueError, match="marks 4 tokens.*max_global_tokens=2"):
+    ours(ids, mask, gmask)
+  with pytest.raises(ValueError, match="max_position_embeddings"):
+    long = np.full((1, 90), 5)
+    ours(long)
+  with pytest.raises(ValueError, match="sep_token_id"):
+    qa = lj.from_hf(save_hf("question_answering", tmp_path)[1])
+    qa(np.full((1, 9), 5))
