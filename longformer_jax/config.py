@@ -16,6 +16,7 @@ from longformer_jax import attention as attn
 _PASSTHROUGH_KEYS = ("id2label", "label2id", "problem_type", "bos_token_id",
                      "eos_token_id", "tokenizer_class", "classifier_dropout")
 
+REMAT_POLICIES = ("none", "full", "dots")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "tanh")
 
 
@@ -49,6 +50,7 @@ class LongformerConfig:
   block_size: int = attn.DEFAULT_BLOCK_SIZE
   max_global_tokens: int | None = None  # static G; None: from concrete inputs
   dtype: str = "float32"  # compute dtype; params are always float32
+  remat: str = "none"  # rematerialise each layer in the backward pass: none | full | dots
   extra_json: str = "{}"  # HF passthrough keys (labels...), as JSON: the config stays hashable
 
   def __post_init__(self):
@@ -80,6 +82,8 @@ class LongformerConfig:
                        f"num_attention_heads={self.num_attention_heads}")
     if self.hidden_act not in ACTIVATIONS:
       raise ValueError(f"hidden_act={self.hidden_act!r} is not one of {ACTIVATIONS}")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat={self.remat!r} is not one of {REMAT_POLICIES}")
     if self.block_size < 1:
       raise ValueError(f"block_size must be positive, got {self.block_size}")
     jnp.dtype(self.dtype)  # raises on an unknown dtype name
@@ -133,7 +137,7 @@ class LongformerConfig:
   def to_hf_dict(self, architectures: Sequence[str] = ("LongformerModel",)) -> dict:
     """The HF ``config.json`` contents (plus our own keys, which HF keeps as attributes)."""
     d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-         if f.name not in ("extra_json", "dtype", "max_global_tokens", "block_size")}
+         if f.name not in ("extra_json", "dtype", "max_global_tokens", "block_size", "remat")}
     d["attention_window"] = list(self.attention_window)
     if self.attention_dilation is None:
       del d["attention_dilation"]

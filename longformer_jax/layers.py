@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from longformer_jax import attention as attn
+from longformer_jax import sharding as sh
 from longformer_jax.config import LongformerConfig
 
 
@@ -29,21 +30,28 @@ def activation(name: str):
   }[name]
 
 
-def dense(cfg: LongformerConfig, d_in: int, d_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+def dense(cfg: LongformerConfig, d_in: int, d_out: int, rngs: nnx.Rngs,
+          axes: tuple[str, str] = (sh.EMBED, sh.EMBED_OUT)) -> nnx.Linear:
+  """Linear layer, fp32 params, compute in the config's dtype; ``axes`` are logical."""
   init = nnx.initializers.normal(cfg.initializer_range)
   return nnx.Linear(d_in, d_out, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
-                    kernel_init=init, rngs=rngs)
+                    kernel_init=nnx.with_partitioning(init, axes),
+                    bias_init=nnx.with_partitioning(nnx.initializers.zeros, axes[1:]),
+                    rngs=rngs)
 
 
 def layer_norm(cfg: LongformerConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
   return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
-                       param_dtype=jnp.float32, rngs=rngs)
+                       param_dtype=jnp.float32,
+                       scale_init=nnx.with_partitioning(nnx.initializers.ones, (sh.NORM,)),
+                       bias_init=nnx.with_partitioning(nnx.initializers.zeros, (sh.NORM,)),
+                       rngs=rngs)
 
 
-def embed(cfg: LongformerConfig, num: int, rngs: nnx.Rngs) -> nnx.Embed:
+def embed(cfg: LongformerConfig, num: int, rngs: nnx.Rngs, axis: str) -> nnx.Embed:
   init = nnx.initializers.normal(cfg.initializer_range)
   return nnx.Embed(num, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
-                   embedding_init=init, rngs=rngs)
+                   embedding_init=nnx.with_partitioning(init, (axis, sh.EMBED)), rngs=rngs)
 
 
 def position_ids_from_input_ids(input_ids_BxN, padding_idx: int):
@@ -56,9 +64,9 @@ class Embeddings(nnx.Module):
   """Word + learned position + token type embeddings, then LayerNorm and dropout."""
 
   def __init__(self, cfg: LongformerConfig, rngs: nnx.Rngs):
-    self.word_embeddings = embed(cfg, cfg.vocab_size, rngs)
-    self.position_embeddings = embed(cfg, cfg.max_position_embeddings, rngs)
-    self.token_type_embeddings = embed(cfg, cfg.type_vocab_size, rngs)
+    self.word_embeddings = embed(cfg, cfg.vocab_size, rngs, sh.VOCAB)
+    self.position_embeddings = embed(cfg, cfg.max_position_embeddings, rngs, sh.POSITIONS)
+    self.token_type_embeddings = embed(cfg, cfg.type_vocab_size, rngs, sh.TYPES)
     self.LayerNorm = layer_norm(cfg, rngs)
     self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
 
@@ -78,7 +86,7 @@ class SelfAttention(nnx.Module):
     self.dilation = cfg.layer_dilation(layer)
     self.causal, self.block_size = cfg.causal, cfg.block_size
     for name in ("query", "key", "value", "query_global", "key_global", "value_global"):
-      setattr(self, name, dense(cfg, d, d, rngs))
+      setattr(self, name, dense(cfg, d, d, rngs, (sh.EMBED, sh.HEADS)))
     # Holds the dropout rate, the train/eval flag and the rng stream.
     self.dropout = nnx.Dropout(cfg.attention_probs_dropout_prob, rngs=rngs)
 
@@ -112,8 +120,8 @@ class SelfAttention(nnx.Module):
 class DenseLayerNorm(nnx.Module):
   """dense -> dropout -> LayerNorm(x + residual): HF's SelfOutput / Output."""
 
-  def __init__(self, cfg: LongformerConfig, d_in: int, rngs: nnx.Rngs):
-    self.dense = dense(cfg, d_in, cfg.hidden_size, rngs)
+  def __init__(self, cfg: LongformerConfig, d_in: int, in_axis: str, rngs: nnx.Rngs):
+    self.dense = dense(cfg, d_in, cfg.hidden_size, rngs, (in_axis, sh.EMBED))
     self.LayerNorm = layer_norm(cfg, rngs)
     self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
 
@@ -124,7 +132,7 @@ class DenseLayerNorm(nnx.Module):
 class Attention(nnx.Module):
   def __init__(self, cfg: LongformerConfig, layer: int, rngs: nnx.Rngs):
     self.self_attn = SelfAttention(cfg, layer, rngs)
-    self.output = DenseLayerNorm(cfg, cfg.hidden_size, rngs)
+    self.output = DenseLayerNorm(cfg, cfg.hidden_size, sh.HEADS, rngs)
 
   def __call__(self, x_BxNxD, valid_BxN, is_global_BxN, gidx):
     return self.output(self.self_attn(x_BxNxD, valid_BxN, is_global_BxN, gidx), x_BxNxD)
@@ -132,7 +140,7 @@ class Attention(nnx.Module):
 
 class Intermediate(nnx.Module):
   def __init__(self, cfg: LongformerConfig, rngs: nnx.Rngs):
-    self.dense = dense(cfg, cfg.hidden_size, cfg.intermediate_size, rngs)
+    self.dense = dense(cfg, cfg.hidden_size, cfg.intermediate_size, rngs, (sh.EMBED, sh.MLP))
     self.act = activation(cfg.hidden_act)
 
   def __call__(self, x):
@@ -145,20 +153,30 @@ class Layer(nnx.Module):
   def __init__(self, cfg: LongformerConfig, layer: int, rngs: nnx.Rngs):
     self.attention = Attention(cfg, layer, rngs)
     self.intermediate = Intermediate(cfg, rngs)
-    self.output = DenseLayerNorm(cfg, cfg.intermediate_size, rngs)
+    self.output = DenseLayerNorm(cfg, cfg.intermediate_size, sh.MLP, rngs)
 
   def __call__(self, x_BxNxD, valid_BxN, is_global_BxN, gidx):
     h = self.attention(x_BxNxD, valid_BxN, is_global_BxN, gidx)
     return self.output(self.intermediate(h), h)
 
 
+ACTIVATION_AXES = (sh.BATCH, sh.LENGTH, sh.ACT_EMBED)
+
+
 class Encoder(nnx.Module):
   def __init__(self, cfg: LongformerConfig, rngs: nnx.Rngs):
     self.layer = nnx.List([Layer(cfg, i, rngs) for i in range(cfg.num_hidden_layers)])
+    self.remat = cfg.remat
 
   def __call__(self, x_BxNxD, valid_BxN, is_global_BxN, gidx):
+    apply = Layer.__call__
+    if self.remat != "none":
+      policy = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+                if self.remat == "dots" else None)
+      apply = nnx.remat(Layer.__call__, policy=policy)
     for layer in self.layer:
-      x_BxNxD = layer(x_BxNxD, valid_BxN, is_global_BxN, gidx)
+      x_BxNxD = sh.constrain(apply(layer, x_BxNxD, valid_BxN, is_global_BxN, gidx),
+                             ACTIVATION_AXES)
     return x_BxNxD
 
 

@@ -20,6 +20,7 @@ from flax import nnx
 
 from longformer_jax import attention as attn
 from longformer_jax import layers
+from longformer_jax import sharding as sh
 from longformer_jax.config import LongformerConfig
 
 
@@ -214,7 +215,7 @@ class LongformerForSequenceClassification(nnx.Module):
 class ClassificationHead(nnx.Module):
   def __init__(self, cfg: LongformerConfig, rngs: nnx.Rngs):
     self.dense = layers.dense(cfg, cfg.hidden_size, cfg.hidden_size, rngs)
-    self.out_proj = layers.dense(cfg, cfg.hidden_size, cfg.num_labels, rngs)
+    self.out_proj = layers.dense(cfg, cfg.hidden_size, cfg.num_labels, rngs, (sh.EMBED, sh.LABELS))
     self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
 
   def __call__(self, h_BxNxD):
@@ -229,7 +230,8 @@ class LongformerForTokenClassification(nnx.Module):
     self.config = cfg
     self.longformer = LongformerModel(cfg, rngs=rngs, add_pooling_layer=False)
     self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
-    self.classifier = layers.dense(cfg, cfg.hidden_size, cfg.num_labels, rngs)
+    self.classifier = layers.dense(cfg, cfg.hidden_size, cfg.num_labels, rngs,
+                                   (sh.EMBED, sh.LABELS))
 
   def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
                token_type_ids=None, position_ids=None, *, max_global_tokens=None):
@@ -251,7 +253,8 @@ class LongformerForQuestionAnswering(nnx.Module):
                        f"{cfg.num_labels}")
     self.config = cfg
     self.longformer = LongformerModel(cfg, rngs=rngs, add_pooling_layer=False)
-    self.qa_outputs = layers.dense(cfg, cfg.hidden_size, cfg.num_labels, rngs)
+    self.qa_outputs = layers.dense(cfg, cfg.hidden_size, cfg.num_labels, rngs,
+                                   (sh.EMBED, sh.LABELS))
 
   def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
                token_type_ids=None, position_ids=None, *, max_global_tokens=None):
@@ -275,7 +278,7 @@ class LongformerForMultipleChoice(nnx.Module):
     self.config = cfg
     self.longformer = LongformerModel(cfg, rngs=rngs, add_pooling_layer=True)
     self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
-    self.classifier = layers.dense(cfg, cfg.hidden_size, 1, rngs)
+    self.classifier = layers.dense(cfg, cfg.hidden_size, 1, rngs, (sh.EMBED, sh.LABELS))
 
   def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
                token_type_ids=None, position_ids=None, *, max_global_tokens=None):
@@ -328,4 +331,5 @@ def create_model(cfg: LongformerConfig, task: str = "base", seed: int = 0):
   """A randomly initialised model for ``task`` (see ``TASKS``)."""
   if task not in TASKS:
     raise ValueError(f"task={task!r} is not one of {sorted(TASKS)}")
-  return TASKS[task][0](cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+  with nnx.use_eager_sharding(False):  # shardings are applied by the caller (train.py)
+    return TASKS[task][0](cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))

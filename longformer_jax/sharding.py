@@ -1,0 +1,105 @@
+"""Device mesh, logical axis names and the rules that map them onto mesh axes.
+
+Parameters carry logical names (``nnx.with_partitioning`` in ``layers.py``);
+activations are pinned at layer boundaries with :func:`constrain`. A rules table
+(``config.sharding_rules``, default :data:`DEFAULT_RULES`) maps logical names to
+mesh axes, so the same model runs data-parallel, FSDP or tensor-parallel by
+changing the mesh shape alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor", "sequence")
+
+# Logical axis names, declared once.
+BATCH, LENGTH, EMBED, HEADS, MLP, VOCAB = "batch", "length", "embed", "heads", "mlp", "vocab"
+EMBED_OUT, POSITIONS, TYPES, LABELS, NORM = "embed_out", "positions", "types", "labels", "norm"
+ACT_EMBED = "act_embed"
+
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    (BATCH, ("data", "fsdp")),
+    (LENGTH, "sequence"),
+    (ACT_EMBED, None),
+    (EMBED, "fsdp"),
+    (EMBED_OUT, None),
+    (HEADS, "tensor"),
+    (MLP, "tensor"),
+    (VOCAB, "tensor"),
+    (POSITIONS, None),
+    (TYPES, None),
+    (LABELS, None),
+    (NORM, None),
+)
+
+
+def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh with axes ``MESH_AXES``; one size may be -1 (all remaining devices)."""
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = [int(mesh_cfg.get(axis, 1)) for axis in MESH_AXES]
+  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f"config.mesh: sizes {dict(zip(MESH_AXES, sizes))} must be positive, "
+                     "with at most one -1")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f"config.mesh: {len(devices)} devices do not divide by the fixed axes "
+                       f"{dict(zip(MESH_AXES, sizes))}")
+    sizes[sizes.index(-1)] = len(devices) // known
+  if math.prod(sizes) != len(devices):
+    raise ValueError(f"config.mesh: shape {dict(zip(MESH_AXES, sizes))} has "
+                     f"{math.prod(sizes)} slots but there are {len(devices)} devices")
+  try:
+    device_array = jax.experimental.mesh_utils.create_device_mesh(sizes, devices)
+  except Exception:  # topology-unaware fallback (e.g. uneven CPU device counts)
+    device_array = np.asarray(devices).reshape(sizes)
+  return Mesh(device_array, MESH_AXES)
+
+
+def rules_of(config_rules=None):
+  """Rules as a tuple of (logical, mesh axes) pairs."""
+  if config_rules is None:
+    return DEFAULT_RULES
+  return tuple((str(k), tuple(v) if isinstance(v, list) else v) for k, v in config_rules)
+
+
+def logical_to_spec(logical: Sequence[str | None], rules) -> PartitionSpec:
+  table = dict(rules)
+  return PartitionSpec(*(table.get(name) if name is not None else None for name in logical))
+
+
+def state_shardings(abstract_state, mesh: Mesh, rules):
+  """NamedShardings for a pytree of (abstract) nnx Variables / arrays."""
+  with nnx.logical_axis_rules(rules):
+    specs = nnx.get_partition_spec(abstract_state)
+  return jax.tree.map(lambda p: NamedSharding(mesh, p), specs,
+                      is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+_ACTIVE: list[tuple[Mesh, tuple]] = []
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules):
+  """While tracing under this context, :func:`constrain` pins activations."""
+  _ACTIVE.append((mesh, rules))
+  try:
+    yield
+  finally:
+    _ACTIVE.pop()
+
+
+def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
+  """``with_sharding_constraint`` by logical names; a no-op outside a mesh context."""
+  if not _ACTIVE:
+    return x
+  mesh, rules = _ACTIVE[-1]
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(logical, rules)))
