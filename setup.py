@@ -18,11 +18,15 @@ setup(
         "ml-collections>=1.1",
         "tensorflow-datasets>=4.9.10",
         "safetensors>=0.8",
+        "grain>=0.2.18",
+        "tokenizers>=0.20",
+        "tensorboardX>=2.6",
+        "absl-py>=2.0",
         "numpy>=2.0",
         "matplotlib>=3.9",
     ],
     extras_require={
         # torch is pinned to the CPU build: it is only the numerical reference.
-        "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.0"],
+        "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "portpicker>=1.6"],
     },
 )

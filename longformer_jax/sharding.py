@@ -76,12 +76,24 @@ def logical_to_spec(logical: Sequence[str | None], rules) -> PartitionSpec:
   return PartitionSpec(*(table.get(name) if name is not None else None for name in logical))
 
 
+def _fit(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
+  """Drops the mesh axes of dimensions they do not divide (e.g. an odd vocabulary)."""
+  fitted = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    fitted.append(axes if dim % math.prod(mesh.shape[a] for a in names) == 0 else None)
+  return PartitionSpec(*fitted)
+
+
 def state_shardings(abstract_state, mesh: Mesh, rules):
-  """NamedShardings for a pytree of (abstract) nnx Variables / arrays."""
+  """NamedShardings for a pytree of (abstract) nnx Variables / arrays.
+
+  A dimension that its mesh axes do not divide is replicated instead.
+  """
   with nnx.logical_axis_rules(rules):
     specs = nnx.get_partition_spec(abstract_state)
-  return jax.tree.map(lambda p: NamedSharding(mesh, p), specs,
-                      is_leaf=lambda x: isinstance(x, PartitionSpec))
+  return jax.tree.map(lambda p, x: NamedSharding(mesh, _fit(p, x.shape, mesh)), specs,
+                      abstract_state, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 _ACTIVE: list[tuple[Mesh, tuple]] = []

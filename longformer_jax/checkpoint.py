@@ -1,0 +1,84 @@
+"""Orbax checkpoints of a run: train state (params, optimizer, step) + data iterator.
+
+Layout: ``workdir/checkpoints/<step>/{state,data}``. Saves are periodic (every
+``config.checkpoint_every`` steps), at the end, and on SIGTERM; asynchronous;
+the newest ``config.keep_checkpoints`` are kept.
+
+A run resumes in this order: find the newest step whose checkpoint reads back
+(unreadable or half-written ones are skipped with a message), restore the train
+state into its shardings, then the data iterator of that step's phase.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger("longformer_jax")
+
+
+class Checkpointer:
+  def __init__(self, workdir: str, *, keep: int, every: int, async_save: bool = True):
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.every = every
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler()})
+
+  def due(self, step: int) -> bool:
+    return self.every > 0 and step % self.every == 0
+
+  def save(self, step: int, state, data_iterator) -> None:
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
+
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def _report_partial(self) -> None:
+    if not os.path.isdir(self.directory):
+      return
+    for name in sorted(os.listdir(self.directory)):
+      if "tmp" in name:
+        log.warning("skipping half-written checkpoint %s", os.path.join(self.directory, name))
+
+  def restore_latest(self, abstract_state, make_iterator):
+    """(state, step, iterator) from the newest readable checkpoint, or None.
+
+    ``abstract_state`` holds ShapeDtypeStructs with shardings; ``make_iterator``
+    builds the data iterator for a given step (its phase), to restore into.
+    """
+    self._report_partial()
+    for step in reversed(self.steps()):
+      iterator = make_iterator(step)
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(iterator)))
+      except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped
+        log.warning("checkpoint at step %d is unreadable (%s: %s); trying an earlier one",
+                    step, type(e).__name__, str(e).splitlines()[0][:200])
+        continue
+      return restored["state"], step, iterator
+    return None
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract_with_shardings(abstract_state, shardings):
+  """ShapeDtypeStructs carrying the target shardings, for a sharded restore."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract_state, shardings)

@@ -1,0 +1,380 @@
+"""The training library: config -> mesh -> sharded init -> data -> step -> metrics/checkpoints.
+
+``train_and_evaluate(config, workdir)`` runs a whole experiment (all its phases)
+and resumes automatically from ``workdir``. The train step is a pure function
+over a state pytree ``{"params", "opt_state", "step"}``, jitted with explicit
+shardings and donation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from longformer_jax import checkpoint as ckpt_lib
+from longformer_jax import data as data_lib
+from longformer_jax import metrics as metrics_lib
+from longformer_jax import model as model_lib
+from longformer_jax import optim, tasks
+from longformer_jax import sharding as sh
+from longformer_jax.config import LongformerConfig
+
+log = logging.getLogger("longformer_jax")
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """One stage of a run: its steps and shapes (sequence length, batch, window scale)."""
+
+  index: int
+  start: int  # first global step of the phase
+  steps: int
+  lr: float
+  seq_len: int
+  batch_size: int
+  window_scale: float = 1.0
+
+
+def resolve_phases(config) -> list[Phase]:
+  """``config.phases`` (multi-stage) or the single phase of the top-level fields."""
+  base = dict(steps=config.train_steps, lr=config.optim.lr, seq_len=config.seq_len,
+              batch_size=config.batch_size, window_scale=1.0)
+  raw = [dict(p) for p in config.get("phases") or ()] or [{}]
+  phases, start = [], 0
+  for i, overrides in enumerate(raw):
+    unknown = set(overrides) - set(base) - {"warmup_steps"}
+    if unknown:
+      raise ValueError(f"config.phases[{i}] has unknown fields {sorted(unknown)}")
+    p = {**base, **{k: v for k, v in overrides.items() if k != "warmup_steps"}}
+    phases.append(Phase(i, start, int(p["steps"]), float(p["lr"]), int(p["seq_len"]),
+                        int(p["batch_size"]), float(p["window_scale"])))
+    start += int(p["steps"])
+  return phases
+
+
+def schedule_phases(config, phases: list[Phase]) -> list[dict]:
+  raw = [dict(p) for p in config.get("phases") or ()] or [{}]
+  out = []
+  for ph, r in zip(phases, raw):
+    warm = r.get("warmup_steps", config.optim.get("warmup_steps"))
+    out.append(dict(steps=ph.steps, lr=ph.lr, warmup_steps=warm))
+  return out
+
+
+def phase_of(phases: list[Phase], step: int) -> Phase:
+  for p in phases:
+    if step < p.start + p.steps:
+      return p
+  return phases[-1]
+
+
+def model_config(config, phase: Phase) -> LongformerConfig:
+  """The model of a phase: windows scaled by the phase's ``window_scale``."""
+  fields = dict(config.model)
+  windows = fields.pop("attention_window")
+  layers = fields["num_hidden_layers"]
+  windows = [windows] * layers if isinstance(windows, int) else list(windows)
+  if fields.get("vocab_size") in (None, -1):
+    fields["vocab_size"] = data_lib.vocab_size(config.data)
+  if fields.get("num_labels") in (None, -1):
+    fields["num_labels"] = data_lib.num_labels(config.data)
+  try:
+    cfg = LongformerConfig(**fields, attention_window=tuple(windows))
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"config.model: {e}") from None
+  if phase.window_scale == 1.0:
+    return cfg
+  step = 1 if cfg.causal else 2  # symmetric windows stay even
+  return cfg.replace(attention_window=tuple(
+      max(int(round(w * phase.window_scale / step)) * step, step) for w in windows))
+
+
+def validate(config, phases: list[Phase], mesh) -> None:
+  """Checks that need no compile: shapes against the mesh, positions, static bounds."""
+  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  accum = int(config.optim.get("grad_accum", 1))
+  for p in phases:
+    where = f"config.phases[{p.index}]" if config.get("phases") else "config"
+    if p.batch_size % (batch_shards * accum) or p.batch_size % jax.process_count():
+      raise ValueError(f"{where}.batch_size={p.batch_size} must divide by data*fsdp="
+                       f"{batch_shards} x grad_accum={accum} and by the process count "
+                       f"{jax.process_count()}")
+    cfg = model_config(config, p)
+    if p.seq_len + cfg.pad_token_id + 1 > cfg.max_position_embeddings:
+      raise ValueError(f"{where}.seq_len={p.seq_len} needs max_position_embeddings >= "
+                       f"{p.seq_len + cfg.pad_token_id + 1}, config.model has "
+                       f"{cfg.max_position_embeddings}")
+    if p.seq_len % mesh.shape["sequence"]:
+      raise ValueError(f"{where}.seq_len={p.seq_len} must divide by mesh sequence="
+                       f"{mesh.shape['sequence']}")
+  if config.task == "classification" and config.model.get("max_global_tokens") is None:
+    raise ValueError("config.model.max_global_tokens must be set for training: the number "
+                     "of global slots is a static shape")
+
+
+def check_batch(batch: dict, cfg: LongformerConfig) -> None:
+  ids = batch["input_ids"]
+  if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
+    raise ValueError(f"data: token id {int(ids.max())} is out of range for "
+                     f"config.model.vocab_size={cfg.vocab_size}")
+
+
+# ---- state, step ----------------------------------------------------------------
+def init_state(cfg: LongformerConfig, head: str, tx, seed: int):
+  model = model_lib.create_model(cfg, head, seed)
+  params = nnx.state(model, nnx.Param)
+  return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+def split_model(cfg: LongformerConfig, head: str, seed: int):
+  """(graphdef, non-parameter state) of the model, the params being carried apart."""
+  abstract = nnx.eval_shape(lambda: model_lib.create_model(cfg, head, seed))
+  graphdef = nnx.split(abstract, nnx.Param, ...)[0]
+  rest = jax.jit(lambda: nnx.split(model_lib.create_model(cfg, head, seed), nnx.Param, ...)[2])()
+  return graphdef, rest
+
+
+def make_train_step(task: str, graphdef, rest, tx, schedule, accum: int, seed: int):
+  """Pure step: (state, batch) -> (state, metrics)."""
+  base_key = jax.random.key(seed + 1)
+
+  def loss_fn(params, batch, key):
+    # Fresh Variables for the rng state, owned by this trace (reseed mutates them).
+    model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
+    model.train()
+    nnx.reseed(model, dropout=key)
+    loss, sums = tasks.loss_and_metrics(task, model, batch)
+    return loss, sums
+
+  def step_fn(state, batch):
+    key = jax.random.fold_in(base_key, state["step"])
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if accum == 1:
+      (loss, sums), grads = grad_fn(state["params"], batch, key)
+    else:
+      micro = jax.tree.map(lambda x: x.reshape((accum, -1) + x.shape[1:]), batch)
+
+      def body(carry, xs):
+        mb, i = xs
+        (l, s), g = grad_fn(state["params"], mb, jax.random.fold_in(key, i))
+        return jax.tree.map(jnp.add, carry, (l, s, g)), None
+
+      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+          lambda: grad_fn(state["params"], jax.tree.map(lambda x: x[0], micro), key)))
+      zeros = (zeros[0][0], zeros[0][1], zeros[1])
+      (loss, sums, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
+      loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+               "lr": schedule(state["step"]), "sums": sums}
+    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+  return step_fn
+
+
+def make_eval_step(task: str, graphdef, rest, no_global: bool):
+  def eval_fn(params, batch):
+    model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
+    model.eval()
+    return tasks.loss_and_metrics(task, model, batch, no_global=no_global)[1]
+  return eval_fn
+
+
+# ---- the run ----------------------------------------------------------------------
+class _Preemption:
+  """Turns SIGTERM into a flag the loop reads at step boundaries."""
+
+  def __init__(self):
+    self.requested = False
+    try:
+      signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      pass
+
+  def _handle(self, *_):
+    log.warning("SIGTERM: saving a checkpoint at the next step boundary")
+    self.requested = True
+
+  def agreed(self) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
+
+
+def maybe_initialize_distributed(config) -> None:
+  """``jax.distributed.initialize`` from config.distributed (or the environment)."""
+  dist = config.get("distributed") or {}
+  if not dist.get("enabled", False) or jax.distributed.is_initialized():
+    return
+  kwargs = {k: dist.get(k) for k in ("coordinator_address", "num_processes", "process_id")
+            if dist.get(k) is not None}
+  # Cross-process collectives on CPU hosts (tests, CPU clusters); GPUs/TPUs ignore it.
+  jax.config.update("jax_cpu_collectives_implementation", dist.get("cpu_collectives", "gloo"))
+  jax.distributed.initialize(**kwargs)
+
+
+class Runner:
+  """Holds the run's pieces; ``run()`` is the loop."""
+
+  def __init__(self, config, workdir: str):
+    self.config, self.workdir = config, workdir
+    self.phases = resolve_phases(config)
+    self.total = self.phases[-1].start + self.phases[-1].steps
+    self.mesh = sh.make_mesh(config.mesh)
+    self.rules = sh.rules_of(config.get("sharding_rules"))
+    validate(config, self.phases, self.mesh)
+    self.head = tasks.TASK_HEADS[config.task]
+    self.schedule = optim.make_schedule(schedule_phases(config, self.phases), config.optim)
+    self.tx = optim.make_optimizer(config.optim, self.schedule)
+    self.accum = int(config.optim.get("grad_accum", 1))
+    self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(("data", "fsdp")))
+    self.writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
+    self.ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
+                                      every=config.checkpoint_every,
+                                      async_save=config.get("async_checkpoints", True))
+    self._compiled: dict[int, tuple] = {}
+
+  # data
+  def iterator(self, phase: Phase, split: str = "train"):
+    per_process = phase.batch_size // jax.process_count()
+    return data_lib.make_iterator(
+        self.config.data, split=split, seq_len=phase.seq_len, batch_size=per_process,
+        seed=self.config.seed + phase.index, shard_index=jax.process_index(),
+        shard_count=jax.process_count(), num_epochs=None if split == "train" else 1)
+
+  def to_global(self, batch: dict) -> dict:
+    return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
+            for k, v in batch.items()}
+
+  # compiled functions of a phase
+  def functions(self, phase: Phase):
+    if phase.index not in self._compiled:
+      cfg = model_config(self.config, phase)
+      graphdef, rest = split_model(cfg, self.head, self.config.seed)
+      step = make_train_step(self.config.task, graphdef, rest, self.tx, self.schedule,
+                             self.accum, self.config.seed)
+      # in_shardings: (state: the param/optimizer layout, batch: split over data*fsdp)
+      jstep = jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
+                      out_shardings=(self.state_shardings, None), donate_argnums=(0,))
+      evals = {name: jax.jit(make_eval_step(self.config.task, graphdef, rest, no_global))
+               for name, no_global in self.eval_variants()}
+      self._compiled[phase.index] = (cfg, jstep, evals)
+    return self._compiled[phase.index]
+
+  def eval_variants(self):
+    yield "eval", False
+    if self.config.get("eval_without_global", False):
+      yield "eval_no_global", True
+
+  def init_or_restore(self):
+    cfg0 = model_config(self.config, self.phases[0])
+    init = lambda: init_state(cfg0, self.head, self.tx, self.config.seed)  # noqa: E731
+    abstract = jax.eval_shape(init)
+    self.state_shardings = sh.state_shardings(abstract, self.mesh, self.rules)
+    target = ckpt_lib.abstract_with_shardings(abstract, self.state_shardings)
+    restored = self.ckpt.restore_latest(target, lambda s: self.iterator(phase_of(self.phases, s)))
+    if restored is not None:
+      state, step, it = restored
+      log.info("resumed from step %d", step)
+      self.writer.truncate_after(step)
+      return state, step, it
+    with sh.activation_sharding(self.mesh, self.rules):
+      state = jax.jit(init, out_shardings=self.state_shardings)()
+    return state, 0, self.iterator(self.phases[0])
+
+  def evaluate(self, state, phase: Phase) -> dict:
+    cfg, _, evals = self.functions(phase)
+    out = {}
+    for name, fn in evals.items():
+      totals = None
+      limit = self.config.get("eval_batches", 0) or None
+      for i, batch in enumerate(self.iterator(phase, self.config.get("eval_split", "validation"))):
+        if limit is not None and i >= limit:
+          break
+        sums = fn(state["params"], self.to_global(batch))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+      for k, v in tasks.finalize(totals).items():
+        out[f"{name}_{k}"] = v
+    return out
+
+  def run(self) -> dict:
+    preempt = _Preemption()
+    state, step, it = self.init_or_restore()
+    progress = metrics_lib.Progress(self.total, step)
+    phase = phase_of(self.phases, step)
+    pending, last = None, {}
+    while step < self.total:
+      if step >= phase.start + phase.steps:
+        phase = phase_of(self.phases, step)
+        it = self.iterator(phase)
+      cfg, jstep, _ = self.functions(phase)
+      batch = next(it)
+      if step == 0 or step == phase.start:
+        check_batch(batch, cfg)
+      with sh.activation_sharding(self.mesh, self.rules):
+        state, m = jstep(state, self.to_global(batch))
+      step += 1
+      if pending is not None:  # read step-1's metrics while step runs
+        last = self.report(*pending, progress)
+      pending = (step, m, phase)
+      stop = preempt.agreed()
+      must_save = self.ckpt.due(step) or step == self.total or stop
+      if must_save or step % self.config.eval_every == 0:
+        last = self.report(*pending, progress)
+        pending = None
+      if step % self.config.eval_every == 0 or step == self.total:
+        ev = self.evaluate(state, phase)
+        self.writer.write(step, ev)
+        log.info("step %d | %s", step, " | ".join(f"{k} {v:.4f}" for k, v in ev.items()))
+        last.update(ev)
+      if must_save:
+        self.ckpt.save(step, state, it)
+      if stop and step < self.total:
+        log.warning("stopped at step %d on SIGTERM; the run resumes from here", step)
+        break
+    self.ckpt.close()
+    self.writer.close()
+    return last
+
+  def report(self, step: int, m: dict, phase: Phase, progress) -> dict:
+    m = jax.device_get(m)
+    loss = float(m["loss"])
+    if not np.isfinite(loss):
+      raise FloatingPointError(
+          f"loss is {loss} at step {step}; stopping. The last good checkpoint is at step "
+          f"{max(self.ckpt.steps(), default=0)} in {self.ckpt.directory}")
+    scalars = {"loss": loss, "grad_norm": float(m["grad_norm"]), "lr": float(m["lr"])}
+    scalars.update({f"train_{k}": v for k, v in tasks.finalize(m["sums"]).items()
+                    if k != "loss"})
+    if step % self.config.log_every == 0 or step == self.total:
+      scalars["tokens_per_sec"] = progress.rate(step, phase.batch_size * phase.seq_len)
+      self.writer.write(step, scalars)
+      if jax.process_index() == 0:
+        log.info(progress.line(step, scalars))
+    return scalars
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains and evaluates ``config`` in ``workdir`` (resuming if it holds checkpoints).
+
+  Returns the last logged train and eval metrics.
+  """
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+  maybe_initialize_distributed(config)
+  os.makedirs(workdir, exist_ok=True)
+  t0 = time.time()
+  result = Runner(config, workdir).run()
+  log.info("done in %.0fs", time.time() - t0)
+  return result

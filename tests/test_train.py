@@ -1,0 +1,193 @@
+"""Training system: golden step, mesh layouts, multi-process, SIGKILL resume, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(tmp_path, **overrides):
+  sys.path.insert(0, ROOT)
+  from configs import default
+  c = default.get_config("tiny")
+  c.data.data_dir = str(tmp_path / "data")
+  c.async_checkpoints = False
+  for k, v in overrides.items():
+    target = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = v
+  return c
+
+
+def run_python(code: str, devices: int = 1, env_extra=None, timeout=600):
+  """Runs ``code`` in a fresh interpreter with ``devices`` fake CPU devices."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             PYTHONPATH=ROOT, **(env_extra or {}))
+  return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+TRAIN_SNIPPET = """
+import json, sys
+from configs import default
+from longformer_jax import train
+c = default.get_config("tiny")
+c.data.data_dir = {data_dir!r}
+c.async_checkpoints = False
+for k, v in json.loads({overrides!r}).items():
+  target = c
+  *parents, leaf = k.split(".")
+  for p in parents:
+    target = target[p]
+  target[leaf] = v
+train.train_and_evaluate(c, {workdir!r})
+"""
+
+
+def train_in_subprocess(tmp_path, name, devices=1, env_extra=None, **overrides):
+  workdir = str(tmp_path / name)
+  code = TRAIN_SNIPPET.format(data_dir=str(tmp_path / "data"), workdir=workdir,
+                              overrides=json.dumps(overrides))
+  proc = run_python(code, devices, env_extra)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
+
+
+def test_golden_one_step(tmp_path):
+  """Loss and grad norm after one step of the tiny config on fixed data.
+
+  If a deliberate change to the model, the data generator or the optimizer moves
+  these numbers, update them in the same commit and say why; an unexplained change
+  is a bug.
+  """
+  import jax
+  from longformer_jax import train
+  c = tiny_config(tmp_path, train_steps=1, eval_every=1000, checkpoint_every=1000,
+                  **{"optim.warmup_steps": 0})
+  runner = train.Runner(c, str(tmp_path / "golden"))
+  state, _, it = runner.init_or_restore()
+  _, step_fn, _ = runner.functions(runner.phases[0])
+  state, m = step_fn(state, runner.to_global(next(it)))
+  m = jax.device_get(m)
+  np.testing.assert_allclose(float(m["loss"]), GOLDEN_LOSS, rtol=1e-5)
+  np.testing.assert_allclose(float(m["grad_norm"]), GOLDEN_GRAD_NORM, rtol=1e-4)
+
+
+GOLDEN_LOSS = 2.076249599456787
+GOLDEN_GRAD_NORM = 0.6764810085296631
+
+
+@pytest.mark.slow
+def test_mesh_layouts_give_the_same_losses(tmp_path):
+  single = losses(train_in_subprocess(tmp_path, "one_device", devices=1))
+  assert len(single) == 20
+  for layout in [(8, 1, 1), (2, 2, 2), (1, 4, 2)]:
+    mesh = dict(zip(["mesh.data", "mesh.fsdp", "mesh.tensor"], layout))
+    got = losses(train_in_subprocess(tmp_path, "mesh_" + "x".join(map(str, layout)),
+                                     devices=8, **mesh))
+    assert got.keys() == single.keys()
+    np.testing.assert_allclose([got[s] for s in single], list(single.values()), atol=1e-5,
+                               rtol=0, err_msg=f"layout {layout}")
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+  single = losses(train_in_subprocess(tmp_path, "one_process", devices=8))
+  import portpicker
+  port = portpicker.pick_unused_port()
+  workdir = str(tmp_path / "two_processes")
+  procs = []
+  for pid in range(2):
+    overrides = {"distributed.enabled": True, "distributed.coordinator_address":
+                 f"127.0.0.1:{port}", "distributed.num_processes": 2,
+                 "distributed.process_id": pid}
+    code = TRAIN_SNIPPET.format(data_dir=str(tmp_path / "data"), workdir=workdir,
+                                overrides=json.dumps(overrides))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               PYTHONPATH=ROOT)
+    procs.append(subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+  errors = [p.communicate(timeout=600)[1] for p in procs]
+  assert all(p.returncode == 0 for p in procs), errors[0][-3000:] + errors[1][-3000:]
+  got = losses(workdir)
+  assert got.keys() == single.keys()
+  np.testing.assert_allclose([got[s] for s in single], list(single.values()), atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_sigkill_resume_reproduces_losses(tmp_path):
+  reference = losses(train_in_subprocess(tmp_path, "reference"))
+  workdir = str(tmp_path / "killed")
+  code = TRAIN_SNIPPET.format(data_dir=str(tmp_path / "data"), workdir=workdir,
+                              overrides=json.dumps({}))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT)
+  kill_after = int(np.random.default_rng().integers(6, 16))
+  proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.exists(metrics) and len(losses(workdir)) >= kill_after:
+      proc.send_signal(signal.SIGKILL)
+      break
+    time.sleep(0.05)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+  assert len(losses(workdir)) < 20
+  train_in_subprocess(tmp_path, "killed")  # resumes from the newest checkpoint
+  assert losses(workdir) == reference  # exact, step for step
+
+
+def test_unreadable_checkpoint_is_skipped(tmp_path, caplog):
+  from longformer_jax import train
+  c = tiny_config(tmp_path, train_steps=10, eval_every=1000, checkpoint_every=5)
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(c, workdir)
+  ckpts = os.path.join(workdir, "checkpoints")
+  assert sorted(os.listdir(ckpts)) == ["10", "5"]
+  for root, _, files in os.walk(os.path.join(ckpts, "10", "state")):
+    for f in files:
+      with open(os.path.join(root, f), "w") as fh:
+        fh.write("truncated")
+  runner = train.Runner(tiny_config(tmp_path, train_steps=10), workdir)
+  _, step, _ = runner.init_or_restore()
+  assert step == 5
+  assert "step 10 is unreadable" in caplog.text
+
+
+def test_nan_loss_stops_and_names_the_step(tmp_path):
+  from longformer_jax import train
+  c = tiny_config(tmp_path, **{"optim.lr": 1e9, "optim.clip_norm": 0.0, "optim.warmup_steps": 0,
+                               "eval_every": 1000})
+  with pytest.raises(FloatingPointError, match=r"at step \d+"):
+    train.train_and_evaluate(c, str(tmp_path / "nan"))
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"mesh.data": 3}, "config.mesh"),
+    ({"optim.grad_accum": 3}, "grad_accum=3"),
+    ({"seq_len": 512}, "max_position_embeddings"),
+    ({"model.max_global_tokens": None}, "max_global_tokens"),
+    ({"optim.schedule": "cosine"}, "config.optim.schedule"),
+    ({"model.attention_window": 7}, "attention_window"),
+])
+def test_bad_configs_are_named_before_compiling(tmp_path, overrides, match):
+  from longformer_jax import train
+  with pytest.raises(ValueError, match=match):
+    train.Runner(tiny_config(tmp_path, **overrides), str(tmp_path / "bad"))
