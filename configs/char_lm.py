@@ -61,7 +61,7 @@ def get_config(variant: str = "text8") -> ml_collections.ConfigDict:
       max_position_embeddings=(1024 if cpu else 23040) + 2, hidden_dropout_prob=0.2,
       attention_probs_dropout_prob=0.2, block_size=64 if cpu else 128, pad_token_id=1,
       max_global_tokens=0, dtype="float32" if cpu else "bfloat16",
-      remat="none" if cpu else "full")
+      remat="none" if cpu else "full", scan_layers=False)
   c.data = dict(name=corpus, data_dir="/tmp/longformer_jax_data",
                 path=f"/tmp/longformer_jax_data/{corpus}.zip", eval_stride=512 if not cpu else 256)
   phases = ((256, 1e-3, 8, 150, 1), (512, 5e-4, 8, 50, 2)) if cpu else PHASES_SMALL

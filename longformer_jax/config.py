@@ -51,6 +51,7 @@ class LongformerConfig:
   max_global_tokens: int | None = None  # static G; None: from concrete inputs
   dtype: str = "float32"  # compute dtype; params are always float32
   remat: str = "none"  # rematerialise each layer in the backward pass: none | full | dots
+  scan_layers: bool = False  # one scanned layer body (needs the same window/dilation per layer)
   extra_json: str = "{}"  # HF passthrough keys (labels...), as JSON: the config stays hashable
 
   def __post_init__(self):
@@ -77,6 +78,9 @@ class LongformerConfig:
       except ValueError as e:
         raise ValueError(f"attention_dilation: {e}") from None
       object.__setattr__(self, "attention_dilation", dil)
+    if self.scan_layers and (len(set(window)) > 1 or len(set(self.attention_dilation or [()])) > 1):
+      raise ValueError("scan_layers needs the same attention_window and attention_dilation on "
+                       f"every layer, got {window} / {self.attention_dilation}")
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(f"hidden_size={self.hidden_size} is not a multiple of "
                        f"num_attention_heads={self.num_attention_heads}")
@@ -137,7 +141,7 @@ class LongformerConfig:
   def to_hf_dict(self, architectures: Sequence[str] = ("LongformerModel",)) -> dict:
     """The HF ``config.json`` contents (plus our own keys, which HF keeps as attributes)."""
     d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-         if f.name not in ("extra_json", "dtype", "max_global_tokens", "block_size", "remat")}
+         if f.name not in ("extra_json", "dtype", "max_global_tokens", "block_size", "remat", "scan_layers")}
     d["attention_window"] = list(self.attention_window)
     if self.attention_dilation is None:
       del d["attention_dilation"]

@@ -62,10 +62,28 @@ def _from_hf_array(path: tuple, value: np.ndarray) -> np.ndarray:
   return x.T if path[-1] == "kernel" else x
 
 
+def _entries(model):
+  """(HF key, our path, variable, layer index or None) for every parameter.
+
+  Scanned encoders hold one stacked array per parameter (leading layer axis);
+  it stands for ``layer.0`` ... ``layer.{L-1}`` in HF names.
+  """
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    if "layers" in path:
+      k = path.index("layers")
+      for i in range(var.shape[0]):
+        yield hf_name(path[:k] + ("layer", i) + path[k + 1:]), path, var, i
+    else:
+      yield hf_name(path), path, var, None
+
+
 def hf_state_dict(model) -> dict[str, np.ndarray]:
   """Our parameters as an HF state dict (float32 numpy, HF layouts)."""
-  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
-  return {hf_name(path): _to_hf_array(path, var[...]) for path, var in flat}
+  out = {}
+  for key, path, var, i in _entries(model):
+    value = np.asarray(var[...])
+    out[key] = _to_hf_array(path, value if i is None else value[i])
+  return out
 
 
 # ---- reading checkpoint files ----------------------------------------------
@@ -122,8 +140,7 @@ def load_hf_weights(model, sd: dict[str, np.ndarray]) -> None:
   """
   task = task_of(model)
   sd = {k: v for k, v in _align_prefix(sd, task).items() if not _IGNORED.search(k)}
-  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
-  expected = {hf_name(path): (path, var) for path, var in flat}
+  expected = {key: (path, var, i) for key, path, var, i in _entries(model)}
   unknown = sorted(k for k in sd if k not in expected and not _HEAD.search(k))
   if unknown:
     raise ValueError(f"checkpoint has {len(unknown)} unknown keys for a Longformer {task} "
@@ -138,16 +155,22 @@ def load_hf_weights(model, sd: dict[str, np.ndarray]) -> None:
                      f"{body_missing[:8]}")
   if missing:
     log.warning("newly initialised (not in the checkpoint): %s", missing)
-  updates = []
-  for key, (path, var) in expected.items():
+  values: dict[tuple, np.ndarray] = {}
+  for key, (path, var, i) in expected.items():
     if key not in sd:
       continue
+    shape = var.shape if i is None else var.shape[1:]
     value = _from_hf_array(path, sd[key])
-    if value.shape != var.shape:
+    if value.shape != shape:
       raise ValueError(f"checkpoint key {key} has shape {sd[key].shape}, the model expects "
-                       f"{_to_hf_array(path, np.zeros(var.shape)).shape}")
-    updates.append((path, var.replace(jnp.asarray(value, var.dtype))))
-  nnx.update(model, nnx.from_flat_state(updates))
+                       f"{_to_hf_array(path, np.zeros(shape)).shape}")
+    if i is None:
+      values[path] = value
+    else:  # fill one layer of the stacked array
+      values.setdefault(path, np.array(var[...], np.float32))[i] = value
+  flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  nnx.update(model, nnx.from_flat_state(
+      [(path, flat[path].replace(jnp.asarray(v, flat[path].dtype))) for path, v in values.items()]))
 
 
 def from_hf(path: str | os.PathLike, task: str | None = None, **config_overrides):

@@ -164,19 +164,35 @@ ACTIVATION_AXES = (sh.BATCH, sh.LENGTH, sh.ACT_EMBED)
 
 
 class Encoder(nnx.Module):
+  """The stack of layers: a Python loop (``layer``), or one scanned, stacked layer
+  (``layers``, params with a leading layer axis) when ``cfg.scan_layers``: one
+  compiled layer body whatever the depth. Either way optionally rematerialised."""
+
   def __init__(self, cfg: LongformerConfig, rngs: nnx.Rngs):
-    self.layer = nnx.List([Layer(cfg, i, rngs) for i in range(cfg.num_hidden_layers)])
-    self.remat = cfg.remat
+    self.remat, self.scan = cfg.remat, cfg.scan_layers
+    if cfg.scan_layers:
+      @nnx.split_rngs(splits=cfg.num_hidden_layers)
+      @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: sh.LAYERS})
+      def stacked(rngs):
+        return Layer(cfg, 0, rngs)
+      self.layers = stacked(rngs)
+    else:
+      self.layer = nnx.List([Layer(cfg, i, rngs) for i in range(cfg.num_hidden_layers)])
 
   def __call__(self, x_BxNxD, valid_BxN, is_global_BxN, gidx):
-    apply = Layer.__call__
+    def apply(layer, x):
+      return sh.constrain(layer(x, valid_BxN, is_global_BxN, gidx), ACTIVATION_AXES)
+
     if self.remat != "none":
       policy = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable
                 if self.remat == "dots" else None)
-      apply = nnx.remat(Layer.__call__, policy=policy)
+      apply = nnx.remat(apply, policy=policy)
+    if self.scan:
+      scanned = nnx.scan(apply, in_axes=(0, nnx.Carry), out_axes=nnx.Carry,
+                         transform_metadata={nnx.PARTITION_NAME: sh.LAYERS})
+      return scanned(self.layers, x_BxNxD)
     for layer in self.layer:
-      x_BxNxD = sh.constrain(apply(layer, x_BxNxD, valid_BxN, is_global_BxN, gidx),
-                             ACTIVATION_AXES)
+      x_BxNxD = apply(layer, x_BxNxD)
     return x_BxNxD
 
 

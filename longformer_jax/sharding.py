@@ -23,7 +23,7 @@ MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 # Logical axis names, declared once.
 BATCH, LENGTH, EMBED, HEADS, MLP, VOCAB = "batch", "length", "embed", "heads", "mlp", "vocab"
 EMBED_OUT, POSITIONS, TYPES, LABELS, NORM = "embed_out", "positions", "types", "labels", "norm"
-ACT_EMBED = "act_embed"
+ACT_EMBED, LAYERS = "act_embed", "layers"
 
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (BATCH, ("data", "fsdp")),
@@ -38,6 +38,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (TYPES, None),
     (LABELS, None),
     (NORM, None),
+    (LAYERS, None),
 )
 
 

@@ -152,7 +152,7 @@ def make_train_step(task: str, graphdef, rest, tx, schedule, accum: int, seed: i
     # Fresh Variables for the rng state, owned by this trace (reseed mutates them).
     model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
     model.train()
-    nnx.reseed(model, dropout=key)
+    nnx.reseed(model, dropout=key, policy="match_shape")  # stacked keys when scanned
     loss, sums = tasks.loss_and_metrics(task, model, batch)
     return loss, sums
 

@@ -231,3 +231,19 @@ def test_bad_inputs_are_named(tmp_path):
   with pytest.raises(ValueError, match="sep_token_id"):
     qa = lj.from_hf(save_hf("question_answering", tmp_path)[1])
     qa(np.full((1, 9), 5))
+
+
+def test_scanned_encoder_parity_and_round_trip(tmp_path):
+  hf, path = save_hf("masked_lm", tmp_path, attention_window=[8, 8])
+  scanned = lj.from_hf(path, scan_layers=True, remat="full")
+  assert scanned.longformer.encoder.layers.attention.self_attn.query.kernel.shape == (2, 32, 32)
+  run_both("masked_lm", hf, scanned, task_inputs("masked_lm", np.random.default_rng(6)))
+  lj.to_hf(scanned, tmp_path / "back")
+  back = HEADS["masked_lm"].from_pretrained(tmp_path / "back").eval()
+  for k, v in hf.state_dict().items():
+    assert torch.equal(v, back.state_dict()[k]), k
+
+
+def test_scan_needs_uniform_layers():
+  with pytest.raises(ValueError, match="scan_layers"):
+    lj.LongformerConfig(num_hidden_layers=2, attention_window=[8, 4], scan_layers=True)

@@ -191,3 +191,22 @@ def test_bad_configs_are_named_before_compiling(tmp_path, overrides, match):
   from longformer_jax import train
   with pytest.raises(ValueError, match=match):
     train.Runner(tiny_config(tmp_path, **overrides), str(tmp_path / "bad"))
+
+
+def test_remat_and_scan_train(tmp_path):
+  """remat changes memory, not values; a scanned encoder trains with sharded stacked params."""
+  from longformer_jax import train
+  base = train.train_and_evaluate(
+      tiny_config(tmp_path, train_steps=4, eval_every=1000, checkpoint_every=0),
+      str(tmp_path / "plain"))
+  remat = train.train_and_evaluate(
+      tiny_config(tmp_path, train_steps=4, eval_every=1000, checkpoint_every=0,
+                  **{"model.remat": "full"}), str(tmp_path / "remat"))
+  np.testing.assert_allclose(losses(str(tmp_path / "remat"))[4],
+                             losses(str(tmp_path / "plain"))[4], rtol=1e-6)
+  assert remat.keys() == base.keys()
+  train.train_and_evaluate(
+      tiny_config(tmp_path, train_steps=4, eval_every=1000, checkpoint_every=0,
+                  **{"model.scan_layers": True, "model.remat": "dots"}),
+      str(tmp_path / "scan"))
+  assert all(np.isfinite(v) for v in losses(str(tmp_path / "scan")).values())
