@@ -8,7 +8,6 @@ micro-batches, devices and eval batches before dividing.
   attention where the batch marks it); metric accuracy.
 * ``causal_lm``: next-token prediction with a causal window; metric bits per
   token (BPC for character corpora).
-* ``mlm``: masked-LM on ``labels`` (-100 = not scored); metric BPC of masked tokens.
 """
 
 from __future__ import annotations
@@ -19,8 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-TASK_HEADS = {"classification": "sequence_classification", "causal_lm": "masked_lm",
-              "mlm": "masked_lm"}
+TASK_HEADS = {"classification": "sequence_classification", "causal_lm": "masked_lm"}
 
 
 def _position_ids(batch, pad_token_id: int):
@@ -44,12 +42,12 @@ def loss_and_metrics(task: str, model, batch, *, no_global: bool = False):
     total = jnp.maximum(w.sum(), 1.0)
     return (ce * w).sum() / total, {"loss": ((ce * w).sum(), w.sum()),
                                     "accuracy": ((correct * w).sum(), w.sum())}
-  if task in ("causal_lm", "mlm"):
+  if task == "causal_lm":
     logits = model(batch["input_ids"], batch["attention_mask"], gmask,
                    position_ids=_position_ids(batch, cfg.pad_token_id)).logits
     labels = batch["labels"]
-    w = batch["weight"].astype(jnp.float32) * (labels >= 0)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+    w = batch["weight"].astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     total = jnp.maximum(w.sum(), 1.0)
     loss_sum = (ce * w).sum()
     return loss_sum / total, {"loss": (loss_sum, w.sum()),

@@ -101,6 +101,8 @@ def model_config(config, phase: Phase) -> LongformerConfig:
 
 def validate(config, phases: list[Phase], mesh) -> None:
   """Checks that need no compile: shapes against the mesh, positions, static bounds."""
+  if config.task not in tasks.TASK_HEADS:
+    raise ValueError(f"config.task={config.task!r} is not one of {sorted(tasks.TASK_HEADS)}")
   batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   accum = int(config.optim.get("grad_accum", 1))
   for p in phases:

@@ -210,3 +210,32 @@ def test_remat_and_scan_train(tmp_path):
                   **{"model.scan_layers": True, "model.remat": "dots"}),
       str(tmp_path / "scan"))
   assert all(np.isfinite(v) for v in losses(str(tmp_path / "scan")).values())
+
+
+def test_char_lm_phases_run_in_one_launch(tmp_path):
+  """Two phases (sequence 256 -> 512, window x2, LR halved) on a tiny text8-like zip."""
+  import zipfile
+  sys.path.insert(0, ROOT)
+  from configs import char_lm
+  from longformer_jax import train
+  rng = np.random.default_rng(0)
+  text = "".join(rng.choice(list("abcdefgh "), size=200_000))
+  path = tmp_path / "text8.zip"
+  with zipfile.ZipFile(path, "w") as z:
+    z.writestr("text8", text)
+  c = char_lm.get_config("text8,cpu")
+  c.data.data_dir, c.data.path = str(tmp_path / "data"), str(path)
+  c.phases = (dict(c.phases[0], steps=4), dict(c.phases[1], steps=3))
+  c.eval_every, c.eval_batches, c.async_checkpoints, c.log_every = 4, 2, False, 1
+  runner = train.Runner(c, str(tmp_path / "lm"))
+  assert [train.model_config(c, p).attention_window for p in runner.phases] == [
+      (16, 64), (32, 128)]
+  out = runner.run()
+  rows = losses(str(tmp_path / "lm"))
+  assert sorted(rows) == list(range(1, 8)) and all(np.isfinite(list(rows.values())))
+  # 9 symbols: a model that learnt nothing sits near log2(256) = 8 bits, uniform over
+  # the used symbols at log2(9) = 3.17; a few steps must already be well below 8.
+  assert 0 < out["eval_bpc"] < 8
+  with open(os.path.join(tmp_path / "lm", "metrics.jsonl")) as f:
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, f) if "lr" in r}
+  assert lrs[7] < lrs[4]  # phase 2 runs at half the peak LR
