@@ -79,8 +79,20 @@ def phase_of(phases: list[Phase], step: int) -> Phase:
 
 
 def model_config(config, phase: Phase) -> LongformerConfig:
-  """The model of a phase: windows scaled by the phase's ``window_scale``."""
+  """The model of a phase: windows scaled by the phase's ``window_scale``.
+
+  With ``config.init_from_hf`` the architecture comes from that checkpoint's
+  config.json; ``config.model`` then only sets run fields (dtype, remat, ...).
+  """
   fields = dict(config.model)
+  if config.get("init_from_hf"):
+    arch = LongformerConfig.from_json(config.init_from_hf)
+    run_fields = ("dtype", "remat", "scan_layers", "block_size", "max_global_tokens",
+                  "hidden_dropout_prob", "attention_probs_dropout_prob")
+    fields = {**{f: getattr(arch, f) for f in arch.__dataclass_fields__
+                 if f not in ("extra_json",)},
+              **{k: v for k, v in fields.items() if k in run_fields}}
+    fields["attention_window"] = list(arch.attention_window)
   windows = fields.pop("attention_window")
   layers = fields["num_hidden_layers"]
   windows = [windows] * layers if isinstance(windows, int) else list(windows)
@@ -146,7 +158,8 @@ def split_model(cfg: LongformerConfig, head: str, seed: int):
   return graphdef, rest
 
 
-def make_train_step(task: str, graphdef, rest, tx, schedule, accum: int, seed: int):
+def make_train_step(task: str, graphdef, rest, tx, schedule, accum: int, seed: int,
+                    mlm: dict | None = None):
   """Pure step: (state, batch) -> (state, metrics)."""
   base_key = jax.random.key(seed + 1)
 
@@ -154,8 +167,9 @@ def make_train_step(task: str, graphdef, rest, tx, schedule, accum: int, seed: i
     # Fresh Variables for the rng state, owned by this trace (reseed mutates them).
     model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
     model.train()
-    nnx.reseed(model, dropout=key, policy="match_shape")  # stacked keys when scanned
-    loss, sums = tasks.loss_and_metrics(task, model, batch)
+    dropout_key, mask_key = jax.random.split(key)
+    nnx.reseed(model, dropout=dropout_key, policy="match_shape")  # stacked keys when scanned
+    loss, sums = tasks.loss_and_metrics(task, model, batch, key=mask_key, mlm=mlm)
     return loss, sums
 
   def step_fn(state, batch):
@@ -185,11 +199,13 @@ def make_train_step(task: str, graphdef, rest, tx, schedule, accum: int, seed: i
   return step_fn
 
 
-def make_eval_step(task: str, graphdef, rest, no_global: bool):
-  def eval_fn(params, batch):
+def make_eval_step(task: str, graphdef, rest, no_global: bool, mlm: dict | None, seed: int):
+  """Pure eval: (params, batch, batch index) -> metric sums; MLM masks are fixed per batch."""
+  def eval_fn(params, batch, index):
     model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
     model.eval()
-    return tasks.loss_and_metrics(task, model, batch, no_global=no_global)[1]
+    key = jax.random.fold_in(jax.random.key(seed + 2), index)
+    return tasks.loss_and_metrics(task, model, batch, no_global=no_global, key=key, mlm=mlm)[1]
   return eval_fn
 
 
@@ -265,12 +281,14 @@ class Runner:
     if phase.index not in self._compiled:
       cfg = model_config(self.config, phase)
       graphdef, rest = split_model(cfg, self.head, self.config.seed)
+      mlm = dict(self.config.mlm) if self.config.get("mlm") else None
       step = make_train_step(self.config.task, graphdef, rest, self.tx, self.schedule,
-                             self.accum, self.config.seed)
+                             self.accum, self.config.seed, mlm)
       # in_shardings: (state: the param/optimizer layout, batch: split over data*fsdp)
       jstep = jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
                       out_shardings=(self.state_shardings, None), donate_argnums=(0,))
-      evals = {name: jax.jit(make_eval_step(self.config.task, graphdef, rest, no_global))
+      evals = {name: jax.jit(make_eval_step(self.config.task, graphdef, rest, no_global, mlm,
+                                            self.config.seed))
                for name, no_global in self.eval_variants()}
       self._compiled[phase.index] = (cfg, jstep, evals)
     return self._compiled[phase.index]
@@ -294,7 +312,18 @@ class Runner:
       return state, step, it
     with sh.activation_sharding(self.mesh, self.rules):
       state = jax.jit(init, out_shardings=self.state_shardings)()
+    if self.config.get("init_from_hf"):
+      state["params"] = self.params_from_hf(cfg0)
     return state, 0, self.iterator(self.phases[0])
+
+  def params_from_hf(self, cfg: LongformerConfig):
+    """Parameters of ``config.init_from_hf`` (an HF Longformer directory), sharded."""
+    from longformer_jax import convert
+    path = self.config.init_from_hf
+    log.info("initialising parameters from %s", path)
+    model = model_lib.create_model(cfg, self.head, self.config.seed)
+    convert.load_hf_weights(model, convert.load_state_dict(path))
+    return jax.device_put(nnx.state(model, nnx.Param), self.state_shardings["params"])
 
   def evaluate(self, state, phase: Phase) -> dict:
     cfg, _, evals = self.functions(phase)
@@ -305,7 +334,7 @@ class Runner:
       for i, batch in enumerate(self.iterator(phase, self.config.get("eval_split", "validation"))):
         if limit is not None and i >= limit:
           break
-        sums = fn(state["params"], self.to_global(batch))
+        sums = fn(state["params"], self.to_global(batch), i)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
       for k, v in tasks.finalize(totals).items():
         out[f"{name}_{k}"] = v

@@ -239,3 +239,50 @@ def test_char_lm_phases_run_in_one_launch(tmp_path):
   with open(os.path.join(tmp_path / "lm", "metrics.jsonl")) as f:
     lrs = {r["step"]: r["lr"] for r in map(json.loads, f) if "lr" in r}
   assert lrs[7] < lrs[4]  # phase 2 runs at half the peak LR
+
+
+def test_mask_tokens_statistics():
+  import jax
+  import jax.numpy as jnp
+  from longformer_jax import tasks
+  ids = jnp.full((64, 512), 7, jnp.int32)
+  valid = jnp.arange(512)[None, :] < 400
+  inputs, targets = tasks.mask_tokens(ids, jnp.broadcast_to(valid, ids.shape),
+                                      jax.random.key(0), vocab_size=100, mask_token_id=99)
+  inputs, targets = np.asarray(inputs), np.asarray(targets)
+  assert not targets[:, 400:].any()  # padding is never a target
+  assert abs(targets[:, :400].mean() - 0.15) < 0.01
+  t = inputs[targets]
+  assert abs((t == 99).mean() - 0.8) < 0.02
+  assert abs((t == 7).mean() - (0.1 + 0.1 / 100)) < 0.02  # kept, or drawn at random as 7
+  assert (inputs[~targets] == 7).all()
+
+
+def test_mlm_continues_from_an_hf_checkpoint(tmp_path):
+  import jax
+  import torch
+  import transformers
+  sys.path.insert(0, ROOT)
+  from configs import mlm
+  from longformer_jax import train
+  torch.manual_seed(0)
+  hf = transformers.LongformerForMaskedLM(transformers.LongformerConfig(
+      vocab_size=257, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+      intermediate_size=64, attention_window=[16, 16], max_position_embeddings=130,
+      pad_token_id=1)).eval()
+  hf.save_pretrained(tmp_path / "init")
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("the quick brown fox jumps over the lazy dog. " * 400)
+  c = mlm.get_config("cpu")
+  c.init_from_hf, c.data.path = str(tmp_path / "init"), str(corpus)
+  c.data.data_dir, c.seq_len, c.train_steps = str(tmp_path / "data"), 128, 3
+  c.optim.warmup_steps = 1
+  c.eval_every, c.eval_batches, c.log_every, c.async_checkpoints = 3, 1, 1, False
+  runner = train.Runner(c, str(tmp_path / "run"))
+  state, _, _ = runner.init_or_restore()
+  got = np.asarray(jax.device_get(
+      state["params"]["longformer"]["embeddings"]["word_embeddings"]["embedding"][...]))
+  want = hf.longformer.embeddings.word_embeddings.weight.detach().numpy()
+  np.testing.assert_array_equal(got, want)
+  out = train.train_and_evaluate(c, str(tmp_path / "run2"))
+  assert np.isfinite(out["eval_bits_per_token"]) and out["eval_bits_per_token"] > 0
