@@ -375,6 +375,10 @@ class Runner:
       if stop and step < self.total:
         log.warning("stopped at step %d on SIGTERM; the run resumes from here", step)
         break
+    if not last and step == self.total:  # resumed a finished run: report where it stands
+      last = self.evaluate(state, phase)
+      log.info("run already complete at step %d | %s", step,
+               " | ".join(f"{k} {v:.4f}" for k, v in last.items()))
     self.ckpt.close()
     self.writer.close()
     return last

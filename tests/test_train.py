@@ -286,3 +286,12 @@ def test_mlm_continues_from_an_hf_checkpoint(tmp_path):
   np.testing.assert_array_equal(got, want)
   out = train.train_and_evaluate(c, str(tmp_path / "run2"))
   assert np.isfinite(out["eval_bits_per_token"]) and out["eval_bits_per_token"] > 0
+
+
+def test_rerunning_a_finished_run_reports_its_eval(tmp_path):
+  from longformer_jax import train
+  c = tiny_config(tmp_path, train_steps=5, eval_every=5, checkpoint_every=5)
+  first = train.train_and_evaluate(c, str(tmp_path / "run"))
+  again = train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert again["eval_accuracy"] == first["eval_accuracy"]
+  assert len(losses(str(tmp_path / "run"))) == 5  # nothing retrained or logged twice
