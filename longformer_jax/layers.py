@@ -17,10 +17,35 @@ from longformer_jax import sharding as sh
 from longformer_jax.config import LongformerConfig
 
 
+@jax.custom_vjp
+def gelu_exact(x):
+  """x * Phi(x) (the erf GELU of the reference checkpoints).
+
+  Its backward pass keeps only ``x`` and recomputes Phi and phi: autodiff of the
+  erf form keeps several (tokens, d_ff) intermediates per layer (14% of a 12-layer
+  model's compiled fwd+bwd memory at 4K tokens).
+  """
+  return jax.nn.gelu(x, approximate=False)
+
+
+def _gelu_fwd(x):
+  return gelu_exact(x), x
+
+
+def _gelu_bwd(x, g):
+  xf = x.astype(jnp.float32)
+  cdf = 0.5 * (1.0 + jax.lax.erf(xf * (1.0 / math.sqrt(2.0))))
+  pdf = jnp.exp(-0.5 * xf * xf) * (1.0 / math.sqrt(2.0 * math.pi))
+  return ((g.astype(jnp.float32) * (cdf + xf * pdf)).astype(x.dtype),)
+
+
+gelu_exact.defvjp(_gelu_fwd, _gelu_bwd)
+
+
 def activation(name: str):
   """The HF activation of that name (``gelu`` is the exact erf form)."""
   return {
-      "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+      "gelu": gelu_exact,
       "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
       "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
       "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
