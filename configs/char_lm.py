@@ -22,6 +22,8 @@ sinusoidal positions).
 
 import ml_collections
 
+from longformer_jax.train import run_config
+
 PHASES_SMALL = (  # (seq_len, lr, batch, steps, window_scale)
     (2048, 2.5e-4, 32, 430_000, 1),
     (4096, 1.25e-4, 32, 50_000, 2),
@@ -50,8 +52,8 @@ def get_config(variant: str = "text8") -> ml_collections.ConfigDict:
     raise ValueError(f"configs/char_lm.py: corpus {corpus!r} is not text8 or enwik8")
   cpu = "cpu" in flags
   layers, hidden, heads = (2, 64, 4) if cpu else (12, 512, 8)
-  c = ml_collections.ConfigDict()
-  c.seed = 0
+  c = run_config(log_every=10 if cpu else 100, eval_every=100 if cpu else 10_000,
+                 eval_batches=8 if cpu else 0, checkpoint_every=100 if cpu else 5_000)
   c.task = "causal_lm"
   c.model = dict(
       vocab_size=256, num_labels=1, hidden_size=hidden, num_hidden_layers=layers,
@@ -71,16 +73,4 @@ def get_config(variant: str = "text8") -> ml_collections.ConfigDict:
   c.optim = dict(lr=phases[0][1], warmup_steps=None, warmup_frac=0.1,
                  max_warmup_steps=10_000, schedule="constant", weight_decay=0.01,
                  clip_norm=0.25, b1=0.9, b2=0.98, eps=1e-6, grad_accum=1)
-  c.mesh = dict(data=-1, fsdp=1, tensor=1, sequence=1)
-  c.sharding_rules = None
-  c.log_every = 10 if cpu else 100
-  c.eval_every = 100 if cpu else 10_000
-  c.eval_split = "validation"
-  c.eval_batches = 8 if cpu else 0
-  c.eval_without_global = False
-  c.checkpoint_every = 100 if cpu else 5_000
-  c.keep_checkpoints = 3
-  c.async_checkpoints = True
-  c.distributed = dict(enabled=False, coordinator_address=None, num_processes=None,
-                       process_id=None)
   return c

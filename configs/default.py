@@ -14,10 +14,12 @@ Variants: ``:no_global`` trains with global attention off (the ablation);
 
 import ml_collections
 
+from longformer_jax.train import run_config
+
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
+  c = run_config(log_every=20, eval_every=350, eval_without_global=True,
+                 checkpoint_every=350, keep_checkpoints=2)
   c.task = "classification"
   c.model = dict(
       vocab_size=-1, num_labels=-1,  # from the data
@@ -32,21 +34,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.seq_len = 2048
   c.batch_size = 8
   c.train_steps = 700
-  c.phases = ()
   c.optim = dict(lr=3e-3, warmup_steps=50, schedule="linear", end_lr_frac=0.0,
                  weight_decay=0.01, clip_norm=1.0, b1=0.9, b2=0.98, eps=1e-6, grad_accum=1)
-  c.mesh = dict(data=-1, fsdp=1, tensor=1, sequence=1)
-  c.sharding_rules = None  # None: longformer_jax.sharding.DEFAULT_RULES
-  c.log_every = 20
-  c.eval_every = 350
-  c.eval_split = "validation"
-  c.eval_batches = 0  # 0: the whole split
-  c.eval_without_global = True
-  c.checkpoint_every = 350
-  c.keep_checkpoints = 2
-  c.async_checkpoints = True
-  c.distributed = dict(enabled=False, coordinator_address=None, num_processes=None,
-                       process_id=None)
 
   if variant == "no_global":
     c.data.global_query = False

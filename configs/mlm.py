@@ -16,13 +16,15 @@ checkpoint), in minutes: ``--config.data.path=FILE.txt``.
 
 import ml_collections
 
+from longformer_jax.train import run_config
+
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   cpu = variant == "cpu"
   if variant not in ("", "cpu"):
     raise ValueError(f"unknown variant {variant!r} of configs/mlm.py")
-  c = ml_collections.ConfigDict()
-  c.seed = 0
+  c = run_config(log_every=10 if cpu else 100, eval_every=100 if cpu else 5_000,
+                 eval_batches=8 if cpu else 64, checkpoint_every=100 if cpu else 2_000)
   c.task = "mlm"
   c.init_from_hf = "" if cpu else "/tmp/longformer-base-init"
   # With init_from_hf the architecture is the checkpoint's; these are run settings.
@@ -41,20 +43,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.seq_len = 512 if cpu else 4096
   c.batch_size = 8 if cpu else 64
   c.train_steps = 300 if cpu else 65_000
-  c.phases = ()
   c.optim = dict(lr=1e-3 if cpu else 3e-5, warmup_steps=30 if cpu else 500, schedule="poly3",
                  end_lr_frac=0.0, weight_decay=0.01, clip_norm=1.0, b1=0.9, b2=0.98,
                  eps=1e-6, grad_accum=1)
-  c.mesh = dict(data=-1, fsdp=1, tensor=1, sequence=1)
-  c.sharding_rules = None
-  c.log_every = 10 if cpu else 100
-  c.eval_every = 100 if cpu else 5_000
-  c.eval_split = "validation"
-  c.eval_batches = 8 if cpu else 64
-  c.eval_without_global = False
-  c.checkpoint_every = 100 if cpu else 2_000
-  c.keep_checkpoints = 3
-  c.async_checkpoints = True
-  c.distributed = dict(enabled=False, coordinator_address=None, num_processes=None,
-                       process_id=None)
   return c

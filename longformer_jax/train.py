@@ -16,6 +16,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import nnx
@@ -43,6 +44,27 @@ class Phase:
   seq_len: int
   batch_size: int
   window_scale: float = 1.0
+  warmup_steps: int | None = None  # None: optim.warmup_frac of the phase, capped
+
+
+def run_config(**overrides) -> ml_collections.ConfigDict:
+  """The run fields every experiment config shares (mesh, logging, eval, checkpoints).
+
+  Configs start from this and add ``task``, ``model``, ``data``, ``optim`` and the
+  phase fields (``seq_len``, ``batch_size``, ``train_steps`` or ``phases``).
+  """
+  c = ml_collections.ConfigDict(dict(
+      seed=0, phases=(), init_from_hf="",
+      mesh=dict(data=-1, fsdp=1, tensor=1, sequence=1),
+      sharding_rules=None,  # None: longformer_jax.sharding.DEFAULT_RULES
+      log_every=100, eval_every=1000, eval_split="validation",
+      eval_batches=0,  # 0: the whole split
+      eval_without_global=False, checkpoint_every=1000, keep_checkpoints=3,
+      async_checkpoints=True,
+      distributed=dict(enabled=False, coordinator_address=None, num_processes=None,
+                       process_id=None)))
+  c.update(overrides)
+  return c
 
 
 def resolve_phases(config) -> list[Phase]:
@@ -55,20 +77,13 @@ def resolve_phases(config) -> list[Phase]:
     unknown = set(overrides) - set(base) - {"warmup_steps"}
     if unknown:
       raise ValueError(f"config.phases[{i}] has unknown fields {sorted(unknown)}")
-    p = {**base, **{k: v for k, v in overrides.items() if k != "warmup_steps"}}
+    p = {**base, **overrides}
+    warm = p.get("warmup_steps", config.optim.get("warmup_steps"))
     phases.append(Phase(i, start, int(p["steps"]), float(p["lr"]), int(p["seq_len"]),
-                        int(p["batch_size"]), float(p["window_scale"])))
+                        int(p["batch_size"]), float(p["window_scale"]),
+                        None if warm is None else int(warm)))
     start += int(p["steps"])
   return phases
-
-
-def schedule_phases(config, phases: list[Phase]) -> list[dict]:
-  raw = [dict(p) for p in config.get("phases") or ()] or [{}]
-  out = []
-  for ph, r in zip(phases, raw):
-    warm = r.get("warmup_steps", config.optim.get("warmup_steps"))
-    out.append(dict(steps=ph.steps, lr=ph.lr, warmup_steps=warm))
-  return out
 
 
 def phase_of(phases: list[Phase], step: int) -> Phase:
@@ -254,7 +269,9 @@ class Runner:
     self.rules = sh.rules_of(config.get("sharding_rules"))
     validate(config, self.phases, self.mesh)
     self.head = tasks.TASK_HEADS[config.task]
-    self.schedule = optim.make_schedule(schedule_phases(config, self.phases), config.optim)
+    self.schedule = optim.make_schedule(
+        [dict(steps=p.steps, lr=p.lr, warmup_steps=p.warmup_steps) for p in self.phases],
+        config.optim)
     self.tx = optim.make_optimizer(config.optim, self.schedule)
     self.accum = int(config.optim.get("grad_accum", 1))
     self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(("data", "fsdp")))
