@@ -24,6 +24,7 @@ Nb query blocks, Q block size, K keys per block window.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Sequence
 
@@ -108,25 +109,202 @@ def _safe_max(*scores):
   return jax.lax.stop_gradient(m)  # softmax does not depend on the shift
 
 
-def _blocks_in_window(x_BxNbxQx___, lo: int, hi: int, fill):
-  """Concatenate, for each block, blocks [i - lo, i + hi] along the block axis.
+class _Band(NamedTuple):
+  """Static description of one banded attention call (hashable: a custom_vjp arg)."""
 
-  (B, Nb, Q, ...) -> (B, Nb, (lo + hi + 1) * Q, ...); out-of-range blocks hold
-  ``fill``. Static slices only: the gather is a few pads and slices.
+  q_block: int  # queries per step
+  num_blocks: int  # steps per example
+  left: int  # reach to the left / right, in positions (already capped)
+  right: int
+  dropout_rate: float
+
+  @property
+  def span(self) -> int:
+    return self.q_block + self.left + self.right
+
+
+def _acc(dtype):
+  """Accumulation / softmax dtype: fp32, or the input's if wider."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _band_mask(band: _Band) -> np.ndarray:
+  """(Q, S) bool: key t of a step's span is within reach of query s.
+
+  A step's span starts ``left`` positions before its first query, so query s
+  reaches keys t with 0 <= t - s <= left + right, the same for every step.
   """
-  nb = x_BxNbxQx___.shape[1]
-  pad = [(0, 0)] * x_BxNbxQx___.ndim
-  pad[1] = (lo, hi)
-  padded = jnp.pad(x_BxNbxQx___, pad, constant_values=fill)
-  return jnp.concatenate([padded[:, j:j + nb] for j in range(lo + hi + 1)], axis=2)
+  rel = np.arange(band.span)[None, :] - np.arange(band.q_block)[:, None]
+  return (rel >= 0) & (rel <= band.left + band.right)
 
 
-def _band(q_block: int, lo: int, hi: int, left: int, right: int) -> np.ndarray:
-  """(Q, K) bool: key slot t of a block window is within reach of query slot s."""
-  s = np.arange(q_block)[:, None]
-  t = np.arange((lo + hi + 1) * q_block)[None, :]
-  rel = t - lo * q_block - s
-  return (rel >= -left) & (rel <= right)
+class _Step(NamedTuple):
+  """One step's operands: a block of queries of one example, all heads."""
+
+  start: jax.Array  # first query position
+  q: jax.Array  # (H, Q, D)
+  k: jax.Array  # (H, S, D) the span of keys the block reaches
+  v: jax.Array  # (H, S, D)
+  mask: jax.Array  # (Q, S)
+  gk: jax.Array | None  # (H, G, D) this example's global keys / values
+  gv: jax.Array | None
+  gmask: jax.Array | None  # (Q, G)
+
+
+def _step(band: _Band, t, q, k, v, key_ok, gk, gv, global_ok) -> _Step:
+  """Operands of step t = (example b, query block i), by dynamic slicing."""
+  _, h, _, d = q.shape
+  b, start = t // band.num_blocks, (t % band.num_blocks) * band.q_block
+  take = lambda x, length: jax.lax.dynamic_slice(x, (b, 0, start, 0), (1, h, length, d))[0]
+  oks = jax.lax.dynamic_slice(key_ok, (b, start), (1, band.span))
+  mask = jnp.asarray(_band_mask(band)) & oks
+  gks = gvs = gmask = None
+  if gk is not None:
+    gks, gvs = gk[b], gv[b]
+    gmask = jax.lax.dynamic_slice(global_ok, (b, start, 0), (1, band.q_block, gk.shape[2]))[0]
+  return _Step(start, take(q, band.q_block), take(k, band.span), take(v, band.span), mask,
+               gks, gvs, gmask)
+
+
+def _scores(s: _Step, h: int):
+  """Head h's masked fp32 scores against the span and the global keys."""
+  f32 = _acc(s.q.dtype)
+  sc = jnp.where(s.mask, jnp.dot(s.q[h], s.k[h].T, preferred_element_type=f32), NEG_INF)
+  if s.gk is None:
+    return sc, None
+  sg = jnp.where(s.gmask, jnp.dot(s.q[h], s.gk[h].T, preferred_element_type=f32), NEG_INF)
+  return sc, sg
+
+
+def _keep(band: _Band, rng, t, heads: int, widths):
+  """Step t's dropout keep masks (scaled by 1 / (1 - rate)) per head, one per score
+  array; the backward pass regenerates them from (rng, t)."""
+  if rng is None or band.dropout_rate == 0.0:
+    return None
+  shape = (heads, band.q_block, sum(widths))
+  keep = jax.random.bernoulli(jax.random.fold_in(rng, t), 1.0 - band.dropout_rate, shape)
+  keep = keep.astype(jnp.float32) / (1.0 - band.dropout_rate)
+  return keep, np.cumsum((0,) + tuple(widths))
+
+
+def _apply_keep(keep, h, j, p):
+  if keep is None or p is None:
+    return p
+  mask, edges = keep
+  return p * mask[h, :, edges[j]:edges[j + 1]]
+
+
+def _widths(band, gk):
+  return (band.span,) + (() if gk is None else (gk.shape[2],))
+
+
+def _band_forward(band: _Band, q, k, v, key_ok, gk, gv, global_ok, rng):
+  """Scan over (example, query block): output (B*Nb, H, Q, D), log-sum-exp (B*Nb, H, Q).
+
+  Heads are unrolled inside a step: each head's products are plain 2-D matrix
+  products, which XLA:CPU runs faster than batched ones, and independent heads
+  can run concurrently.
+  """
+  heads = q.shape[1]
+
+  def step(_, t):
+    s = _step(band, t, q, k, v, key_ok, gk, gv, global_ok)
+    keep = _keep(band, rng, t, heads, _widths(band, gk))
+    outs, lses = [], []
+    for h in range(heads):
+      sc, sg = _scores(s, h)
+      m = sc.max(-1) if sg is None else jnp.maximum(sc.max(-1), sg.max(-1))
+      m = jnp.where(m > NEG_INF / 2, m, 0.0)[:, None]  # a row with no key gives 0 below
+      p = jnp.exp(sc - m)
+      pg = None if sg is None else jnp.exp(sg - m)
+      denom = p.sum(-1) + (0.0 if pg is None else pg.sum(-1))
+      p, pg = _apply_keep(keep, h, 0, p), _apply_keep(keep, h, 1, pg)
+      o = jnp.dot(p.astype(v.dtype), s.v[h], preferred_element_type=_acc(v.dtype))
+      if pg is not None:
+        o += jnp.dot(pg.astype(gv.dtype), s.gv[h], preferred_element_type=_acc(v.dtype))
+      ok = denom > 0
+      safe = jnp.where(ok, denom, 1.0)
+      outs.append((o / safe[:, None]).astype(v.dtype))
+      lses.append(jnp.where(ok, m[:, 0] + jnp.log(safe), 0.0))
+    return None, (jnp.stack(outs), jnp.stack(lses))
+
+  steps = q.shape[0] * band.num_blocks
+  return jax.lax.scan(step, None, jnp.arange(steps))[1]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _band_core(band, q, k, v, key_ok, gk, gv, global_ok, rng):
+  return _band_forward(band, q, k, v, key_ok, gk, gv, global_ok, rng)[0]
+
+
+def _band_core_fwd(band, q, k, v, key_ok, gk, gv, global_ok, rng):
+  o, lse = _band_forward(band, q, k, v, key_ok, gk, gv, global_ok, rng)
+  return o, (q, k, v, key_ok, gk, gv, global_ok, rng, o, lse)
+
+
+def _band_core_bwd(band, res, do):
+  """Flash-attention style: recomputes each step's probabilities from the saved
+  log-sum-exp; the key/value gradients of a step's span are added into padded
+  accumulators carried through the scan."""
+  q, k, v, key_ok, gk, gv, global_ok, rng, o, lse = res
+  heads, f32 = q.shape[1], _acc(q.dtype)
+  dot = functools.partial(jnp.dot, preferred_element_type=f32)
+
+  def step(carry, xs):
+    dk, dv, dgk, dgv = carry
+    t, do_t, o_t, lse_t = xs
+    s = _step(band, t, q, k, v, key_ok, gk, gv, global_ok)
+    keep = _keep(band, rng, t, heads, _widths(band, gk))
+    delta = jnp.sum(do_t.astype(f32) * o_t.astype(f32), axis=-1)[..., None]  # (H, Q, 1)
+    dq, dks, dvs, dgks, dgvs = [], [], [], [], []
+    for h in range(heads):
+      sc, sg = _scores(s, h)
+      do_h = do_t[h]
+      p = jnp.exp(sc - lse_t[h][:, None])
+      pd = _apply_keep(keep, h, 0, p)
+      dvs.append(dot(pd.astype(do_h.dtype).T, do_h))
+      dp = _apply_keep(keep, h, 0, dot(do_h, s.v[h].T))
+      ds = (p * (dp - delta[h])).astype(q.dtype)
+      dq_h = dot(ds, s.k[h])
+      dks.append(dot(ds.T, s.q[h]))
+      if sg is not None:
+        pg = jnp.exp(sg - lse_t[h][:, None])
+        dpg = _apply_keep(keep, h, 1, dot(do_h, s.gv[h].T))
+        dsg = (pg * (dpg - delta[h])).astype(q.dtype)
+        dq_h += dot(dsg, s.gk[h])
+        dgks.append(dot(dsg.T, s.q[h]))
+        dgvs.append(dot(_apply_keep(keep, h, 1, pg).astype(do_h.dtype).T, do_h))
+      dq.append(dq_h.astype(q.dtype))
+    b = t // band.num_blocks
+
+    def add(acc, rows):
+      at = (b, 0, s.start, 0)
+      cur = jax.lax.dynamic_slice(acc, at, (1,) + rows.shape)
+      return jax.lax.dynamic_update_slice(acc, cur + rows[None], at)
+
+    dk, dv = add(dk, jnp.stack(dks)), add(dv, jnp.stack(dvs))
+    if gk is not None:
+      dgk = dgk.at[b].add(jnp.stack(dgks))
+      dgv = dgv.at[b].add(jnp.stack(dgvs))
+    return (dk, dv, dgk, dgv), jnp.stack(dq)
+
+  zeros = lambda x: None if x is None else jnp.zeros(x.shape, f32)
+  carry = (zeros(k), zeros(v), zeros(gk), zeros(gv))
+  steps = q.shape[0] * band.num_blocks
+  (dk, dv, dgk, dgv), dq = jax.lax.scan(step, carry, (jnp.arange(steps), do, o, lse))
+  cast = lambda g, x: None if x is None else g.astype(x.dtype)
+  return (_unblock(dq, q.shape[0]).swapaxes(1, 2), cast(dk, k), cast(dv, v), None,
+          cast(dgk, gk), cast(dgv, gv), None, None)
+
+
+_band_core.defvjp(_band_core_fwd, _band_core_bwd)
+
+
+def _unblock(x_BNbxHxQxD, batch: int):
+  """(B*Nb, H, Q, D) step outputs -> (B, Nb*Q, H, D)."""
+  _, h, qb, d = x_BNbxHxQxD.shape
+  x = x_BNbxHxQxD.reshape(batch, -1, h, qb, d).swapaxes(2, 3)
+  return x.reshape(batch, -1, h, d)
 
 
 def banded_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, key_ok_BxN, *, left: int,
@@ -138,51 +316,35 @@ def banded_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, key_ok_BxN, *, left: int,
   Row i attends to keys j with ``i - left <= j <= i + right`` and
   ``key_ok[j]``, plus the extra (global) keys where ``global_ok[i, g]``, all in
   one softmax. ``q`` is pre-scaled. Returns (B, N, H, D) in ``v``'s dtype.
+
+  A scan over blocks of ``block_size`` queries: each step reads the contiguous
+  span of ``block_size + left + right`` keys its queries reach (a dynamic
+  slice), so a step's scores stay cache-sized. The backward pass is hand-written
+  (flash-attention style): it keeps q, k, v, the output and each row's
+  log-sum-exp, and recomputes the probabilities block by block.
   """
   batch, n, heads, dim = q_BxNxHxD.shape
   q_block = min(block_size, -(-n // 8) * 8)
   nb = -(-n // q_block)
   pad_n = nb * q_block - n
-  lo = min(-(-left // q_block), nb - 1)
-  hi = min(-(-right // q_block), nb - 1)
+  left, right = min(left, nb * q_block - 1), min(right, nb * q_block - 1)
+  band = _Band(q_block, nb, left, right, float(dropout_rate))
 
-  def blocks(x, fill=0):
-    x = jnp.pad(x, [(0, 0), (0, pad_n)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
-    return x.reshape((batch, nb, q_block) + x.shape[2:])
+  def heads_major(x, before, after):
+    x = jnp.swapaxes(x, 1, 2)  # (B, H, N, D)
+    return jnp.pad(x, [(0, 0), (0, 0), (before, after), (0, 0)])
 
-  q_BxNbxQxHxD = blocks(q_BxNxHxD)
-  k_BxNbxKxHxD = _blocks_in_window(blocks(k_BxNxHxD), lo, hi, 0)
-  v_BxNbxKxHxD = _blocks_in_window(blocks(v_BxNxHxD), lo, hi, 0)
-  ok_BxNbxK = _blocks_in_window(blocks(key_ok_BxN, False), lo, hi, False)
-  band_QxK = jnp.asarray(_band(q_block, lo, hi, left, right))
-  mask_BxNbx1xQxK = (band_QxK[None, None] & ok_BxNbxK[:, :, None, :])[:, :, None]
-
-  s_BxNbxHxQxK = jnp.einsum("bnqhd,bnkhd->bnhqk", q_BxNbxQxHxD, k_BxNbxKxHxD,
-                            preferred_element_type=jnp.float32)
-  s_BxNbxHxQxK = jnp.where(mask_BxNbx1xQxK, s_BxNbxHxQxK, NEG_INF)
-  scores = [s_BxNbxHxQxK]
+  q = heads_major(q_BxNxHxD, 0, pad_n)
+  k = heads_major(k_BxNxHxD, left, pad_n + right)
+  v = heads_major(v_BxNxHxD, left, pad_n + right)
+  key_ok = jnp.pad(key_ok_BxN, [(0, 0), (left, pad_n + right)])
+  gk = gv = g_ok = None
   if global_k_BxGxHxD is not None:
-    g_ok_BxNbx1xQxG = blocks(global_ok_BxNxG, False)[:, :, None]
-    sg_BxNbxHxQxG = jnp.einsum("bnqhd,bghd->bnhqg", q_BxNbxQxHxD, global_k_BxGxHxD,
-                               preferred_element_type=jnp.float32)
-    scores.append(jnp.where(g_ok_BxNbx1xQxG, sg_BxNbxHxQxG, NEG_INF))
-
-  m_BxNbxHxQ = _safe_max(*scores)
-  probs = [jnp.exp(s - m_BxNbxHxQ[..., None]) for s in scores]
-  denom_BxNbxHxQ = sum(p.sum(axis=-1) for p in probs)
-  rngs = (list(jax.random.split(dropout_rng, len(probs))) if dropout_rng is not None
-          else [None] * len(probs))
-  probs = [_dropout(p, dropout_rate, r).astype(v_BxNxHxD.dtype) for p, r in zip(probs, rngs)]
-
-  o_BxNbxQxHxD = jnp.einsum("bnhqk,bnkhd->bnqhd", probs[0], v_BxNbxKxHxD,
-                            preferred_element_type=jnp.float32)
-  if global_k_BxGxHxD is not None:
-    o_BxNbxQxHxD += jnp.einsum("bnhqg,bghd->bnqhd", probs[1], global_v_BxGxHxD,
-                               preferred_element_type=jnp.float32)
-  denom_BxNbxQxHx1 = jnp.swapaxes(denom_BxNbxHxQ, 2, 3)[..., None]
-  o_BxNbxQxHxD = o_BxNbxQxHxD / jnp.where(denom_BxNbxQxHx1 > 0, denom_BxNbxQxHx1, 1.0)
-  o = o_BxNbxQxHxD.reshape(batch, nb * q_block, heads, dim)[:, :n]
-  return o.astype(v_BxNxHxD.dtype)
+    gk, gv = jnp.swapaxes(global_k_BxGxHxD, 1, 2), jnp.swapaxes(global_v_BxGxHxD, 1, 2)
+    g_ok = jnp.pad(global_ok_BxNxG, [(0, 0), (0, pad_n), (0, 0)])
+  rng = dropout_rng if dropout_rate > 0.0 else None
+  o = _band_core(band, q, k, v, key_ok, gk, gv, g_ok, rng)
+  return _unblock(o, batch)[:, :n]
 
 
 def _to_strided(x_BxNx___, d: int):
@@ -273,6 +435,22 @@ def local_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, is_global_BxN
   return jnp.where(valid_BxN[:, :, None, None], o_BxNxHxD, 0).astype(v_BxNxHxD.dtype)
 
 
+def _global_probs(s_BxHxGxN, *, valid_BxN, gidx: GlobalIndex, causal: bool,
+                  dropout_rate: float, dropout_rng):
+  """Masked softmax numerators of the global rows (dropout applied) and their
+  denominators: (B, H, G, N) fp32, (B, G, H, 1)."""
+  n = s_BxHxGxN.shape[-1]
+  ok_Bx1xGxN = (valid_BxN[:, None, :] & gidx.valid[:, :, None])[:, None]
+  if causal:
+    ok_Bx1xGxN = ok_Bx1xGxN & (jnp.arange(n)[None, None, None, :]
+                               <= gidx.index[:, None, :, None])
+  s_BxHxGxN = jnp.where(ok_Bx1xGxN, s_BxHxGxN, NEG_INF)
+  p_BxHxGxN = jnp.exp(s_BxHxGxN - _safe_max(s_BxHxGxN)[..., None])
+  denom_BxGxHx1 = jnp.swapaxes(p_BxHxGxN.sum(axis=-1), 1, 2)[..., None]
+  p_BxHxGxN = _dropout(p_BxHxGxN, dropout_rate, dropout_rng)
+  return p_BxHxGxN, jnp.where(denom_BxGxHx1 > 0, denom_BxGxHx1, 1.0)
+
+
 def global_attention(q_BxGxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, gidx: GlobalIndex,
                      causal: bool = False, dropout_rate: float = 0.0, dropout_rng=None):
   """Output of the global rows: each attends to every valid key (its own Q_g/K_g/V_g).
@@ -280,22 +458,45 @@ def global_attention(q_BxGxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, gidx: Global
   ``q`` (pre-scaled) holds the global rows only. Returns (B, G, H, D); unused
   slots are zero.
   """
-  n = k_BxNxHxD.shape[1]
+  acc = jnp.promote_types(v_BxNxHxD.dtype, jnp.float32)  # fp32 at least
   s_BxHxGxN = jnp.einsum("bghd,bnhd->bhgn", q_BxGxHxD, k_BxNxHxD,
-                         preferred_element_type=jnp.float32)
-  ok_Bx1xGxN = (valid_BxN[:, None, :] & gidx.valid[:, :, None])[:, None]
-  if causal:
-    ok_Bx1xGxN = ok_Bx1xGxN & (jnp.arange(n)[None, None, None, :]
-                               <= gidx.index[:, None, :, None])
-  s_BxHxGxN = jnp.where(ok_Bx1xGxN, s_BxHxGxN, NEG_INF)
-  p_BxHxGxN = jnp.exp(s_BxHxGxN - _safe_max(s_BxHxGxN)[..., None])
-  denom_BxHxG = p_BxHxGxN.sum(axis=-1)
-  p_BxHxGxN = _dropout(p_BxHxGxN, dropout_rate, dropout_rng).astype(v_BxNxHxD.dtype)
-  o_BxGxHxD = jnp.einsum("bhgn,bnhd->bghd", p_BxHxGxN, v_BxNxHxD,
-                         preferred_element_type=jnp.float32)
-  denom_BxGxHx1 = jnp.swapaxes(denom_BxHxG, 1, 2)[..., None]
-  o_BxGxHxD = o_BxGxHxD / jnp.where(denom_BxGxHx1 > 0, denom_BxGxHx1, 1.0)
-  return o_BxGxHxD.astype(v_BxNxHxD.dtype)
+                         preferred_element_type=acc)
+  p_BxHxGxN, denom_BxGxHx1 = _global_probs(
+      s_BxHxGxN, valid_BxN=valid_BxN, gidx=gidx, causal=causal,
+      dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+  o_BxGxHxD = jnp.einsum("bhgn,bnhd->bghd", p_BxHxGxN.astype(v_BxNxHxD.dtype), v_BxNxHxD,
+                         preferred_element_type=acc)
+  return (o_BxGxHxD / denom_BxGxHx1).astype(v_BxNxHxD.dtype)
+
+
+def global_attention_from_inputs(q_BxGxHxD, x_BxNxE, wk_ExHxD, bk_HxD, wv_ExHxD, bv_HxD, *,
+                                 valid_BxN, gidx: GlobalIndex, causal: bool = False,
+                                 dropout_rate: float = 0.0, dropout_rng=None):
+  """:func:`global_attention` with K_g = x Wk + bk and V_g = x Wv + bv never formed.
+
+  A global row's scores are x (Wk q) + bk.q, and its output is (p x) Wv + bv sum(p):
+  O(N E G H) work instead of the O(N E H D) of projecting every token, the
+  better choice while G * H < E (a handful of global tokens). Same values and
+  masking as :func:`global_attention`.
+  """
+  dt = x_BxNxE.dtype
+  acc = jnp.promote_types(dt, jnp.float32)  # fp32 at least
+  u_BxGxHxE = jnp.einsum("ehd,bghd->bghe", wk_ExHxD.astype(dt), q_BxGxHxD,
+                         preferred_element_type=acc).astype(dt)
+  c_BxHxGx1 = jnp.einsum("hd,bghd->bhg", bk_HxD.astype(acc),
+                         q_BxGxHxD.astype(acc))[..., None]
+  s_BxHxGxN = jnp.einsum("bghe,bne->bhgn", u_BxGxHxE, x_BxNxE,
+                         preferred_element_type=acc) + c_BxHxGx1
+  p_BxHxGxN, denom_BxGxHx1 = _global_probs(
+      s_BxHxGxN, valid_BxN=valid_BxN, gidx=gidx, causal=causal,
+      dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+  px_BxGxHxE = jnp.einsum("bhgn,bne->bghe", p_BxHxGxN.astype(dt), x_BxNxE,
+                          preferred_element_type=acc)
+  o_BxGxHxD = jnp.einsum("bghe,ehd->bghd", px_BxGxHxE.astype(dt), wv_ExHxD.astype(dt),
+                         preferred_element_type=acc)
+  psum_BxGxHx1 = jnp.swapaxes(p_BxHxGxN.sum(axis=-1), 1, 2)[..., None]
+  o_BxGxHxD = o_BxGxHxD + psum_BxGxHx1 * bv_HxD.astype(acc)
+  return (o_BxGxHxD / denom_BxGxHx1).astype(dt)
 
 
 def longformer_attention(q, k, v, q_global=None, k_global=None, v_global=None, *,

@@ -135,9 +135,17 @@ class SelfAttention(nnx.Module):
         **self._dropout_args())
     if gidx is not None:
       qg_BxGxHxD = heads(self.query_global(attn.gather_tokens(x_BxNxD, gidx)) * scale)
-      og_BxGxHxD = attn.global_attention(
-          qg_BxGxHxD, heads(self.key_global(x_BxNxD)), heads(self.value_global(x_BxNxD)),
-          valid_BxN=valid_BxN, gidx=gidx, causal=self.causal, **self._dropout_args())
+      common = dict(valid_BxN=valid_BxN, gidx=gidx, causal=self.causal, **self._dropout_args())
+      if gidx.index.shape[1] * self.heads < d:  # a few global tokens: skip K_g, V_g
+        kg, vg = self.key_global, self.value_global
+        shape = (self.heads, self.head_dim)
+        og_BxGxHxD = attn.global_attention_from_inputs(
+            qg_BxGxHxD, x_BxNxD, kg.kernel[...].reshape(d, *shape), kg.bias[...].reshape(shape),
+            vg.kernel[...].reshape(d, *shape), vg.bias[...].reshape(shape), **common)
+      else:
+        og_BxGxHxD = attn.global_attention(
+            qg_BxGxHxD, heads(self.key_global(x_BxNxD)), heads(self.value_global(x_BxNxD)),
+            **common)
       out_BxNxHxD = attn.scatter_tokens(out_BxNxHxD, og_BxGxHxD, gidx)
     return out_BxNxHxD.reshape(b, n, d)
 

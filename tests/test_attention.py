@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from jax.test_util import check_grads
 
 from longformer_jax import attention as attn
 
@@ -130,6 +131,64 @@ def test_bf16_inputs_keep_fp32_softmax():
   assert lo.dtype == jnp.bfloat16
   # bf16 has 8 mantissa bits: inputs rounded at 2^-9 relative give errors ~1e-2.
   np.testing.assert_allclose(np.asarray(lo, np.float32), np.asarray(hi), atol=5e-2)
+
+
+@pytest.mark.parametrize("causal,dropout", [(False, 0.0), (True, 0.0), (False, 0.3)])
+def test_global_rows_from_inputs_equal_projected(causal, dropout):
+  """The factored global rows (K_g, V_g never formed) equal the projected form,
+  values and gradients, dropout included (same rng, same mask)."""
+  with jax.enable_x64(True):  # float64: the two forms agree to rounding
+    _check_global_forms(causal, dropout)
+
+
+def _check_global_forms(causal, dropout):
+  rng = np.random.default_rng(1)
+  b, n, e, h, d, g = 2, 24, 12, 3, 4, 2
+  f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float64)
+  qg, x, wk, bk, wv, bv = f(b, g, h, d), f(b, n, e), f(e, h, d), f(h, d), f(e, h, d), f(h, d)
+  valid = jnp.asarray(np.arange(n)[None] < np.array([[n], [n - 5]]))
+  is_global = np.zeros((b, n), bool)
+  is_global[0, [3, 17]] = is_global[1, 6] = True
+  gidx = attn.global_index(jnp.asarray(is_global), g)
+  kw = dict(valid_BxN=valid, gidx=gidx, causal=causal, dropout_rate=dropout,
+            dropout_rng=jax.random.key(3) if dropout else None)
+
+  def projected(qg, x, wk, bk, wv, bv):
+    k, v = jnp.einsum("bne,ehd->bnhd", x, wk) + bk, jnp.einsum("bne,ehd->bnhd", x, wv) + bv
+    return attn.global_attention(qg, k, v, **kw)
+
+  def factored(*args):
+    return attn.global_attention_from_inputs(*args, **kw)
+
+  args = (qg, x, wk, bk, wv, bv)
+  np.testing.assert_allclose(factored(*args), projected(*args), atol=1e-10)
+  grad = lambda fn: jax.grad(lambda *a: jnp.sum(jnp.sin(fn(*a))), argnums=range(6))(*args)
+  for name, a, r in zip(["q", "x", "wk", "bk", "wv", "bv"], grad(factored), grad(projected)):
+    np.testing.assert_allclose(a, r, atol=1e-10, err_msg=name)
+
+
+def test_band_dropout_gradients_match_finite_differences():
+  """The hand-written backward regenerates the forward's dropout mask."""
+  rng = np.random.default_rng(2)
+  b, n, h, d = 1, 20, 2, 4
+  with jax.enable_x64(True):
+    q, k, v = (jnp.asarray(rng.normal(size=(b, n, h, d))) for _ in range(3))
+    gk, gv = (jnp.asarray(rng.normal(size=(b, 1, h, d))) for _ in range(2))
+    key_ok = jnp.asarray(np.arange(n) != 7)[None]
+    g_ok = jnp.ones((b, n, 1), bool)
+
+    def f(q, k, v, gk, gv):
+      return attn.banded_attention(q, k, v, key_ok, left=3, right=3, block_size=8,
+                                   global_k_BxGxHxD=gk, global_v_BxGxHxD=gv,
+                                   global_ok_BxNxG=g_ok, dropout_rate=0.4,
+                                   dropout_rng=jax.random.key(0))
+
+    no_drop = attn.banded_attention(q, k, v, key_ok, left=3, right=3, block_size=8,
+                                    global_k_BxGxHxD=gk, global_v_BxGxHxD=gv,
+                                    global_ok_BxNxG=g_ok)
+    assert not np.allclose(f(q, k, v, gk, gv), no_drop)  # dropout is on
+    check_grads(f, (q, k, v, gk, gv), order=1, modes=["rev"], atol=1e-6,
+                              rtol=1e-6)
 
 
 def test_global_index_is_static_and_ordered():
