@@ -310,12 +310,16 @@ def _unblock(x_BNbxHxQxD, batch: int):
 def banded_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, key_ok_BxN, *, left: int,
                      right: int, block_size: int, global_k_BxGxHxD=None,
                      global_v_BxGxHxD=None, global_ok_BxNxG=None,
-                     dropout_rate: float = 0.0, dropout_rng=None):
+                     dropout_rate: float = 0.0, dropout_rng=None, halo: bool = False):
   """Banded attention of one dilation group (positions already contiguous).
 
   Row i attends to keys j with ``i - left <= j <= i + right`` and
   ``key_ok[j]``, plus the extra (global) keys where ``global_ok[i, g]``, all in
   one softmax. ``q`` is pre-scaled. Returns (B, N, H, D) in ``v``'s dtype.
+
+  With ``halo``, ``k``, ``v`` and ``key_ok`` already hold ``left`` positions
+  before the N queries and ``right`` after them (a sequence shard plus its
+  neighbours' edges, see ``seqpar.py``); otherwise keys beyond the ends are absent.
 
   A scan over blocks of ``block_size`` queries: each step reads the contiguous
   span of ``block_size + left + right`` keys its queries reach (a dynamic
@@ -327,17 +331,22 @@ def banded_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, key_ok_BxN, *, left: int,
   q_block = min(block_size, -(-n // 8) * 8)
   nb = -(-n // q_block)
   pad_n = nb * q_block - n
-  left, right = min(left, nb * q_block - 1), min(right, nb * q_block - 1)
+  if not halo:  # nothing lies beyond the ends: reach at most the padded length
+    left, right = min(left, nb * q_block - 1), min(right, nb * q_block - 1)
+  elif k_BxNxHxD.shape[1] != n + left + right:
+    raise ValueError(f"halo keys: expected {n} + {left} + {right} positions, got "
+                     f"{k_BxNxHxD.shape[1]}")
   band = _Band(q_block, nb, left, right, float(dropout_rate))
+  before, after = (0, pad_n) if halo else (left, pad_n + right)  # key padding
 
   def heads_major(x, before, after):
     x = jnp.swapaxes(x, 1, 2)  # (B, H, N, D)
     return jnp.pad(x, [(0, 0), (0, 0), (before, after), (0, 0)])
 
   q = heads_major(q_BxNxHxD, 0, pad_n)
-  k = heads_major(k_BxNxHxD, left, pad_n + right)
-  v = heads_major(v_BxNxHxD, left, pad_n + right)
-  key_ok = jnp.pad(key_ok_BxN, [(0, 0), (left, pad_n + right)])
+  k = heads_major(k_BxNxHxD, before, after)
+  v = heads_major(v_BxNxHxD, before, after)
+  key_ok = jnp.pad(key_ok_BxN, [(0, 0), (before, after)])
   gk = gv = g_ok = None
   if global_k_BxGxHxD is not None:
     gk, gv = jnp.swapaxes(global_k_BxGxHxD, 1, 2), jnp.swapaxes(global_v_BxGxHxD, 1, 2)

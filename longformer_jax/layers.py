@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from longformer_jax import attention as attn
+from longformer_jax import seqpar
 from longformer_jax import sharding as sh
 from longformer_jax.config import LongformerConfig
 
@@ -128,6 +129,10 @@ class SelfAttention(nnx.Module):
       return t.reshape(t.shape[:2] + (self.heads, self.head_dim))
 
     q_BxNxHxD = heads(self.query(x_BxNxD) * scale)
+    split = sh.sequence_parallel()
+    if split is not None:
+      return self._sequence_parallel(x_BxNxD, q_BxNxHxD, valid_BxN, is_global_BxN, gidx,
+                                     *split).reshape(b, n, d)
     out_BxNxHxD = attn.local_attention(
         q_BxNxHxD, heads(self.key(x_BxNxD)), heads(self.value(x_BxNxD)),
         valid_BxN=valid_BxN, is_global_BxN=is_global_BxN, gidx=gidx, window=self.window,
@@ -148,6 +153,26 @@ class SelfAttention(nnx.Module):
             **common)
       out_BxNxHxD = attn.scatter_tokens(out_BxNxHxD, og_BxGxHxD, gidx)
     return out_BxNxHxD.reshape(b, n, d)
+
+
+  def _sequence_parallel(self, x_BxNxD, q_BxNxHxD, valid_BxN, is_global_BxN, gidx, mesh,
+                         batch_axes):
+    """Attention with the sequence split over the mesh's ``sequence`` axis (seqpar.py)."""
+    if any(dil != 1 for dil in self.dilation):
+      raise ValueError("sequence parallelism needs attention_dilation 1, got "
+                       f"{self.dilation}")
+    d = x_BxNxD.shape[-1]
+    heads = lambda t: t.reshape(t.shape[:2] + (self.heads, self.head_dim))
+    shape = (self.heads, self.head_dim)
+    qg, kg, vg = self.query_global, self.key_global, self.value_global
+    params = (qg.kernel[...], qg.bias[...], kg.kernel[...].reshape(d, *shape),
+              kg.bias[...].reshape(shape), vg.kernel[...].reshape(d, *shape),
+              vg.bias[...].reshape(shape))
+    return seqpar.self_attention(
+        q_BxNxHxD, heads(self.key(x_BxNxD)), heads(self.value(x_BxNxD)), x_BxNxD, params,
+        valid_BxN=valid_BxN, is_global_BxN=is_global_BxN, gidx=gidx, window=self.window,
+        causal=self.causal, block_size=self.block_size, mesh=mesh, batch_axes=batch_axes,
+        **self._dropout_args())
 
 
 class DenseLayerNorm(nnx.Module):

@@ -116,3 +116,19 @@ def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
     return x
   mesh, rules = _ACTIVE[-1]
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(logical, rules)))
+
+
+def sequence_parallel():
+  """(mesh, batch mesh axes) when activations are being split along the sequence
+  (an active :func:`activation_sharding` context whose ``sequence`` axis has more
+  than one device and whose rules map ``length`` onto it); None otherwise."""
+  if not _ACTIVE:
+    return None
+  mesh, rules = _ACTIVE[-1]
+  table = dict(rules)
+  if mesh.shape.get("sequence", 1) == 1 or table.get(LENGTH) not in ("sequence", ("sequence",)):
+    return None
+  batch = table.get(BATCH)
+  batch = (batch,) if isinstance(batch, str) else tuple(batch or ())
+  batch = tuple(a for a in batch if mesh.shape.get(a, 1) > 1)
+  return mesh, (batch if len(batch) > 1 else batch[0] if batch else None)

@@ -23,6 +23,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from longformer_jax import checkpoint as ckpt_lib
+from longformer_jax import compile_options
 from longformer_jax import data as data_lib
 from longformer_jax import metrics as metrics_lib
 from longformer_jax import model as model_lib
@@ -302,10 +303,12 @@ class Runner:
       step = make_train_step(self.config.task, graphdef, rest, self.tx, self.schedule,
                              self.accum, self.config.seed, mlm)
       # in_shardings: (state: the param/optimizer layout, batch: split over data*fsdp)
+      options = compile_options.compiler_options()
       jstep = jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
-                      out_shardings=(self.state_shardings, None), donate_argnums=(0,))
+                      out_shardings=(self.state_shardings, None), donate_argnums=(0,),
+                      compiler_options=options)
       evals = {name: jax.jit(make_eval_step(self.config.task, graphdef, rest, no_global, mlm,
-                                            self.config.seed))
+                                            self.config.seed), compiler_options=options)
                for name, no_global in self.eval_variants()}
       self._compiled[phase.index] = (cfg, jstep, evals)
     return self._compiled[phase.index]

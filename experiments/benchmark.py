@@ -1,0 +1,401 @@
+"""Performance of longformer_jax against HF transformers (PyTorch), in one run.
+
+Three levels, all fp32, batch 1, measured on the machine it runs on:
+
+* ``ceiling``: the fp32 matrix-product ceiling of this machine under JAX (best
+  GFLOP/s over a few large GEMM shapes), the yardstick for the attention level.
+* ``model``: the paper-small LongformerModel (12 layers, d 512, 8 heads, d_ff
+  2048, window 512, one global token, vocab 256), forward+backward of
+  mean(last_hidden_state^2), for ours (``scan``: layers under ``jax.lax.scan``;
+  ``remat``: the same, each layer recomputed in the backward pass) and HF.
+* ``attention``: one self-attention layer (projections included; ours and HF
+  ``LongformerSelfAttention``) and our attention core alone (q, k, v given).
+  Useful FLOPs count 2r+1 keys per local query (not the padded blocks) plus
+  the global rows and keys; forward+backward counts 3x the forward.
+
+Each measurement runs in a fresh process: one warm-up step (compiles), then
+the median wall time of several steps, and the process's peak resident memory
+(VmHWM: everything the process held, framework included).
+
+    python experiments/benchmark.py           # model 4K-32K (HF at 4K), attention at 4K
+    python experiments/benchmark.py --quick   # 4K only
+
+Writes experiments/results/benchmark.{json,md,png} and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "experiments", "results")
+D_MODEL, HEADS, D_FF, LAYERS, WINDOW, VOCAB = 512, 8, 2048, 12, 512, 256
+TARGET_SPEEDUP, TARGET_MEMORY, TARGET_CEILING = 2.5, 0.5, 0.30
+
+
+# ---- measurement helpers (inside a worker process) ---------------------------
+def _peak_rss() -> int:
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) * 1024
+  raise RuntimeError("VmHWM")
+
+
+def _timed(fn, repeats: int) -> dict:
+  t0 = time.perf_counter()
+  fn()  # warm-up (and compile)
+  warm = time.perf_counter() - t0
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return dict(step_s=statistics.median(times), times_s=times, warmup_s=warm,
+              peak_bytes=_peak_rss())
+
+
+def _ceiling(repeats: int) -> dict:
+  import jax
+  import jax.numpy as jnp
+
+  best = {}
+  for m, k, n in ((4096, 512, 512), (4096, 512, 2048), (4096, 2048, 512), (2048, 2048, 2048)):
+    a = jax.random.normal(jax.random.key(0), (m, k), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (k, n), jnp.float32)
+    f = jax.jit(lambda a, b: a @ b)
+    r = _timed(lambda: jax.block_until_ready(f(a, b)), repeats)
+    best[f"{m}x{k}x{n}"] = 2 * m * k * n / r["step_s"] / 1e9
+  return dict(gflops=max(best.values()), shapes=best)
+
+
+def _ours_model(n: int, variant: str, repeats: int) -> dict:
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from longformer_jax import model as model_lib
+  from longformer_jax.compile_options import compiler_options
+  from longformer_jax.config import LongformerConfig
+
+  cfg = LongformerConfig(
+      vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=LAYERS,
+      num_attention_heads=HEADS, intermediate_size=D_FF, attention_window=WINDOW,
+      max_position_embeddings=n + 2, hidden_dropout_prob=0.0,
+      attention_probs_dropout_prob=0.0, max_global_tokens=1, scan_layers=True,
+      remat="full" if variant == "remat" else "none")
+  graphdef, params, rest = nnx.split(model_lib.create_model(cfg), nnx.Param, ...)
+  ids = jnp.full((1, n), 5, jnp.int32)
+  mask, gmask = jnp.ones_like(ids), jnp.zeros_like(ids).at[:, 0].set(1)
+
+  def loss(params, rest):
+    model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
+    return jnp.mean(model(ids, mask, gmask).last_hidden_state ** 2)
+
+  step = jax.jit(jax.grad(loss), compiler_options=compiler_options())
+  plan = step.lower(params, rest).compile().memory_analysis()
+  out = _timed(lambda: jax.block_until_ready(step(params, rest)), repeats)
+  out["xla_temp_bytes"] = plan.temp_size_in_bytes
+  return out
+
+
+def _hf_model(n: int, repeats: int) -> dict:
+  import torch
+  from transformers import LongformerConfig, LongformerModel
+
+  torch.set_num_threads(os.cpu_count())
+  torch.manual_seed(0)
+  cfg = LongformerConfig(
+      vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=LAYERS,
+      num_attention_heads=HEADS, intermediate_size=D_FF, attention_window=[WINDOW] * LAYERS,
+      max_position_embeddings=n + 2, hidden_dropout_prob=0.0,
+      attention_probs_dropout_prob=0.0)
+  model = LongformerModel(cfg)
+  ids = torch.full((1, n), 5)
+  gmask = torch.zeros(1, n, dtype=torch.long)
+  gmask[0, 0] = 1
+
+  def step():
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                global_attention_mask=gmask).last_hidden_state
+    (out ** 2).mean().backward()
+    model.zero_grad(set_to_none=True)
+
+  return _timed(step, repeats)
+
+
+def _ours_attention(n: int, what: str, repeats: int) -> dict:
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from longformer_jax import attention as attn
+  from longformer_jax import layers
+  from longformer_jax.compile_options import compiler_options
+  from longformer_jax.config import LongformerConfig
+
+  valid = jnp.ones((1, n), bool)
+  is_global = jnp.zeros((1, n), bool).at[0, 0].set(True)
+  gidx = attn.global_index(is_global, 1)
+  if what == "layer":
+    cfg = LongformerConfig(hidden_size=D_MODEL, num_attention_heads=HEADS,
+                           num_hidden_layers=1, attention_window=WINDOW,
+                           attention_probs_dropout_prob=0.0)
+    with nnx.use_eager_sharding(False):
+      module = layers.SelfAttention(cfg, 0, nnx.Rngs(0))
+    module.eval()
+    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+    x = jax.random.normal(jax.random.key(1), (1, n, D_MODEL), jnp.float32)
+    args = (params, x)
+    fn = lambda params, x: nnx.merge(graphdef, params, rest)(x, valid, is_global, gidx)
+  else:  # the attention core: local band + global keys, q/k/v given
+    dh = D_MODEL // HEADS
+    args = tuple(jax.random.normal(jax.random.key(i), (1, n, HEADS, dh), jnp.float32)
+                 for i in range(3))
+    fn = lambda q, k, v: attn.local_attention(
+        q, k, v, valid_BxN=valid, is_global_BxN=is_global, gidx=gidx, window=WINDOW)
+  grad = jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a) ** 2), argnums=tuple(range(len(args)))),
+                 compiler_options=compiler_options())
+  return _timed(lambda: jax.block_until_ready(grad(*args)), repeats)
+
+
+def _hf_attention(n: int, repeats: int) -> dict:
+  import torch
+  from transformers import LongformerConfig
+  from transformers.models.longformer.modeling_longformer import LongformerSelfAttention
+
+  torch.set_num_threads(os.cpu_count())
+  cfg = LongformerConfig(hidden_size=D_MODEL, num_attention_heads=HEADS,
+                         attention_window=[WINDOW], num_hidden_layers=1,
+                         attention_probs_dropout_prob=0.0)
+  layer = LongformerSelfAttention(cfg, layer_id=0)
+  x = torch.randn(1, n, D_MODEL, requires_grad=True)
+  mask = torch.zeros(1, n)
+  mask[0, 0] = 10000.0  # > 0: global
+  kw = dict(attention_mask=mask, is_index_masked=mask < 0, is_index_global_attn=mask > 0,
+            is_global_attn=True)
+
+  def step():
+    (layer(x, **kw)[0] ** 2).sum().backward()
+    layer.zero_grad(set_to_none=True)
+    x.grad = None
+
+  return _timed(step, repeats)
+
+
+def worker(kind: str, impl: str, n: int, repeats: int) -> dict:
+  sys.path.insert(0, ROOT)
+  if kind == "ceiling":
+    return dict(kind=kind, impl=impl, n=n, **_ceiling(repeats))
+  if kind == "model":
+    r = _hf_model(n, repeats) if impl == "hf" else _ours_model(n, impl, repeats)
+  else:
+    r = _hf_attention(n, repeats) if impl == "hf" else _ours_attention(n, impl, repeats)
+  return dict(kind=kind, impl=impl, n=n, **r)
+
+
+# ---- FLOP counts -------------------------------------------------------------
+def attention_flops(n: int, layer: bool) -> float:
+  """Useful forward+backward FLOPs of one attention layer with one global token."""
+  dh, r = D_MODEL // HEADS, WINDOW // 2
+  core = 2 * 2 * n * (2 * r + 1) * dh * HEADS  # local rows: QK^T and PV over 2r+1 keys
+  core += 2 * 2 * n * dh * HEADS * 2  # global rows over n keys; local rows' global key
+  proj = 3 * 2 * n * D_MODEL * D_MODEL if layer else 0  # Q, K, V
+  return 3.0 * (core + proj)
+
+
+# ---- driver ------------------------------------------------------------------
+def run_worker(kind: str, impl: str, n: int, repeats: int, timeout: float) -> dict:
+  cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, impl, str(n),
+         str(repeats)]
+  try:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+  except subprocess.TimeoutExpired:
+    return dict(kind=kind, impl=impl, n=n, skipped=f"over {timeout:.0f} s")
+  if proc.returncode != 0:
+    errors = [l for l in proc.stderr.splitlines() if "Error" in l.split(":")[0]]
+    reason = errors[-1][:100] if errors else f"exit code {proc.returncode} (out of memory?)"
+    return dict(kind=kind, impl=impl, n=n, skipped=f"failed: {reason}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _gib(b):
+  return f"{b / 2**30:.2f}"
+
+
+def model_table(results: list[dict]) -> str:
+  hf = {r["n"]: r for r in results if r["kind"] == "model" and r["impl"] == "hf"
+        and "skipped" not in r}
+  rows = ["| tokens | implementation | fwd+bwd s/step | tokens/s | peak RSS GiB "
+          "| speed vs HF | memory vs HF |", "|---:|---|---:|---:|---:|---:|---:|"]
+  for r in (r for r in results if r["kind"] == "model"):
+    name = {"hf": "HF transformers (PyTorch)", "scan": "ours (scan)",
+            "remat": "ours (scan + remat)"}[r["impl"]]
+    if "skipped" in r:
+      rows.append(f"| {r['n']:,} | {name} | {r['skipped']} | | | | |")
+      continue
+    ref = hf.get(r["n"])
+    speed = f"{ref['step_s'] / r['step_s']:.2f}x" if ref and r["impl"] != "hf" else ""
+    mem = f"{r['peak_bytes'] / ref['peak_bytes']:.2f}x" if ref and r["impl"] != "hf" else ""
+    rows.append(f"| {r['n']:,} | {name} | {r['step_s']:.2f} | {r['n'] / r['step_s']:,.0f} "
+                f"| {_gib(r['peak_bytes'])} | {speed} | {mem} |")
+  return "\n".join(rows)
+
+
+def attention_table(results: list[dict], ceiling: float) -> str:
+  rows = ["| tokens | what | fwd+bwd ms | useful GFLOP/s | % of matmul ceiling |",
+          "|---:|---|---:|---:|---:|"]
+  names = {"layer": "ours: attention layer (Q/K/V projections + attention)",
+           "core": "ours: attention core (q, k, v given)",
+           "hf": "HF LongformerSelfAttention (projections + attention)"}
+  for r in (r for r in results if r["kind"] == "attention"):
+    if "skipped" in r:
+      rows.append(f"| {r['n']:,} | {names[r['impl']]} | {r['skipped']} | | |")
+      continue
+    flops = attention_flops(r["n"], layer=r["impl"] != "core")
+    rate = flops / r["step_s"] / 1e9
+    rows.append(f"| {r['n']:,} | {names[r['impl']]} | {r['step_s'] * 1e3:.0f} | {rate:.0f} "
+                f"| {100 * rate / ceiling:.0f}% |")
+  return "\n".join(rows)
+
+
+def verdict(results: list[dict], ceiling: float) -> list[str]:
+  get = lambda kind, impl, n: next((r for r in results if (r["kind"], r["impl"], r["n"])
+                                    == (kind, impl, n) and "skipped" not in r), None)
+  lines = []
+  hf = get("model", "hf", 4096)
+  for impl in ("scan", "remat"):
+    ours = get("model", impl, 4096)
+    if hf and ours:
+      speed, mem = hf["step_s"] / ours["step_s"], ours["peak_bytes"] / hf["peak_bytes"]
+      ok = speed >= TARGET_SPEEDUP and mem <= TARGET_MEMORY
+      lines.append(f"4K, ours ({impl}): {speed:.2f}x HF speed (target >= {TARGET_SPEEDUP}x), "
+                   f"{mem:.2f}x HF memory (target <= {TARGET_MEMORY}x): "
+                   f"{'met' if ok else 'NOT met'}")
+  big = get("model", "remat", 32768)
+  if big:
+    fits = big["peak_bytes"] <= 24 * 10**9
+    lines.append(f"32K, ours (remat): peak {_gib(big['peak_bytes'])} GiB "
+                 f"(target <= 24 GB): {'met' if fits else 'NOT met'}")
+  core = get("attention", "core", 4096)
+  layer = get("attention", "layer", 4096)
+  for name, r in (("core", core), ("layer", layer)):
+    if r:
+      share = attention_flops(4096, name == "layer") / r["step_s"] / 1e9 / ceiling
+      lines.append(f"attention {name} at 4K: {100 * share:.0f}% of the matmul ceiling "
+                   f"(target >= {100 * TARGET_CEILING:.0f}%): "
+                   f"{'met' if share >= TARGET_CEILING else 'NOT met'}")
+  return lines
+
+
+def plot(results: list[dict], path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+  styles = {"hf": ("tab:green", "^", "HF transformers (PyTorch)"),
+            "scan": ("tab:blue", "o", "ours (scan)"),
+            "remat": ("tab:purple", "s", "ours (scan + remat)")}
+  for impl, (color, marker, label) in styles.items():
+    rs = [r for r in results if r["kind"] == "model" and r["impl"] == impl
+          and "skipped" not in r]
+    if rs:
+      ns = [r["n"] for r in rs]
+      axes[0].plot(ns, [r["n"] / r["step_s"] for r in rs], marker=marker, color=color,
+                   label=label)
+      axes[1].plot(ns, [r["peak_bytes"] / 2**30 for r in rs], marker=marker, color=color,
+                   label=label)
+  axes[1].axhline(24e9 / 2**30, color="gray", ls="--", lw=1, label="24 GB")
+  for ax, title in zip(axes, ("forward+backward tokens/s", "peak resident memory (GiB)")):
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("sequence length (tokens)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+  axes[1].legend(fontsize=8)
+  fig.suptitle("Paper-small Longformer (12 layers, d 512, window 512, 1 global), fp32, "
+               "batch 1, CPU")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--quick", action="store_true", help="4K tokens only")
+  parser.add_argument("--sizes", default="4096,8192,16384,32768",
+                      help="model-level lengths for ours (scan + remat)")
+  parser.add_argument("--hf-sizes", default="4096", help="model-level lengths for HF")
+  parser.add_argument("--levels", default="ceiling,model,attention")
+  parser.add_argument("--timeout", type=float, default=1800, help="seconds per measurement")
+  parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+  parser.add_argument("--out", default=RESULTS)
+  args = parser.parse_args()
+  if args.worker:
+    kind, impl, n, repeats = args.worker
+    print(json.dumps(worker(kind, impl, int(n), int(repeats))))
+    return
+
+  try:
+    import transformers  # noqa: F401
+    have_hf = True
+  except ImportError:
+    print("transformers not installed: HF rows skipped")
+    have_hf = False
+  sizes = [4096] if args.quick else [int(s) for s in args.sizes.split(",")]
+  hf_sizes = [4096] if args.quick else [int(s) for s in args.hf_sizes.split(",")]
+  levels = args.levels.split(",")
+  plan = []
+  if "ceiling" in levels:
+    plan.append(("ceiling", "jax", 0, 10))
+  if "model" in levels:
+    for n in sizes:
+      repeats = 3 if n <= 8192 else 2
+      if n == 4096:
+        plan.append(("model", "scan", n, repeats))
+      plan.append(("model", "remat", n, repeats))
+      if have_hf and n in hf_sizes:
+        plan.append(("model", "hf", n, 2))
+  if "attention" in levels:
+    plan += [("attention", "core", 4096, 7), ("attention", "layer", 4096, 7)]
+    if have_hf:
+      plan.append(("attention", "hf", 4096, 5))
+
+  results, t_start = [], time.time()
+  for i, (kind, impl, n, repeats) in enumerate(plan):
+    t0 = time.time()
+    r = run_worker(kind, impl, n, repeats, args.timeout)
+    results.append(r)
+    if "skipped" in r:
+      status = r["skipped"]
+    elif kind == "ceiling":
+      status = f"{r['gflops']:.0f} GFLOP/s"
+    else:
+      status = f"{r['step_s']:.3f} s/step, peak {_gib(r['peak_bytes'])} GiB"
+    print(f"[{i + 1}/{len(plan)} {time.time() - t0:6.1f}s] {kind:<9} {impl:<6} "
+          f"n={n:>6}: {status}", flush=True)
+
+  ceiling = next((r["gflops"] for r in results if r["kind"] == "ceiling"
+                  and "skipped" not in r), float("nan"))
+  report = [f"Matmul ceiling (fp32, JAX): {ceiling:.0f} GFLOP/s", "",
+            model_table(results), "", attention_table(results, ceiling), ""]
+  report += verdict(results, ceiling)
+  report += ["", "GPU: unmeasured (no accelerator on the machine that ran this).",
+             f"Total benchmark time: {(time.time() - t_start) / 60:.1f} min"]
+  text = "\n".join(report)
+  print("\n" + text)
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, "benchmark.json"), "w") as f:
+    json.dump(dict(ceiling_gflops=ceiling, results=results), f, indent=1)
+  with open(os.path.join(args.out, "benchmark.md"), "w") as f:
+    f.write(text + "\n")
+  if any(r["kind"] == "model" and "skipped" not in r for r in results):
+    plot(results, os.path.join(args.out, "benchmark.png"))
+  print(f"\nwrote {args.out}/benchmark.{{json,md,png}}")
+
+
+if __name__ == "__main__":
+  main()
