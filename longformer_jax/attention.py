@@ -30,6 +30,7 @@ from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 import numpy as np
 
 # Finite stand-in for -inf: masked scores stay finite, so (masked - max) never
@@ -239,6 +240,8 @@ def _band_core(band, q, k, v, key_ok, gk, gv, global_ok, rng):
 
 def _band_core_fwd(band, q, k, v, key_ok, gk, gv, global_ok, rng):
   o, lse = _band_forward(band, q, k, v, key_ok, gk, gv, global_ok, rng)
+  # Named so that a remat policy can keep them instead of re-running the forward scan.
+  o, lse = checkpoint_name(o, "attention_core"), checkpoint_name(lse, "attention_core")
   return o, (q, k, v, key_ok, gk, gv, global_ok, rng, o, lse)
 
 

@@ -16,7 +16,7 @@ from longformer_jax import attention as attn
 _PASSTHROUGH_KEYS = ("id2label", "label2id", "problem_type", "bos_token_id",
                      "eos_token_id", "tokenizer_class", "classifier_dropout")
 
-REMAT_POLICIES = ("none", "full", "dots")
+REMAT_POLICIES = ("none", "full", "dots", "matmuls")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "tanh")
 
 
@@ -50,7 +50,7 @@ class LongformerConfig:
   block_size: int = attn.DEFAULT_BLOCK_SIZE
   max_global_tokens: int | None = None  # static G; None: from concrete inputs
   dtype: str = "float32"  # compute dtype; params are always float32
-  remat: str = "none"  # rematerialise each layer in the backward pass: none | full | dots
+  remat: str = "none"  # rematerialise each layer in the backward pass: none | full | dots | matmuls
   scan_layers: bool = False  # one scanned layer body (needs the same window/dilation per layer)
   extra_json: str = "{}"  # HF passthrough keys (labels...), as JSON: the config stays hashable
 

@@ -11,6 +11,7 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from longformer_jax import attention as attn
 from longformer_jax import seqpar
@@ -128,13 +129,14 @@ class SelfAttention(nnx.Module):
     def heads(t):
       return t.reshape(t.shape[:2] + (self.heads, self.head_dim))
 
-    q_BxNxHxD = heads(self.query(x_BxNxD) * scale)
+    q_BxNxHxD = checkpoint_name(heads(self.query(x_BxNxD) * scale), "matmul")
     split = sh.sequence_parallel()
     if split is not None:
       return self._sequence_parallel(x_BxNxD, q_BxNxHxD, valid_BxN, is_global_BxN, gidx,
                                      *split).reshape(b, n, d)
     out_BxNxHxD = attn.local_attention(
-        q_BxNxHxD, heads(self.key(x_BxNxD)), heads(self.value(x_BxNxD)),
+        q_BxNxHxD, checkpoint_name(heads(self.key(x_BxNxD)), "matmul"),
+        checkpoint_name(heads(self.value(x_BxNxD)), "matmul"),
         valid_BxN=valid_BxN, is_global_BxN=is_global_BxN, gidx=gidx, window=self.window,
         dilation=self.dilation, causal=self.causal, block_size=self.block_size,
         **self._dropout_args())
@@ -152,7 +154,7 @@ class SelfAttention(nnx.Module):
             qg_BxGxHxD, heads(self.key_global(x_BxNxD)), heads(self.value_global(x_BxNxD)),
             **common)
       out_BxNxHxD = attn.scatter_tokens(out_BxNxHxD, og_BxGxHxD, gidx)
-    return out_BxNxHxD.reshape(b, n, d)
+    return checkpoint_name(out_BxNxHxD.reshape(b, n, d), "matmul")
 
 
   def _sequence_parallel(self, x_BxNxD, q_BxNxHxD, valid_BxN, is_global_BxN, gidx, mesh,
@@ -184,7 +186,7 @@ class DenseLayerNorm(nnx.Module):
     self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
 
   def __call__(self, x, residual):
-    return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+    return self.LayerNorm(self.dropout(checkpoint_name(self.dense(x), "matmul")) + residual)
 
 
 class Attention(nnx.Module):
@@ -202,7 +204,7 @@ class Intermediate(nnx.Module):
     self.act = activation(cfg.hidden_act)
 
   def __call__(self, x):
-    return self.act(self.dense(x))
+    return self.act(checkpoint_name(self.dense(x), "matmul"))
 
 
 class Layer(nnx.Module):
@@ -242,8 +244,11 @@ class Encoder(nnx.Module):
       return sh.constrain(layer(x, valid_BxN, is_global_BxN, gidx), ACTIVATION_AXES)
 
     if self.remat != "none":
-      policy = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-                if self.remat == "dots" else None)
+      policy = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                # outputs of the matrix products and of the attention (tagged "matmul"):
+                # layer norms, GELU and layout changes are recomputed
+                "matmuls": jax.checkpoint_policies.save_only_these_names("matmul", "attention_core"),
+                "full": None}[self.remat]
       apply = nnx.remat(apply, policy=policy)
     if self.scan:
       scanned = nnx.scan(apply, in_axes=(0, nnx.Carry), out_axes=nnx.Carry,

@@ -110,8 +110,8 @@ def prepare_inputs(cfg: LongformerConfig, input_ids, attention_mask=None,
 
   g = max_global_tokens if max_global_tokens is not None else cfg.max_global_tokens
   is_global = (gm != 0) & (am != 0)
-  if _is_concrete(gm) and _is_concrete(am):
-    count = attn.count_global(is_global)
+  if _is_concrete(gm) and _is_concrete(am):  # numpy: under a jit trace jnp ops give tracers
+    count = attn.count_global((np.asarray(gm) != 0) & (np.asarray(am) != 0))
     if g is None:
       g = 0 if count == 0 else 1 << (count - 1).bit_length()  # few distinct shapes
     elif count > g:
