@@ -97,8 +97,9 @@ GOLDEN_GRAD_NORM = 0.6764810085296631
 def test_mesh_layouts_give_the_same_losses(tmp_path):
   single = losses(train_in_subprocess(tmp_path, "one_device", devices=1))
   assert len(single) == 20
-  for layout in [(8, 1, 1), (2, 2, 2), (1, 4, 2)]:
-    mesh = dict(zip(["mesh.data", "mesh.fsdp", "mesh.tensor"], layout))
+  # (data, fsdp, tensor, sequence); the last one splits every sequence over 4 devices
+  for layout in [(8, 1, 1, 1), (2, 2, 2, 1), (1, 4, 2, 1), (2, 1, 1, 4)]:
+    mesh = dict(zip(["mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.sequence"], layout))
     got = losses(train_in_subprocess(tmp_path, "mesh_" + "x".join(map(str, layout)),
                                      devices=8, **mesh))
     assert got.keys() == single.keys()
