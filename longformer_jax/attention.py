@@ -12,14 +12,14 @@ Semantics (those of the reference checkpoints):
 * Padded keys are never attended to; padded query rows, and rows with nothing to
   attend to, give zeros (never NaN).
 
-The local part is blocked: queries are split into blocks of ``block_size`` and
-each block reads only the key blocks its window touches, gathered with static
-slices. Memory and time are O(n * (w + block_size) + n * G) for G global slots;
+The local part is blocked: a scan over blocks of ``block_size`` queries, each
+reading only the contiguous span of keys its window reaches (one dynamic
+slice). Memory and time are O(n * (w + block_size) + n * G) for G global slots;
 nothing of size n x n exists, forward or backward. Scores and softmax are fp32
 whatever the input dtype; products of probabilities and values accumulate in fp32.
 
 Shape suffixes: B batch, N sequence, H heads, D head dim, G global slots,
-Nb query blocks, Q block size, K keys per block window.
+Nb query blocks, Q block size, S keys in a block's span, E model width.
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def _apply_keep(keep, h, j, p):
   return p * mask[h, :, edges[j]:edges[j + 1]]
 
 
-def _widths(band, gk):
+def _widths(band, gk):  # score widths per step: the span, then the global keys
   return (band.span,) + (() if gk is None else (gk.shape[2],))
 
 
@@ -448,19 +448,31 @@ def local_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, is_global_BxN
 
 
 def _global_probs(s_BxHxGxN, *, valid_BxN, gidx: GlobalIndex, causal: bool,
-                  dropout_rate: float, dropout_rng):
-  """Masked softmax numerators of the global rows (dropout applied) and their
-  denominators: (B, H, G, N) fp32, (B, G, H, 1)."""
-  n = s_BxHxGxN.shape[-1]
+                  dropout_rate: float, dropout_rng, pos_N=None):
+  """Masked softmax numerators of the global rows, dropout applied, with the row max
+  and the row sum before dropout: (B, H, G, N), (B, H, G), (B, H, G).
+
+  ``pos_N``: the keys' positions (default 0..N-1; a sequence shard passes its own).
+  """
+  if pos_N is None:
+    pos_N = jnp.arange(s_BxHxGxN.shape[-1])
   ok_Bx1xGxN = (valid_BxN[:, None, :] & gidx.valid[:, :, None])[:, None]
   if causal:
-    ok_Bx1xGxN = ok_Bx1xGxN & (jnp.arange(n)[None, None, None, :]
-                               <= gidx.index[:, None, :, None])
+    ok_Bx1xGxN = ok_Bx1xGxN & (pos_N[None, None, None, :] <= gidx.index[:, None, :, None])
   s_BxHxGxN = jnp.where(ok_Bx1xGxN, s_BxHxGxN, NEG_INF)
-  p_BxHxGxN = jnp.exp(s_BxHxGxN - _safe_max(s_BxHxGxN)[..., None])
-  denom_BxGxHx1 = jnp.swapaxes(p_BxHxGxN.sum(axis=-1), 1, 2)[..., None]
-  p_BxHxGxN = _dropout(p_BxHxGxN, dropout_rate, dropout_rng)
-  return p_BxHxGxN, jnp.where(denom_BxGxHx1 > 0, denom_BxGxHx1, 1.0)
+  m_BxHxG = _safe_max(s_BxHxGxN)
+  p_BxHxGxN = jnp.exp(s_BxHxGxN - m_BxHxG[..., None])
+  l_BxHxG = p_BxHxGxN.sum(axis=-1)
+  return _dropout(p_BxHxGxN, dropout_rate, dropout_rng), m_BxHxG, l_BxHxG
+
+
+def _per_row(x_BxHxG):
+  """(B, H, G) row statistics -> (B, G, H, 1), to scale (B, G, H, D) outputs."""
+  return jnp.swapaxes(x_BxHxG, 1, 2)[..., None]
+
+
+def _safe_div(o_BxGxHxD, l_BxHxG):  # rows with no key stay 0
+  return o_BxGxHxD / _per_row(jnp.where(l_BxHxG > 0, l_BxHxG, 1.0))
 
 
 def global_attention(q_BxGxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, gidx: GlobalIndex,
@@ -470,15 +482,53 @@ def global_attention(q_BxGxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, gidx: Global
   ``q`` (pre-scaled) holds the global rows only. Returns (B, G, H, D); unused
   slots are zero.
   """
-  acc = jnp.promote_types(v_BxNxHxD.dtype, jnp.float32)  # fp32 at least
+  acc = _acc(v_BxNxHxD.dtype)
   s_BxHxGxN = jnp.einsum("bghd,bnhd->bhgn", q_BxGxHxD, k_BxNxHxD,
                          preferred_element_type=acc)
-  p_BxHxGxN, denom_BxGxHx1 = _global_probs(
+  p_BxHxGxN, _, l_BxHxG = _global_probs(
       s_BxHxGxN, valid_BxN=valid_BxN, gidx=gidx, causal=causal,
       dropout_rate=dropout_rate, dropout_rng=dropout_rng)
   o_BxGxHxD = jnp.einsum("bhgn,bnhd->bghd", p_BxHxGxN.astype(v_BxNxHxD.dtype), v_BxNxHxD,
                          preferred_element_type=acc)
-  return (o_BxGxHxD / denom_BxGxHx1).astype(v_BxNxHxD.dtype)
+  return _safe_div(o_BxGxHxD, l_BxHxG).astype(v_BxNxHxD.dtype)
+
+
+class GlobalPartial(NamedTuple):
+  """Unnormalised sums of the global rows over some keys (all, or one shard's)."""
+
+  m: jax.Array  # (B, H, G) row max of the scores the sums are relative to
+  l: jax.Array  # (B, H, G) sum of exp(s - m), before dropout: the softmax denominator
+  px: jax.Array  # (B, H, G, E) sum of p x, dropout applied
+  p: jax.Array  # (B, H, G) sum of p, dropout applied
+
+
+def global_partial_from_inputs(q_BxGxHxD, x_BxNxE, wk_ExHxD, bk_HxD, *, valid_BxN,
+                               gidx: GlobalIndex, causal: bool = False, pos_N=None,
+                               dropout_rate: float = 0.0, dropout_rng=None) -> GlobalPartial:
+  """The global rows' softmax sums over the keys of ``x``, with K_g = x Wk + bk never
+  formed: scores are x (Wk q) + bk.q. Finish with :func:`global_output_from_inputs`."""
+  dt = x_BxNxE.dtype
+  acc = _acc(dt)
+  u_BxGxHxE = jnp.einsum("ehd,bghd->bghe", wk_ExHxD.astype(dt), q_BxGxHxD,
+                         preferred_element_type=acc).astype(dt)
+  c_BxHxGx1 = jnp.einsum("hd,bghd->bhg", bk_HxD.astype(acc),
+                         q_BxGxHxD.astype(acc))[..., None]
+  s_BxHxGxN = jnp.einsum("bghe,bne->bhgn", u_BxGxHxE, x_BxNxE,
+                         preferred_element_type=acc) + c_BxHxGx1
+  p_BxHxGxN, m_BxHxG, l_BxHxG = _global_probs(
+      s_BxHxGxN, valid_BxN=valid_BxN, gidx=gidx, causal=causal, pos_N=pos_N,
+      dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+  px_BxHxGxE = jnp.einsum("bhgn,bne->bhge", p_BxHxGxN.astype(dt), x_BxNxE,
+                          preferred_element_type=acc)
+  return GlobalPartial(m_BxHxG, l_BxHxG, px_BxHxGxE, p_BxHxGxN.sum(axis=-1))
+
+
+def global_output_from_inputs(part: GlobalPartial, wv_ExHxD, bv_HxD, dtype):
+  """(B, G, H, D) outputs from the sums: ((p x) Wv + bv sum(p)) / l, V_g never formed."""
+  o_BxGxHxD = jnp.einsum("bhge,ehd->bghd", part.px.astype(dtype), wv_ExHxD.astype(dtype),
+                         preferred_element_type=_acc(dtype))
+  o_BxGxHxD = o_BxGxHxD + _per_row(part.p) * bv_HxD.astype(_acc(dtype))
+  return _safe_div(o_BxGxHxD, part.l).astype(dtype)
 
 
 def global_attention_from_inputs(q_BxGxHxD, x_BxNxE, wk_ExHxD, bk_HxD, wv_ExHxD, bv_HxD, *,
@@ -491,24 +541,10 @@ def global_attention_from_inputs(q_BxGxHxD, x_BxNxE, wk_ExHxD, bk_HxD, wv_ExHxD,
   better choice while G * H < E (a handful of global tokens). Same values and
   masking as :func:`global_attention`.
   """
-  dt = x_BxNxE.dtype
-  acc = jnp.promote_types(dt, jnp.float32)  # fp32 at least
-  u_BxGxHxE = jnp.einsum("ehd,bghd->bghe", wk_ExHxD.astype(dt), q_BxGxHxD,
-                         preferred_element_type=acc).astype(dt)
-  c_BxHxGx1 = jnp.einsum("hd,bghd->bhg", bk_HxD.astype(acc),
-                         q_BxGxHxD.astype(acc))[..., None]
-  s_BxHxGxN = jnp.einsum("bghe,bne->bhgn", u_BxGxHxE, x_BxNxE,
-                         preferred_element_type=acc) + c_BxHxGx1
-  p_BxHxGxN, denom_BxGxHx1 = _global_probs(
-      s_BxHxGxN, valid_BxN=valid_BxN, gidx=gidx, causal=causal,
-      dropout_rate=dropout_rate, dropout_rng=dropout_rng)
-  px_BxGxHxE = jnp.einsum("bhgn,bne->bghe", p_BxHxGxN.astype(dt), x_BxNxE,
-                          preferred_element_type=acc)
-  o_BxGxHxD = jnp.einsum("bghe,ehd->bghd", px_BxGxHxE.astype(dt), wv_ExHxD.astype(dt),
-                         preferred_element_type=acc)
-  psum_BxGxHx1 = jnp.swapaxes(p_BxHxGxN.sum(axis=-1), 1, 2)[..., None]
-  o_BxGxHxD = o_BxGxHxD + psum_BxGxHx1 * bv_HxD.astype(acc)
-  return (o_BxGxHxD / denom_BxGxHx1).astype(dt)
+  part = global_partial_from_inputs(q_BxGxHxD, x_BxNxE, wk_ExHxD, bk_HxD, valid_BxN=valid_BxN,
+                                    gidx=gidx, causal=causal, dropout_rate=dropout_rate,
+                                    dropout_rng=dropout_rng)
+  return global_output_from_inputs(part, wv_ExHxD, bv_HxD, x_BxNxE.dtype)
 
 
 def longformer_attention(q, k, v, q_global=None, k_global=None, v_global=None, *,

@@ -144,11 +144,8 @@ class SelfAttention(nnx.Module):
       qg_BxGxHxD = heads(self.query_global(attn.gather_tokens(x_BxNxD, gidx)) * scale)
       common = dict(valid_BxN=valid_BxN, gidx=gidx, causal=self.causal, **self._dropout_args())
       if gidx.index.shape[1] * self.heads < d:  # a few global tokens: skip K_g, V_g
-        kg, vg = self.key_global, self.value_global
-        shape = (self.heads, self.head_dim)
         og_BxGxHxD = attn.global_attention_from_inputs(
-            qg_BxGxHxD, x_BxNxD, kg.kernel[...].reshape(d, *shape), kg.bias[...].reshape(shape),
-            vg.kernel[...].reshape(d, *shape), vg.bias[...].reshape(shape), **common)
+            qg_BxGxHxD, x_BxNxD, *self._global_kv_weights(), **common)
       else:
         og_BxGxHxD = attn.global_attention(
             qg_BxGxHxD, heads(self.key_global(x_BxNxD)), heads(self.value_global(x_BxNxD)),
@@ -157,19 +154,22 @@ class SelfAttention(nnx.Module):
     return checkpoint_name(out_BxNxHxD.reshape(b, n, d), "matmul")
 
 
+  def _global_kv_weights(self):
+    """(W_kg (E, H, D), b_kg (H, D), W_vg, b_vg): K_g/V_g weights split by head."""
+    per_head = (self.heads, self.head_dim)
+    return tuple(w.reshape(w.shape[:-1] + per_head)
+                 for lin in (self.key_global, self.value_global)
+                 for w in (lin.kernel[...], lin.bias[...]))
+
   def _sequence_parallel(self, x_BxNxD, q_BxNxHxD, valid_BxN, is_global_BxN, gidx, mesh,
                          batch_axes):
     """Attention with the sequence split over the mesh's ``sequence`` axis (seqpar.py)."""
     if any(dil != 1 for dil in self.dilation):
       raise ValueError("sequence parallelism needs attention_dilation 1, got "
                        f"{self.dilation}")
-    d = x_BxNxD.shape[-1]
     heads = lambda t: t.reshape(t.shape[:2] + (self.heads, self.head_dim))
-    shape = (self.heads, self.head_dim)
-    qg, kg, vg = self.query_global, self.key_global, self.value_global
-    params = (qg.kernel[...], qg.bias[...], kg.kernel[...].reshape(d, *shape),
-              kg.bias[...].reshape(shape), vg.kernel[...].reshape(d, *shape),
-              vg.bias[...].reshape(shape))
+    qg = self.query_global
+    params = (qg.kernel[...], qg.bias[...]) + self._global_kv_weights()
     return seqpar.self_attention(
         q_BxNxHxD, heads(self.key(x_BxNxD)), heads(self.value(x_BxNxD)), x_BxNxD, params,
         valid_BxN=valid_BxN, is_global_BxN=is_global_BxN, gidx=gidx, window=self.window,

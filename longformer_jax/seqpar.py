@@ -44,50 +44,28 @@ def _halo(x_BxCx___, left: int, right: int, size: int):
   return jnp.concatenate(parts, axis=1).astype(dtype)
 
 
-def _gather_global(x_BxCx___, gidx: attn.GlobalIndex, offset):
-  """Rows at the global positions, from whichever device holds them: (B, G, ...)."""
-  c = x_BxCx___.shape[1]
+def _local_index(gidx: attn.GlobalIndex, offset, chunk: int) -> attn.GlobalIndex:
+  """The global positions held by this device, as indices into its chunk."""
   local = gidx.index - offset
-  here = gidx.valid & (local >= 0) & (local < c)
-  idx = jnp.clip(local, 0, c - 1).reshape(local.shape + (1,) * (x_BxCx___.ndim - 2))
-  rows = jnp.take_along_axis(x_BxCx___, idx, axis=1)
-  here = here.reshape(here.shape + (1,) * (x_BxCx___.ndim - 2))
+  here = gidx.valid & (local >= 0) & (local < chunk)
+  return attn.GlobalIndex(jnp.where(here, local, 0), here)
+
+
+def _gather_global(x_BxCx___, local: attn.GlobalIndex):
+  """Rows at the global positions, from whichever device holds them: (B, G, ...)."""
+  rows = attn.gather_tokens(x_BxCx___, local)
+  here = local.valid.reshape(local.valid.shape + (1,) * (x_BxCx___.ndim - 2))
   return jax.lax.psum(jnp.where(here, rows, 0), AXIS)
 
 
-def _global_rows(qg_BxGxHxD, x_BxCxE, wk, bk, wv, bv, *, valid_BxC, gidx, pos_C, causal,
-                 dropout_rate, dropout_rng):
-  """The global rows (K_g, V_g never formed): a partial softmax over this device's
-  keys, merged across devices by log-sum-exp."""
-  dt = x_BxCxE.dtype
-  acc = jnp.promote_types(dt, jnp.float32)
-  u_BxGxHxE = jnp.einsum("ehd,bghd->bghe", wk.astype(dt), qg_BxGxHxD,
-                         preferred_element_type=acc).astype(dt)
-  c_BxHxGx1 = jnp.einsum("hd,bghd->bhg", bk.astype(acc), qg_BxGxHxD.astype(acc))[..., None]
-  s_BxHxGxC = jnp.einsum("bghe,bce->bhgc", u_BxGxHxE, x_BxCxE,
-                         preferred_element_type=acc) + c_BxHxGx1
-  ok = (valid_BxC[:, None, :] & gidx.valid[:, :, None])[:, None]
-  if causal:
-    ok = ok & (pos_C[None, None, None, :] <= gidx.index[:, None, :, None])
-  s_BxHxGxC = jnp.where(ok, s_BxHxGxC, attn.NEG_INF)
-  m_BxHxG = attn._safe_max(s_BxHxGxC)
-  p_BxHxGxC = jnp.exp(s_BxHxGxC - m_BxHxG[..., None])
-  l_BxHxG = p_BxHxGxC.sum(-1)
-  p_BxHxGxC = attn._dropout(p_BxHxGxC, dropout_rate, dropout_rng)
-  px_BxHxGxE = jnp.einsum("bhgc,bce->bhge", p_BxHxGxC.astype(dt), x_BxCxE,
-                          preferred_element_type=acc)
-  psum_BxHxG = p_BxHxGxC.sum(-1)
-  # log-sum-exp merge: rescale each device's partial sums to the global row max.
-  m_all = jax.lax.stop_gradient(jax.lax.pmax(m_BxHxG, AXIS))
-  w_BxHxG = jnp.where(l_BxHxG > 0, jnp.exp(m_BxHxG - m_all), 0.0)
-  l_BxHxG = jax.lax.psum(l_BxHxG * w_BxHxG, AXIS)
-  px_BxHxGxE = jax.lax.psum(px_BxHxGxE * w_BxHxG[..., None], AXIS)
-  psum_BxHxG = jax.lax.psum(psum_BxHxG * w_BxHxG, AXIS)
-  o_BxGxHxD = jnp.einsum("bhge,ehd->bghd", px_BxHxGxE.astype(dt), wv.astype(dt),
-                         preferred_element_type=acc)
-  o_BxGxHxD = o_BxGxHxD + jnp.swapaxes(psum_BxHxG, 1, 2)[..., None] * bv.astype(acc)
-  denom = jnp.swapaxes(l_BxHxG, 1, 2)[..., None]
-  return (o_BxGxHxD / jnp.where(denom > 0, denom, 1.0)).astype(dt)
+def _merge(part: attn.GlobalPartial) -> attn.GlobalPartial:
+  """Log-sum-exp merge of the devices' partial sums: each is rescaled to the row max
+  over all devices, then summed."""
+  m = jax.lax.stop_gradient(jax.lax.pmax(part.m, AXIS))
+  w = jnp.where(part.l > 0, jnp.exp(part.m - m), 0.0)  # a device with no key adds 0
+  return attn.GlobalPartial(m, jax.lax.psum(part.l * w, AXIS),
+                            jax.lax.psum(part.px * w[..., None], AXIS),
+                            jax.lax.psum(part.p * w, AXIS))
 
 
 def self_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, x_BxNxE, global_params, *, valid_BxN,
@@ -129,11 +107,12 @@ def self_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, x_BxNxE, global_params, *, v
     extra = {}
     if use_global:
       g = attn.GlobalIndex(gindex, gvalid)
+      mine = _local_index(g, offset, chunk)
       g_ok = jnp.broadcast_to(gvalid[:, None, :], (q.shape[0], chunk, gvalid.shape[1]))
       if causal:
         g_ok = g_ok & (gindex[:, None, :] <= pos_C[None, :, None])
-      extra = dict(global_k_BxGxHxD=_gather_global(k, g, offset),
-                   global_v_BxGxHxD=_gather_global(v, g, offset), global_ok_BxNxG=g_ok)
+      extra = dict(global_k_BxGxHxD=_gather_global(k, mine),
+                   global_v_BxGxHxD=_gather_global(v, mine), global_ok_BxNxG=g_ok)
     out = attn.banded_attention(
         q, _halo(k, left, right, size), _halo(v, left, right, size),
         _halo(key_ok, left, right, size), left=left, right=right, block_size=block_size,
@@ -142,15 +121,14 @@ def self_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, x_BxNxE, global_params, *, v
     if not use_global:
       return out
     wq, bq, wk, bk, wv, bv = params
-    x_g = _gather_global(x, g, offset)
+    x_g = _gather_global(x, mine)
     qg = ((jnp.einsum("bge,ef->bgf", x_g, wq.astype(x.dtype)) + bq.astype(x.dtype)) * scale)
     qg = qg.reshape(qg.shape[:2] + (heads, dim)).astype(x.dtype)
-    og = _global_rows(qg, x, wk, bk, wv, bv, valid_BxC=valid, gidx=g, pos_C=pos_C,
-                      causal=causal, dropout_rate=dropout_rate, dropout_rng=rng_rows)
-    local_idx = gindex - offset
-    target = jnp.where(gvalid & (local_idx >= 0) & (local_idx < chunk), local_idx, chunk)
-    rows = jnp.broadcast_to(jnp.arange(q.shape[0])[:, None], target.shape)
-    return out.at[rows, target].set(og.astype(out.dtype), mode="drop")
+    part = attn.global_partial_from_inputs(qg, x, wk, bk, valid_BxN=valid, gidx=g,
+                                           causal=causal, pos_N=pos_C,
+                                           dropout_rate=dropout_rate, dropout_rng=rng_rows)
+    og = attn.global_output_from_inputs(_merge(part), wv, bv, x.dtype)
+    return attn.scatter_tokens(out, og, mine)
 
   gindex = gvalid = None
   if use_global:
