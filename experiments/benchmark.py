@@ -6,10 +6,15 @@ Three levels, all fp32, batch 1, measured on the machine it runs on:
   GFLOP/s over a few large GEMM shapes), the yardstick for the attention level.
 * ``model``: the paper-small LongformerModel (12 layers, d 512, 8 heads, d_ff
   2048, window 512, one global token, vocab 256), forward+backward of
-  mean(last_hidden_state^2), for ours (``scan``: layers under ``jax.lax.scan``;
-  ``remat``: the same with ``remat="matmuls"``, which keeps the outputs of the
-  matrix products and the attention and recomputes layer norms, GELU and layout
-  changes in the backward pass) and HF.
+  mean(last_hidden_state^2), for ours (``default``: the config's defaults, as
+  ``from_hf`` gives them: layers under one scan and ``remat="matmuls"``, which keeps
+  the outputs of the matrix products and the attention and recomputes layer norms,
+  GELU and layout changes in the backward pass; ``scan``: the same without remat;
+  ``loop``: a Python loop over layers without remat, the defaults before) and HF.
+* ``api``: the forward of a model called eagerly (``model(ids, ...)``: host checks,
+  then a cached compiled program) against the same call under ``nnx.jit`` and a
+  functional ``jax.jit`` (merge inside), at a tiny size where Python overhead shows
+  and at the paper-small size.
 * ``attention``: one self-attention layer (projections included; ours and HF
   ``LongformerSelfAttention``) and our attention core alone (q, k, v given).
   Useful FLOPs count 2r+1 keys per local query (not the padded blocks) plus
@@ -77,6 +82,10 @@ def _ceiling(repeats: int) -> dict:
   return dict(gflops=max(best.values()), shapes=best)
 
 
+_VARIANTS = {"default": {}, "scan": dict(scan_layers=True, remat="none"),
+             "loop": dict(scan_layers=False, remat="none")}
+
+
 def _ours_model(n: int, variant: str, repeats: int) -> dict:
   import jax
   import jax.numpy as jnp
@@ -89,14 +98,13 @@ def _ours_model(n: int, variant: str, repeats: int) -> dict:
       vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=LAYERS,
       num_attention_heads=HEADS, intermediate_size=D_FF, attention_window=WINDOW,
       max_position_embeddings=n + 2, hidden_dropout_prob=0.0,
-      attention_probs_dropout_prob=0.0, max_global_tokens=1, scan_layers=True,
-      remat="matmuls" if variant == "remat" else "none")
+      attention_probs_dropout_prob=0.0, max_global_tokens=1, **_VARIANTS[variant])
   graphdef, params, rest = nnx.split(model_lib.create_model(cfg), nnx.Param, ...)
   ids = jnp.full((1, n), 5, jnp.int32)
   mask, gmask = jnp.ones_like(ids), jnp.zeros_like(ids).at[:, 0].set(1)
 
   def loss(params, rest):
-    model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
+    model = nnx.merge(graphdef, params, rest)
     return jnp.mean(model(ids, mask, gmask).last_hidden_state ** 2)
 
   step = jax.jit(jax.grad(loss), compiler_options=compiler_options())
@@ -129,6 +137,39 @@ def _hf_model(n: int, repeats: int) -> dict:
     model.zero_grad(set_to_none=True)
 
   return _timed(step, repeats)
+
+
+def _api_call(n: int, how: str, repeats: int) -> dict:
+  """Forward of a model called eagerly, under nnx.jit, or functionally under jax.jit."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  from longformer_jax import model as model_lib
+  from longformer_jax.config import LongformerConfig
+
+  layers, d = (2, 64) if n <= 512 else (LAYERS, D_MODEL)
+  cfg = LongformerConfig(
+      vocab_size=VOCAB, hidden_size=d, num_hidden_layers=layers, num_attention_heads=HEADS,
+      intermediate_size=4 * d, attention_window=min(WINDOW, n // 4),
+      max_position_embeddings=n + 2)
+  model = model_lib.create_model(cfg)
+  model.eval()
+  ids = np.full((1, n), 5)
+  mask, gmask = np.ones_like(ids), np.zeros_like(ids)
+  gmask[:, 0] = 1
+  if how == "eager":
+    fn = lambda: model(ids, mask, gmask).last_hidden_state
+  elif how == "nnx_jit":
+    call = nnx.jit(lambda m, *a: m(*a, max_global_tokens=1).last_hidden_state)
+    fn = lambda: call(model, ids, mask, gmask)
+  else:
+    graphdef, state = nnx.split(model)
+    call = jax.jit(lambda st, *a: nnx.merge(graphdef, st)(*a, max_global_tokens=1)
+                   .last_hidden_state)
+    args = tuple(jnp.asarray(a) for a in (ids, mask, gmask))
+    fn = lambda: call(state, *args)
+  return _timed(lambda: jax.block_until_ready(fn()), repeats)
 
 
 def _ours_attention(n: int, what: str, repeats: int) -> dict:
@@ -195,6 +236,8 @@ def worker(kind: str, impl: str, n: int, repeats: int) -> dict:
     return dict(kind=kind, impl=impl, n=n, **_ceiling(repeats))
   if kind == "model":
     r = _hf_model(n, repeats) if impl == "hf" else _ours_model(n, impl, repeats)
+  elif kind == "api":
+    r = _api_call(n, impl, repeats)
   else:
     r = _hf_attention(n, repeats) if impl == "hf" else _ours_attention(n, impl, repeats)
   return dict(kind=kind, impl=impl, n=n, **r)
@@ -229,14 +272,33 @@ def _gib(b):
   return f"{b / 2**30:.2f}"
 
 
+MODEL_NAMES = {"hf": "HF transformers (PyTorch)",
+               "default": "ours, defaults (scan + remat matmuls)",
+               "scan": "ours (scan, no remat)", "loop": "ours (layer loop, no remat)"}
+
+
+def api_table(results: list[dict]) -> str:
+  rows = ["| tokens | model | eager call ms | nnx.jit ms | jax.jit ms | eager / jax.jit |",
+          "|---:|---|---:|---:|---:|---:|"]
+  for n in sorted({r["n"] for r in results if r["kind"] == "api"}):
+    by = {r["impl"]: r for r in results if r["kind"] == "api" and r["n"] == n
+          and "skipped" not in r}
+    if len(by) < 3:
+      continue
+    ms = {k: 1e3 * by[k]["step_s"] for k in ("eager", "nnx_jit", "jax_jit")}
+    what = "2 layers, d 64" if n <= 512 else "paper-small"
+    rows.append(f"| {n:,} | {what} | {ms['eager']:.1f} | {ms['nnx_jit']:.1f} | "
+                f"{ms['jax_jit']:.1f} | {ms['eager'] / ms['jax_jit']:.2f}x |")
+  return "\n".join(rows)
+
+
 def model_table(results: list[dict]) -> str:
   hf = {r["n"]: r for r in results if r["kind"] == "model" and r["impl"] == "hf"
         and "skipped" not in r}
   rows = ["| tokens | implementation | fwd+bwd s/step | tokens/s | peak RSS GiB "
           "| speed vs HF | memory vs HF |", "|---:|---|---:|---:|---:|---:|---:|"]
   for r in (r for r in results if r["kind"] == "model"):
-    name = {"hf": "HF transformers (PyTorch)", "scan": "ours (scan)",
-            "remat": "ours (scan + remat matmuls)"}[r["impl"]]
+    name = MODEL_NAMES[r["impl"]]
     if "skipped" in r:
       rows.append(f"| {r['n']:,} | {name} | {r['skipped']} | | | | |")
       continue
@@ -270,7 +332,7 @@ def verdict(results: list[dict], ceiling: float) -> list[str]:
                                     == (kind, impl, n) and "skipped" not in r), None)
   lines = []
   hf = get("model", "hf", 4096)
-  for impl in ("scan", "remat"):
+  for impl in ("default", "scan", "loop"):
     ours = get("model", impl, 4096)
     if hf and ours:
       speed, mem = hf["step_s"] / ours["step_s"], ours["peak_bytes"] / hf["peak_bytes"]
@@ -278,10 +340,17 @@ def verdict(results: list[dict], ceiling: float) -> list[str]:
       lines.append(f"4K, ours ({impl}): {speed:.2f}x HF speed (target >= {TARGET_SPEEDUP}x), "
                    f"{mem:.2f}x HF memory (target <= {TARGET_MEMORY}x): "
                    f"{'met' if ok else 'NOT met'}")
-  big = get("model", "remat", 32768)
+  fastest = min((r for r in results if r["kind"] == "model" and r["n"] == 4096
+                 and r["impl"] != "hf" and "skipped" not in r),
+                key=lambda r: r["step_s"], default=None)
+  if fastest and get("model", "default", 4096):
+    lines.append(f"4K, fastest setting: {fastest['impl']} "
+                 f"({get('model', 'default', 4096)['step_s'] / fastest['step_s']:.2f}x the "
+                 "default's time)")
+  big = get("model", "default", 32768)
   if big:
     fits = big["peak_bytes"] <= 24 * 10**9
-    lines.append(f"32K, ours (remat): peak {_gib(big['peak_bytes'])} GiB "
+    lines.append(f"32K, ours (defaults): peak {_gib(big['peak_bytes'])} GiB "
                  f"(target <= 24 GB): {'met' if fits else 'NOT met'}")
   core = get("attention", "core", 4096)
   layer = get("attention", "layer", 4096)
@@ -300,10 +369,10 @@ def plot(results: list[dict], path: str) -> None:
   import matplotlib.pyplot as plt
 
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-  styles = {"hf": ("tab:green", "^", "HF transformers (PyTorch)"),
-            "scan": ("tab:blue", "o", "ours (scan)"),
-            "remat": ("tab:purple", "s", "ours (scan + remat matmuls)")}
-  for impl, (color, marker, label) in styles.items():
+  styles = {"hf": ("tab:green", "^"), "loop": ("tab:orange", "v"), "scan": ("tab:blue", "o"),
+            "default": ("tab:purple", "s")}
+  for impl, (color, marker) in styles.items():
+    label = MODEL_NAMES[impl]
     rs = [r for r in results if r["kind"] == "model" and r["impl"] == impl
           and "skipped" not in r]
     if rs:
@@ -329,9 +398,9 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="4K tokens only")
   parser.add_argument("--sizes", default="4096,8192,16384,32768",
-                      help="model-level lengths for ours (scan + remat)")
+                      help="model-level lengths for ours (defaults)")
   parser.add_argument("--hf-sizes", default="4096,8192", help="model-level lengths for HF")
-  parser.add_argument("--levels", default="ceiling,model,attention")
+  parser.add_argument("--levels", default="ceiling,model,api,attention")
   parser.add_argument("--timeout", type=float, default=1800, help="seconds per measurement")
   parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
   parser.add_argument("--out", default=RESULTS)
@@ -357,10 +426,13 @@ def main():
     for n in sizes:
       repeats = 3 if n <= 8192 else 2
       if n == 4096:
-        plan.append(("model", "scan", n, repeats))
-      plan.append(("model", "remat", n, repeats))
+        plan += [("model", "loop", n, repeats), ("model", "scan", n, repeats)]
+      plan.append(("model", "default", n, repeats))
       if have_hf and n in hf_sizes:
         plan.append(("model", "hf", n, 2))
+  if "api" in levels:
+    plan += [("api", how, n, 20 if n <= 512 else 3) for n in (512, 4096)
+             for how in ("eager", "nnx_jit", "jax_jit")]
   if "attention" in levels:
     plan += [("attention", "core", 4096, 7), ("attention", "layer", 4096, 7)]
     if have_hf:
@@ -383,7 +455,8 @@ def main():
   ceiling = next((r["gflops"] for r in results if r["kind"] == "ceiling"
                   and "skipped" not in r), float("nan"))
   report = [f"Matmul ceiling (fp32, JAX): {ceiling:.0f} GFLOP/s", "",
-            model_table(results), "", attention_table(results, ceiling), ""]
+            model_table(results), "", api_table(results), "",
+            attention_table(results, ceiling), ""]
   report += verdict(results, ceiling)
   report += ["", "GPU: unmeasured (no accelerator on the machine that ran this).",
              f"Total benchmark time: {(time.time() - t_start) / 60:.1f} min"]

@@ -46,14 +46,20 @@ class GlobalIndex(NamedTuple):
   valid: jax.Array  # (B, G) bool; False for unused slots
 
 
-def global_index(is_global_BxN: jax.Array, max_global: int) -> GlobalIndex:
-  """Static-shape list of global positions: the first ``max_global`` per example.
+def global_index(is_global_BxN: jax.Array, max_global: int) -> GlobalIndex | None:
+  """Static-shape list of global positions, in order, padded to ``max_global``.
 
-  Global tokens past the bound are not listed; callers check the count on the
-  host (see :func:`count_global`) before tracing.
+  An example with more global tokens than ``max_global`` slots cannot be
+  attended exactly (its extra tokens would leave every window yet fill no
+  slot), so it raises: a ``ValueError`` for concrete input, and at run time
+  under ``jit`` (a host callback that fires only then). None when
+  ``max_global`` is 0 and nothing is global.
   """
   batch, n = is_global_BxN.shape
   is_global = is_global_BxN.astype(bool)
+  check_global_bound(is_global.sum(axis=1), max_global)
+  if max_global == 0:
+    return None
   rank_BxN = jnp.cumsum(is_global, axis=1, dtype=jnp.int32) - 1
   slot_BxN = jnp.where(is_global & (rank_BxN < max_global), rank_BxN, max_global)
   rows_BxN = jnp.broadcast_to(jnp.arange(batch)[:, None], (batch, n))
@@ -63,6 +69,32 @@ def global_index(is_global_BxN: jax.Array, max_global: int) -> GlobalIndex:
   count_B = jnp.minimum(is_global.sum(axis=1), max_global)
   valid_BxG = jnp.arange(max_global)[None, :] < count_B[:, None]
   return GlobalIndex(index_BxG, valid_BxG)
+
+
+def _global_overflow_error(count: int, max_global: int) -> ValueError:
+  return ValueError(
+      f"global_attention_mask marks {count} tokens in one example (attention_mask values "
+      f"> 1 count as global too) but max_global_tokens={max_global}; raise "
+      "max_global_tokens")
+
+
+def _raise_global_overflow(count, max_global: int):
+  raise _global_overflow_error(int(count), max_global)
+
+
+def check_global_bound(count_B, max_global: int) -> None:
+  """Raises when some example has more than ``max_global`` global tokens: eagerly
+  for concrete counts, else when the compiled computation runs."""
+  if not isinstance(count_B, jax.core.Tracer):
+    worst = int(np.max(np.asarray(count_B), initial=0))
+    if worst > max_global:
+      raise _global_overflow_error(worst, max_global)
+    return
+  worst = jnp.max(count_B, initial=0)
+  jax.lax.cond(worst > max_global,
+               lambda: jax.debug.callback(
+                   functools.partial(_raise_global_overflow, max_global=max_global), worst),
+               lambda: None)
 
 
 def count_global(is_global_BxN) -> int:
@@ -387,6 +419,24 @@ def normalize_dilation(dilation: int | Sequence[int], heads: int) -> tuple[int, 
   return dilation
 
 
+def dilation_groups(dilation: tuple[int, ...]) -> dict[int, list[int]]:
+  """{dilation: [heads with it]}, in order of first appearance."""
+  groups: dict[int, list[int]] = {}
+  for h, d in enumerate(dilation):
+    groups.setdefault(d, []).append(h)
+  return groups
+
+
+def to_strided(x_BxNx___, d: int):
+  """Positions regrouped by residue mod ``d`` (a dilated window becomes contiguous)."""
+  return x_BxNx___ if d == 1 else _to_strided(x_BxNx___, d)
+
+
+def from_strided(x_BdxMx___, d: int, n: int):
+  """Inverse of :func:`to_strided`."""
+  return x_BdxMx___ if d == 1 else _from_strided(x_BdxMx___, d, n)
+
+
 def local_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, is_global_BxN,
                     gidx: GlobalIndex | None, window: int,
                     dilation: int | Sequence[int] = 1, causal: bool = False,
@@ -411,9 +461,7 @@ def local_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, is_global_BxN
     if causal:
       g_ok_BxNxG = g_ok_BxNxG & (gidx.index[:, None, :] <= pos_N[None, :, None])
 
-  groups: dict[int, list[int]] = {}
-  for h, d in enumerate(dil):
-    groups.setdefault(d, []).append(h)
+  groups = dilation_groups(dil)
   rngs = (list(jax.random.split(dropout_rng, len(groups))) if dropout_rng is not None
           else [None] * len(groups))
 
@@ -447,7 +495,7 @@ def local_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, is_global_BxN
   return jnp.where(valid_BxN[:, :, None, None], o_BxNxHxD, 0).astype(v_BxNxHxD.dtype)
 
 
-def _global_probs(s_BxHxGxN, *, valid_BxN, gidx: GlobalIndex, causal: bool,
+def global_probs(s_BxHxGxN, *, valid_BxN, gidx: GlobalIndex, causal: bool,
                   dropout_rate: float, dropout_rng, pos_N=None):
   """Masked softmax numerators of the global rows, dropout applied, with the row max
   and the row sum before dropout: (B, H, G, N), (B, H, G), (B, H, G).
@@ -485,7 +533,7 @@ def global_attention(q_BxGxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, gidx: Global
   acc = _acc(v_BxNxHxD.dtype)
   s_BxHxGxN = jnp.einsum("bghd,bnhd->bhgn", q_BxGxHxD, k_BxNxHxD,
                          preferred_element_type=acc)
-  p_BxHxGxN, _, l_BxHxG = _global_probs(
+  p_BxHxGxN, _, l_BxHxG = global_probs(
       s_BxHxGxN, valid_BxN=valid_BxN, gidx=gidx, causal=causal,
       dropout_rate=dropout_rate, dropout_rng=dropout_rng)
   o_BxGxHxD = jnp.einsum("bhgn,bnhd->bghd", p_BxHxGxN.astype(v_BxNxHxD.dtype), v_BxNxHxD,
@@ -515,7 +563,7 @@ def global_partial_from_inputs(q_BxGxHxD, x_BxNxE, wk_ExHxD, bk_HxD, *, valid_Bx
                          q_BxGxHxD.astype(acc))[..., None]
   s_BxHxGxN = jnp.einsum("bghe,bne->bhgn", u_BxGxHxE, x_BxNxE,
                          preferred_element_type=acc) + c_BxHxGx1
-  p_BxHxGxN, m_BxHxG, l_BxHxG = _global_probs(
+  p_BxHxGxN, m_BxHxG, l_BxHxG = global_probs(
       s_BxHxGxN, valid_BxN=valid_BxN, gidx=gidx, causal=causal, pos_N=pos_N,
       dropout_rate=dropout_rate, dropout_rng=dropout_rng)
   px_BxHxGxE = jnp.einsum("bhgn,bne->bhge", p_BxHxGxN.astype(dt), x_BxNxE,
@@ -584,7 +632,7 @@ def longformer_attention(q, k, v, q_global=None, k_global=None, v_global=None, *
       if isinstance(is_global_BxN, jax.core.Tracer):
         raise ValueError("max_global must be given when global_attention_mask is traced")
       max_global = count_global(is_global_BxN)
-  gidx = global_index(is_global_BxN, max_global) if max_global > 0 else None
+  gidx = global_index(is_global_BxN, max_global)
   rng_local = rng_global = None
   if dropout_rng is not None:
     rng_local, rng_global = jax.random.split(dropout_rng)

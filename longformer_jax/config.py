@@ -13,10 +13,12 @@ from longformer_jax import attention as attn
 
 # HF config keys that have no meaning for the model's numerics but are kept on
 # a round trip so that transformers sees the same config.
-_PASSTHROUGH_KEYS = ("id2label", "label2id", "problem_type", "bos_token_id",
+_PASSTHROUGH_KEYS = ("id2label", "label2id", "bos_token_id",
                      "eos_token_id", "tokenizer_class", "classifier_dropout")
 
 REMAT_POLICIES = ("none", "full", "dots", "matmuls")
+PROBLEM_TYPES = (None, "regression", "single_label_classification",
+                 "multi_label_classification")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "tanh")
 
 
@@ -44,14 +46,21 @@ class LongformerConfig:
   sep_token_id: int = 2
   num_labels: int = 2
   attention_window: tuple[int, ...] = (512,) * 12
+  tie_word_embeddings: bool = True  # masked-LM decoder = word embeddings (else its own)
+  problem_type: str | None = None  # sequence classification loss; None: from labels
   # Ours (not in HF configs; stored in config.json under the same names).
   attention_dilation: tuple[tuple[int, ...], ...] | None = None  # None: 1 everywhere
   causal: bool = False
   block_size: int = attn.DEFAULT_BLOCK_SIZE
   max_global_tokens: int | None = None  # static G; None: from concrete inputs
   dtype: str = "float32"  # compute dtype; params are always float32
-  remat: str = "none"  # rematerialise each layer in the backward pass: none | full | dots | matmuls
-  scan_layers: bool = False  # one scanned layer body (needs the same window/dilation per layer)
+  # Rematerialise each layer in the backward pass: none | full | dots | matmuls. The
+  # default keeps the matrix products' outputs: about half the activation memory of
+  # "none" at no cost in speed (experiments/benchmark.py); forward-only calls are unaffected.
+  remat: str = "matmuls"
+  # One scanned layer body instead of a Python loop (needs the same window and dilation on
+  # every layer); None: scan exactly when the layers allow it.
+  scan_layers: bool | None = None
   extra_json: str = "{}"  # HF passthrough keys (labels...), as JSON: the config stays hashable
 
   def __post_init__(self):
@@ -78,9 +87,14 @@ class LongformerConfig:
       except ValueError as e:
         raise ValueError(f"attention_dilation: {e}") from None
       object.__setattr__(self, "attention_dilation", dil)
-    if self.scan_layers and (len(set(window)) > 1 or len(set(self.attention_dilation or [()])) > 1):
+    uniform = len(set(window)) <= 1 and len(set(self.attention_dilation or [()])) <= 1
+    if self.scan_layers is None:
+      object.__setattr__(self, "scan_layers", uniform)
+    elif self.scan_layers and not uniform:
       raise ValueError("scan_layers needs the same attention_window and attention_dilation on "
                        f"every layer, got {window} / {self.attention_dilation}")
+    if self.problem_type not in PROBLEM_TYPES:
+      raise ValueError(f"problem_type={self.problem_type!r} is not one of {PROBLEM_TYPES}")
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(f"hidden_size={self.hidden_size} is not a multiple of "
                        f"num_attention_heads={self.num_attention_heads}")
@@ -111,12 +125,17 @@ class LongformerConfig:
   # ---- HF config.json ------------------------------------------------------
   @classmethod
   def from_hf_dict(cls, d: dict, **overrides) -> "LongformerConfig":
-    """Builds a config from a parsed HF ``config.json`` (unknown keys are ignored)."""
+    """Builds a config from a parsed HF ``config.json`` (unknown keys are ignored).
+
+    Its ``dtype`` (``torch_dtype`` in older files) is the dtype the weights were
+    saved in, not a compute dtype: it is ignored (pass ``dtype=`` to compute in
+    another precision).
+    """
     model_type = d.get("model_type", "longformer")
     if model_type != "longformer":
       raise ValueError(f"config.json: model_type={model_type!r}, expected 'longformer' "
                        "(convert RoBERTa checkpoints with longformer_jax.convert)")
-    names = {f.name for f in dataclasses.fields(cls)} - {"extra_json"}
+    names = {f.name for f in dataclasses.fields(cls)} - {"extra_json", "dtype"}
     kwargs = {k: v for k, v in d.items() if k in names}
     if "id2label" in d and "num_labels" not in d:
       kwargs["num_labels"] = len(d["id2label"])
@@ -149,6 +168,8 @@ class LongformerConfig:
       d["attention_dilation"] = [list(x) for x in self.attention_dilation]
     if not self.causal:
       del d["causal"]
+    if self.problem_type is None:
+      del d["problem_type"]
     extra = json.loads(self.extra_json)
     if len(extra.get("id2label", {})) not in (0, self.num_labels):
       extra.pop("id2label"), extra.pop("label2id", None)  # stale after a num_labels change

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 _RENAME_TO_HF = {"self_attn": "self"}
 _LEAF_TO_HF = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}
-# Keys that HF checkpoints may hold and that we derive or do not need.
+# Keys that HF checkpoints may hold and that we derive or do not need (the decoder
+# weight is the word embeddings' unless the model has an untied decoder).
 _IGNORED = re.compile(r"(^|\.)(embeddings\.position_ids|lm_head\.decoder\.(weight|bias))$")
 # Keys of some HF Longformer head or the pooler: fine to skip, or to initialise.
 _HEAD = re.compile(r"^(lm_head|classifier|qa_outputs)\.|(^|\.)pooler\.")
@@ -139,8 +140,9 @@ def load_hf_weights(model, sd: dict[str, np.ndarray]) -> None:
   as when fine-tuning a pretrained body on a new task.
   """
   task = task_of(model)
-  sd = {k: v for k, v in _align_prefix(sd, task).items() if not _IGNORED.search(k)}
   expected = {key: (path, var, i) for key, path, var, i in _entries(model)}
+  sd = {k: v for k, v in _align_prefix(sd, task).items()
+        if k in expected or not _IGNORED.search(k)}
   unknown = sorted(k for k in sd if k not in expected and not _HEAD.search(k))
   if unknown:
     raise ValueError(f"checkpoint has {len(unknown)} unknown keys for a Longformer {task} "
@@ -195,9 +197,31 @@ def from_hf(path: str | os.PathLike, task: str | None = None, **config_overrides
   return model
 
 
-def to_hf(model, path: str | os.PathLike) -> None:
-  """Writes ``config.json`` + ``model.safetensors`` that transformers loads."""
+def _hf_unsupported(cfg: LongformerConfig) -> list[str]:
+  """Fields of ``cfg`` that transformers' Longformer would silently run differently."""
+  bad = []
+  if cfg.causal:
+    bad.append("causal=True (transformers runs a symmetric window)")
+  if cfg.attention_dilation is not None and any(d != 1 for layer in cfg.attention_dilation
+                                                for d in layer):
+    bad.append(f"attention_dilation={cfg.attention_dilation} (transformers has no dilation)")
+  return bad
+
+
+def to_hf(model, path: str | os.PathLike, *, allow_unsupported: bool = False) -> None:
+  """Writes ``config.json`` + ``model.safetensors`` that transformers loads.
+
+  A causal or dilated model would load there and run as a plain symmetric,
+  undilated one: that raises (save it with :func:`save_native`), or with
+  ``allow_unsupported=True`` is written anyway with a warning.
+  """
   from safetensors.numpy import save_file
+  bad = _hf_unsupported(model.config)
+  if bad and not allow_unsupported:
+    raise ValueError(f"transformers cannot run this model as it is: {'; '.join(bad)}. Use "
+                     "save_native, or pass allow_unsupported=True to export anyway")
+  if bad:
+    log.warning("exporting to transformers, which will ignore: %s", "; ".join(bad))
   path = os.fspath(path)
   os.makedirs(path, exist_ok=True)
   arch = model_lib.TASKS[task_of(model)][1]

@@ -7,6 +7,7 @@ conversion is a mechanical renaming (see ``convert.py``).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from longformer_jax import attention as attn
+from longformer_jax import attention_weights as attn_weights
 from longformer_jax import seqpar
 from longformer_jax import sharding as sh
 from longformer_jax.config import LongformerConfig
@@ -75,10 +77,26 @@ def layer_norm(cfg: LongformerConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
                        rngs=rngs)
 
 
-def embed(cfg: LongformerConfig, num: int, rngs: nnx.Rngs, axis: str) -> nnx.Embed:
-  init = nnx.initializers.normal(cfg.initializer_range)
+def embed(cfg: LongformerConfig, num: int, rngs: nnx.Rngs, axis: str,
+          padding_idx: int | None = None) -> nnx.Embed:
+  """Embedding table; row ``padding_idx`` starts at zero (see :func:`lookup`)."""
+  normal = nnx.initializers.normal(cfg.initializer_range)
+
+  def init(key, shape, dtype=jnp.float32):
+    table = normal(key, shape, dtype)
+    return table if padding_idx is None else table.at[padding_idx].set(0)
+
   return nnx.Embed(num, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
                    embedding_init=nnx.with_partitioning(init, (axis, sh.EMBED)), rngs=rngs)
+
+
+def lookup(table: nnx.Embed, ids_BxN, padding_idx: int | None = None):
+  """``table(ids)``; with ``padding_idx`` that row's lookups pass no gradient to the
+  table (torch's ``padding_idx``: the row stays as initialised or loaded)."""
+  x_BxNxD = table(ids_BxN)
+  if padding_idx is None:
+    return x_BxNxD
+  return jnp.where((ids_BxN == padding_idx)[..., None], jax.lax.stop_gradient(x_BxNxD), x_BxNxD)
 
 
 def position_ids_from_input_ids(input_ids_BxN, padding_idx: int):
@@ -88,17 +106,26 @@ def position_ids_from_input_ids(input_ids_BxN, padding_idx: int):
 
 
 class Embeddings(nnx.Module):
-  """Word + learned position + token type embeddings, then LayerNorm and dropout."""
+  """Word + learned position + token type embeddings, then LayerNorm and dropout.
+
+  The word and position rows at ``pad_token_id`` are padding rows, as in the
+  reference: zero at init and never updated through a lookup.
+  """
 
   def __init__(self, cfg: LongformerConfig, rngs: nnx.Rngs):
-    self.word_embeddings = embed(cfg, cfg.vocab_size, rngs, sh.VOCAB)
-    self.position_embeddings = embed(cfg, cfg.max_position_embeddings, rngs, sh.POSITIONS)
+    self.padding_idx = cfg.pad_token_id
+    self.word_embeddings = embed(cfg, cfg.vocab_size, rngs, sh.VOCAB, cfg.pad_token_id)
+    self.position_embeddings = embed(cfg, cfg.max_position_embeddings, rngs, sh.POSITIONS,
+                                     cfg.pad_token_id)
     self.token_type_embeddings = embed(cfg, cfg.type_vocab_size, rngs, sh.TYPES)
     self.LayerNorm = layer_norm(cfg, rngs)
     self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
 
-  def __call__(self, input_ids_BxN, token_type_ids_BxN, position_ids_BxN):
-    x = (self.word_embeddings(input_ids_BxN) + self.position_embeddings(position_ids_BxN)
+  def __call__(self, input_ids_BxN, token_type_ids_BxN, position_ids_BxN, inputs_embeds_BxNxD=None):
+    """``inputs_embeds`` replaces the word embeddings of ``input_ids`` when given."""
+    words = (lookup(self.word_embeddings, input_ids_BxN, self.padding_idx)
+             if inputs_embeds_BxNxD is None else inputs_embeds_BxNxD.astype(self.LayerNorm.dtype))
+    x = (words + lookup(self.position_embeddings, position_ids_BxN, self.padding_idx)
          + self.token_type_embeddings(token_type_ids_BxN))
     return self.dropout(self.LayerNorm(x))
 
@@ -122,7 +149,34 @@ class SelfAttention(nnx.Module):
       return dict(dropout_rate=0.0, dropout_rng=None)
     return dict(dropout_rate=self.dropout.rate, dropout_rng=self.dropout.rngs())
 
-  def __call__(self, x_BxNxD, valid_BxN, is_global_BxN, gidx: attn.GlobalIndex | None):
+  def __call__(self, x_BxNxD, valid_BxN, is_global_BxN, gidx: attn.GlobalIndex | None,
+               output_attentions: bool = False):
+    """(B, N, E) output; with ``output_attentions`` also the probabilities (local rows
+    (B, H, N, G + w + 1), global rows (B, H, N, G); see ``attention_weights.py``)."""
+    out = self._attend(x_BxNxD, valid_BxN, is_global_BxN, gidx)
+    if not output_attentions:
+      return out, None
+    return out, self._probs(x_BxNxD, valid_BxN, is_global_BxN, gidx)
+
+  def _heads(self, t):
+    return t.reshape(t.shape[:2] + (self.heads, self.head_dim))
+
+  def _probs(self, x_BxNxD, valid_BxN, is_global_BxN, gidx):
+    b, n, _ = x_BxNxD.shape
+    scale = 1.0 / math.sqrt(self.head_dim)
+    q, k = self._heads(self.query(x_BxNxD) * scale), self._heads(self.key(x_BxNxD))
+    local_BxHxNxW = attn_weights.local_attention_probs(
+        q, k, valid_BxN=valid_BxN, is_global_BxN=is_global_BxN, gidx=gidx,
+        window=self.window, dilation=self.dilation, causal=self.causal)
+    if gidx is None:
+      return local_BxHxNxW, jnp.zeros((b, self.heads, n, 0), jnp.float32)
+    qg = self._heads(self.query_global(attn.gather_tokens(x_BxNxD, gidx)) * scale)
+    global_BxHxNxG = attn_weights.global_attention_probs(
+        qg, self._heads(self.key_global(x_BxNxD)), valid_BxN=valid_BxN, gidx=gidx,
+        causal=self.causal)
+    return local_BxHxNxW, global_BxHxNxG
+
+  def _attend(self, x_BxNxD, valid_BxN, is_global_BxN, gidx):
     b, n, d = x_BxNxD.shape
     scale = 1.0 / math.sqrt(self.head_dim)
 
@@ -194,8 +248,9 @@ class Attention(nnx.Module):
     self.self_attn = SelfAttention(cfg, layer, rngs)
     self.output = DenseLayerNorm(cfg, cfg.hidden_size, sh.HEADS, rngs)
 
-  def __call__(self, x_BxNxD, valid_BxN, is_global_BxN, gidx):
-    return self.output(self.self_attn(x_BxNxD, valid_BxN, is_global_BxN, gidx), x_BxNxD)
+  def __call__(self, x_BxNxD, valid_BxN, is_global_BxN, gidx, output_attentions=False):
+    h, probs = self.self_attn(x_BxNxD, valid_BxN, is_global_BxN, gidx, output_attentions)
+    return self.output(h, x_BxNxD), probs
 
 
 class Intermediate(nnx.Module):
@@ -215,12 +270,26 @@ class Layer(nnx.Module):
     self.intermediate = Intermediate(cfg, rngs)
     self.output = DenseLayerNorm(cfg, cfg.intermediate_size, sh.MLP, rngs)
 
-  def __call__(self, x_BxNxD, valid_BxN, is_global_BxN, gidx):
-    h = self.attention(x_BxNxD, valid_BxN, is_global_BxN, gidx)
-    return self.output(self.intermediate(h), h)
+  def __call__(self, x_BxNxD, valid_BxN, is_global_BxN, gidx, output_attentions=False):
+    h, probs = self.attention(x_BxNxD, valid_BxN, is_global_BxN, gidx, output_attentions)
+    return self.output(self.intermediate(h), h), probs
 
 
 ACTIVATION_AXES = (sh.BATCH, sh.LENGTH, sh.ACT_EMBED)
+_REMAT_POLICIES = {
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # outputs of the matrix products and of the attention (tagged "matmul"): layer
+    # norms, GELU and layout changes are recomputed
+    "matmuls": jax.checkpoint_policies.save_only_these_names("matmul", "attention_core"),
+    "full": None,
+}
+
+
+class EncoderOutput(NamedTuple):
+  last_hidden_state: jax.Array  # (B, N, E)
+  hidden_states: tuple | None  # L + 1 of (B, N, E): the embeddings, then each layer
+  attentions: tuple | None  # L of (B, H, N, G + w + 1)
+  global_attentions: tuple | None  # L of (B, H, N, G)
 
 
 class Encoder(nnx.Module):
@@ -239,24 +308,41 @@ class Encoder(nnx.Module):
     else:
       self.layer = nnx.List([Layer(cfg, i, rngs) for i in range(cfg.num_hidden_layers)])
 
-  def __call__(self, x_BxNxD, valid_BxN, is_global_BxN, gidx):
+  def __call__(self, x_BxNxD, valid_BxN, is_global_BxN, gidx, *,
+               output_hidden_states: bool = False, output_attentions: bool = False):
     def apply(layer, x):
-      return sh.constrain(layer(x, valid_BxN, is_global_BxN, gidx), ACTIVATION_AXES)
+      y, probs = layer(x, valid_BxN, is_global_BxN, gidx, output_attentions)
+      y = sh.constrain(y, ACTIVATION_AXES)
+      return y, (y if output_hidden_states else None, probs)
 
     if self.remat != "none":
-      policy = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-                # outputs of the matrix products and of the attention (tagged "matmul"):
-                # layer norms, GELU and layout changes are recomputed
-                "matmuls": jax.checkpoint_policies.save_only_these_names("matmul", "attention_core"),
-                "full": None}[self.remat]
-      apply = nnx.remat(apply, policy=policy)
+      apply = nnx.remat(apply, policy=_REMAT_POLICIES[self.remat])
+    # nnx.scan and nnx.remat refuse graph nodes created at another trace level, as the
+    # rng counters are when a caller merges its state inside jax.grad / jax.jit: run
+    # fresh Variables (same arrays) of this level, and write the counters back only
+    # when dropout consumed them.
+    stack = self.layers if self.scan else self.layer
+    graphdef, state = nnx.split(stack)
+    fresh = nnx.merge(graphdef, jax.tree.map(lambda v: v, state))
     if self.scan:
-      scanned = nnx.scan(apply, in_axes=(0, nnx.Carry), out_axes=nnx.Carry,
+      scanned = nnx.scan(apply, in_axes=(0, nnx.Carry), out_axes=(nnx.Carry, 0),
                          transform_metadata={nnx.PARTITION_NAME: sh.LAYERS})
-      return scanned(self.layers, x_BxNxD)
-    for layer in self.layer:
-      x_BxNxD = apply(layer, x_BxNxD)
-    return x_BxNxD
+      y, (hidden, probs) = scanned(fresh, x_BxNxD)
+      unstack = lambda t: None if t is None else tuple(t)
+      per_layer = (unstack(hidden), unstack(probs and probs[0]), unstack(probs and probs[1]))
+    else:
+      outs, y = [], x_BxNxD
+      for layer in fresh:
+        y, extra = apply(layer, y)
+        outs.append(extra)
+      per_layer = ((None if not output_hidden_states else tuple(h for h, _ in outs)),
+                   (None if not output_attentions else tuple(p[0] for _, p in outs)),
+                   (None if not output_attentions else tuple(p[1] for _, p in outs)))
+    if any(not m.deterministic and m.rate > 0 for _, m in nnx.iter_graph(fresh)
+           if isinstance(m, nnx.Dropout)):
+      nnx.update(stack, nnx.state(fresh, nnx.RngState))
+    hidden = (x_BxNxD,) + per_layer[0] if output_hidden_states else None
+    return EncoderOutput(y, hidden, per_layer[1], per_layer[2])
 
 
 class Pooler(nnx.Module):

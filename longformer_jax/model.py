@@ -1,143 +1,119 @@
 """Longformer models and task heads (flax.nnx), numerically those of HF transformers.
 
-Every model is called as ``model(input_ids, attention_mask=None,
-global_attention_mask=None, token_type_ids=None, position_ids=None)`` with numpy
-or jax arrays of shape (B, N) ((B, C, N) for multiple choice), and returns an
-output dataclass with the reference's field names. Concrete inputs are checked
-on the host first (clear errors naming the field); under ``jit`` set
-``config.max_global_tokens`` so the number of global slots is static.
+Every model is called as the reference's is::
+
+    model(input_ids, attention_mask=None, global_attention_mask=None,
+          token_type_ids=None, position_ids=None, *, inputs_embeds=None,
+          output_attentions=False, output_hidden_states=False,
+          max_global_tokens=None, **labels)
+
+with numpy or jax arrays of shape (B, N) ((B, C, N) for multiple choice), and
+returns a pytree dataclass (``outputs.py``) with the reference's field names and,
+given its labels (``labels``; ``start_positions`` / ``end_positions`` for QA), the
+reference's loss.
+
+Called with concrete arrays outside any transform, a model runs one compiled
+program per input shape (cached, like ``jax.jit``) after checking the inputs on
+the host; inside ``jax.jit`` / ``nnx.jit`` / ``jax.grad`` it is traced as is (set
+``max_global_tokens`` there: the number of global slots is static).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from longformer_jax import attention as attn
+from longformer_jax import compile_options
+from longformer_jax import inputs as inputs_lib
 from longformer_jax import layers
+from longformer_jax import outputs as out_lib
 from longformer_jax import sharding as sh
+from longformer_jax import attention as attn
 from longformer_jax.config import LongformerConfig
+from longformer_jax.inputs import is_concrete
+from longformer_jax.outputs import BaseModelOutput, LogitsOutput, QuestionAnsweringOutput
+
+_STATIC = ("max_global", "output_attentions", "output_hidden_states")
 
 
-class ModelOutput:
-  """Dataclass outputs that can also be read like a dict (``out["logits"]``)."""
-
-  def __getitem__(self, key):
-    return getattr(self, key)
-
-  def keys(self):
-    return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+def _in_transform() -> bool:
+  """True inside a jit trace (where even constants are staged as tracers)."""
+  return isinstance(jnp.zeros(()), jax.core.Tracer)
 
 
-@dataclasses.dataclass
-class BaseModelOutput(ModelOutput):
-  last_hidden_state: jax.Array
-  pooler_output: jax.Array | None = None
+def _forward_and_rng_state(graphdef, state, arrays, labels, **static):
+  model = nnx.merge(graphdef, state)
+  out = model._forward(arrays, labels, **static)  # pylint: disable=protected-access
+  return out, nnx.state(model, nnx.RngState)
 
 
-@dataclasses.dataclass
-class LogitsOutput(ModelOutput):
-  logits: jax.Array
+@functools.cache
+def _compiled_forward():
+  """The jitted forward of eager calls (built on first use: the compile options
+  probe the backend, which must not start at import)."""
+  return jax.jit(_forward_and_rng_state, static_argnums=(0,), static_argnames=_STATIC,
+                 compiler_options=compile_options.compiler_options())
 
 
-@dataclasses.dataclass
-class QuestionAnsweringOutput(ModelOutput):
-  start_logits: jax.Array
-  end_logits: jax.Array
+class PreTrainedModel(nnx.Module):
+  """The call protocol shared by the body and every head (see the module docstring).
+
+  A head defines ``_forward(arrays, labels, *, max_global, output_attentions,
+  output_hidden_states)`` over traced arrays and may define ``_default_global``.
+  """
+
+  label_names: tuple[str, ...] = ("labels",)
+  lead_axes = 1  # axes before the length: 1 for (B, N), 2 for (B, C, N)
+
+  def __call__(self, input_ids=None, attention_mask=None, global_attention_mask=None,
+               token_type_ids=None, position_ids=None, *, inputs_embeds=None,
+               output_attentions: bool = False, output_hidden_states: bool = False,
+               max_global_tokens: int | None = None, **labels):
+    unknown = sorted(set(labels) - set(self.label_names))
+    if unknown:
+      raise TypeError(f"{type(self).__name__} got unexpected arguments {unknown}; its labels "
+                      f"are {list(self.label_names)}")
+    arrays = dict(input_ids=input_ids, inputs_embeds=inputs_embeds,
+                  attention_mask=attention_mask, global_attention_mask=global_attention_mask,
+                  token_type_ids=token_type_ids, position_ids=position_ids)
+    inputs_lib.check_inputs(self.config, arrays, self.lead_axes)
+    if global_attention_mask is None:
+      arrays["global_attention_mask"] = self._default_global(arrays)
+    count = inputs_lib.host_global_count(arrays["attention_mask"],
+                                         arrays["global_attention_mask"])
+    static = dict(max_global=inputs_lib.global_slots(self.config, count, max_global_tokens,
+                                                     exact=output_attentions),
+                  output_attentions=bool(output_attentions),
+                  output_hidden_states=bool(output_hidden_states))
+    labels = {k: v for k, v in labels.items() if v is not None}
+    leaves = [x for x in list(arrays.values()) + list(labels.values()) if x is not None]
+    if (all(is_concrete(x) for x in leaves) and is_concrete(self._any_param())
+        and not _in_transform()):
+      graphdef, state = nnx.split(self)
+      arrays = {k: None if v is None else jnp.asarray(v) for k, v in arrays.items()}
+      out, rng_state = _compiled_forward()(graphdef, state, arrays,
+                                         {k: jnp.asarray(v) for k, v in labels.items()},
+                                         **static)
+      nnx.update(self, rng_state)
+      return out
+    return self._forward(arrays, labels, **static)
+
+  def _default_global(self, arrays):  # no global attention unless asked for
+    return None
+
+  def _any_param(self):
+    body = self if isinstance(self, LongformerModel) else self.longformer
+    return body.embeddings.word_embeddings.embedding[...]
 
 
-def _is_concrete(x) -> bool:
-  return x is not None and not isinstance(x, jax.core.Tracer)
-
-
-@dataclasses.dataclass
-class Inputs:
-  """Model inputs after defaults, checks and padding to a multiple of the window."""
-
-  input_ids: Any
-  attention_mask: Any
-  global_attention_mask: Any
-  token_type_ids: Any
-  position_ids: Any
-  length: int  # before padding
-  max_global: int
-
-
-def check_inputs(cfg: LongformerConfig, input_ids, **masks) -> None:
-  """Host-side validation of concrete inputs; raises ValueError naming the field."""
-  shape = np.shape(input_ids)
-  if len(shape) != 2:
-    raise ValueError(f"input_ids must have shape (batch, length), got {shape}")
-  for name, m in masks.items():
-    if m is not None and np.shape(m) != shape:
-      raise ValueError(f"{name} has shape {np.shape(m)} but input_ids has shape {shape}")
-  ranges = dict(input_ids=(input_ids, cfg.vocab_size, "vocab_size"),
-                token_type_ids=(masks.get("token_type_ids"), cfg.type_vocab_size,
-                                "type_vocab_size"),
-                position_ids=(masks.get("position_ids"), cfg.max_position_embeddings,
-                              "max_position_embeddings"))
-  for name, (x, bound, field) in ranges.items():
-    if not _is_concrete(x):
-      continue
-    x = np.asarray(x)
-    if not np.issubdtype(x.dtype, np.integer):
-      raise ValueError(f"{name} must be integers, got dtype {x.dtype}")
-    if x.size and (x.min() < 0 or x.max() >= bound):
-      bad = np.argwhere((x < 0) | (x >= bound))[0]
-      raise ValueError(f"{name}[{bad[0]}, {bad[1]}] = {x[tuple(bad)]} is out of range "
-                       f"[0, {bound}) ({field}={bound})")
-
-
-def prepare_inputs(cfg: LongformerConfig, input_ids, attention_mask=None,
-                   global_attention_mask=None, token_type_ids=None, position_ids=None,
-                   max_global_tokens=None) -> Inputs:
-  """Defaults, host checks (when concrete), and padding to a multiple of the window."""
-  if _is_concrete(input_ids):
-    check_inputs(cfg, input_ids, attention_mask=attention_mask,
-                 global_attention_mask=global_attention_mask,
-                 token_type_ids=token_type_ids, position_ids=position_ids)
-  ids = jnp.asarray(input_ids, jnp.int32)
-  b, n = ids.shape
-  am = jnp.ones((b, n), jnp.int32) if attention_mask is None else jnp.asarray(attention_mask)
-  gm = (jnp.zeros((b, n), jnp.int32) if global_attention_mask is None
-        else jnp.asarray(global_attention_mask))
-  tt = jnp.zeros((b, n), jnp.int32) if token_type_ids is None else jnp.asarray(token_type_ids)
-
-  g = max_global_tokens if max_global_tokens is not None else cfg.max_global_tokens
-  is_global = (gm != 0) & (am != 0)
-  if _is_concrete(gm) and _is_concrete(am):  # numpy: under a jit trace jnp ops give tracers
-    count = attn.count_global((np.asarray(gm) != 0) & (np.asarray(am) != 0))
-    if g is None:
-      g = 0 if count == 0 else 1 << (count - 1).bit_length()  # few distinct shapes
-    elif count > g:
-      raise ValueError(f"global_attention_mask marks {count} tokens in one example but "
-                       f"max_global_tokens={g}; raise max_global_tokens")
-  elif g is None:
-    raise ValueError("max_global_tokens must be set (config or call) when the masks are "
-                     "traced, e.g. under jax.jit")
-
-  multiple = max(max(cfg.attention_window), 1)
-  pad = (-n) % multiple
-  pos = (layers.position_ids_from_input_ids(ids, cfg.pad_token_id) if position_ids is None
-         else jnp.asarray(position_ids, jnp.int32))
-  if _is_concrete(pos) and n + pad and int(jnp.max(pos)) >= cfg.max_position_embeddings:
-    raise ValueError(f"sequence length {n} needs position id {int(jnp.max(pos))}, beyond "
-                     f"max_position_embeddings={cfg.max_position_embeddings}")
-  if pad:
-    widths = ((0, 0), (0, pad))
-    ids = jnp.pad(ids, widths, constant_values=cfg.pad_token_id)
-    am, gm, tt = (jnp.pad(x, widths) for x in (am, gm, tt))
-    pos = jnp.pad(pos, widths, constant_values=cfg.pad_token_id)
-  return Inputs(ids, am, gm, tt, pos, n, g)
-
-
-class LongformerModel(nnx.Module):
+class LongformerModel(PreTrainedModel):
   """Embeddings + encoder (+ pooler); returns ``last_hidden_state``, ``pooler_output``."""
+
+  label_names = ()
 
   def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs, add_pooling_layer: bool = True):
     self.config = cfg
@@ -145,42 +121,55 @@ class LongformerModel(nnx.Module):
     self.encoder = layers.Encoder(cfg, rngs)
     self.pooler = layers.Pooler(cfg, rngs) if add_pooling_layer else None
 
-  def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
-               token_type_ids=None, position_ids=None, *, max_global_tokens=None):
-    x = prepare_inputs(self.config, input_ids, attention_mask, global_attention_mask,
-                       token_type_ids, position_ids, max_global_tokens)
-    valid_BxN = x.attention_mask != 0
-    is_global_BxN = (x.global_attention_mask != 0) & valid_BxN
-    gidx = attn.global_index(is_global_BxN, x.max_global) if x.max_global else None
-    h_BxNxD = self.embeddings(x.input_ids, x.token_type_ids, x.position_ids)
-    h_BxNxD = self.encoder(h_BxNxD, valid_BxN, is_global_BxN, gidx)[:, :x.length]
-    pooled = self.pooler(h_BxNxD) if self.pooler is not None else None
-    return BaseModelOutput(h_BxNxD, pooled)
+  def _forward(self, arrays, labels, *, max_global, output_attentions=False,
+               output_hidden_states=False) -> BaseModelOutput:
+    """The body on (B, N) arrays (traced or not); ``max_global`` static global slots."""
+    del labels
+    x = inputs_lib.prepare_inputs(self.config, arrays)
+    gidx = attn.global_index(x.is_global, max_global)
+    h_BxNxD = self.embeddings(x.input_ids, x.token_type_ids, x.position_ids, x.inputs_embeds)
+    enc = self.encoder(h_BxNxD, x.valid, x.is_global, gidx,
+                       output_hidden_states=output_hidden_states,
+                       output_attentions=output_attentions)
+    n = x.length
+    h_BxNxD = enc.last_hidden_state[:, :n]
+    unpad = lambda ts, f: None if ts is None else tuple(f(t) for t in ts)
+    return BaseModelOutput(
+        h_BxNxD, self.pooler(h_BxNxD) if self.pooler is not None else None,
+        hidden_states=unpad(enc.hidden_states, lambda t: t[:, :n]),
+        attentions=unpad(enc.attentions, lambda t: t[:, :, :n]),
+        global_attentions=unpad(enc.global_attentions, lambda t: t[:, :, :n]))
 
 
 def _first_sep(input_ids_BxN, sep_token_id: int, task: str):
   """Index of the first separator of each row; error if a concrete row has none."""
-  is_sep = jnp.asarray(input_ids_BxN) == sep_token_id
-  if _is_concrete(input_ids_BxN) and not bool(jnp.all(jnp.any(is_sep, axis=1))):
-    row = int(jnp.argmin(jnp.any(is_sep, axis=1)))
-    raise ValueError(f"input_ids[{row}] has no sep_token_id={sep_token_id}, needed to place "
-                     f"the default global attention for {task}; pass global_attention_mask")
-  return jnp.argmax(is_sep, axis=1)
+  if input_ids_BxN is None:
+    raise ValueError(f"{task} places its default global attention from input_ids; with "
+                     "inputs_embeds pass global_attention_mask")
+  if is_concrete(input_ids_BxN):  # numpy: under a jit trace jnp ops give tracers
+    has = np.any(np.asarray(input_ids_BxN) == sep_token_id, axis=-1)
+    if not has.all():
+      bad = ", ".join(map(str, np.argwhere(~has)[0]))
+      raise ValueError(f"input_ids[{bad}] has no sep_token_id={sep_token_id}, needed to "
+                       f"place the default global attention for {task}; pass "
+                       "global_attention_mask")
+  return jnp.argmax(jnp.asarray(input_ids_BxN) == sep_token_id, axis=-1)
 
 
-class LongformerForMaskedLM(nnx.Module):
-  """LM head (dense, gelu, LayerNorm, decoder tied to the word embeddings) -> ``logits``."""
+class LongformerForMaskedLM(PreTrainedModel):
+  """LM head (dense, gelu, LayerNorm, decoder tied to the word embeddings unless
+  ``tie_word_embeddings=False``) -> ``logits``; ``labels`` (B, N), -100 ignored."""
 
   def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs):
     self.config = cfg
     self.longformer = LongformerModel(cfg, rngs=rngs, add_pooling_layer=False)
     self.lm_head = LMHead(cfg, rngs)
 
-  def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
-               token_type_ids=None, position_ids=None, *, max_global_tokens=None):
-    h = self.longformer(input_ids, attention_mask, global_attention_mask, token_type_ids,
-                        position_ids, max_global_tokens=max_global_tokens).last_hidden_state
-    return LogitsOutput(self.lm_head(h, self.longformer.embeddings.word_embeddings))
+  def _forward(self, arrays, labels, **static):
+    body = self.longformer._forward(arrays, None, **static)
+    logits = self.lm_head(body.last_hidden_state, self.longformer.embeddings.word_embeddings)
+    loss = out_lib.token_loss(logits, labels["labels"]) if "labels" in labels else None
+    return LogitsOutput(loss, logits, **out_lib.extras(body))
 
 
 class LMHead(nnx.Module):
@@ -189,27 +178,40 @@ class LMHead(nnx.Module):
     self.layer_norm = layers.layer_norm(cfg, rngs)
     self.bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.float32))
     self.act = layers.activation("gelu")
+    # Untied checkpoints carry their own decoder matrix (``lm_head.decoder.weight``).
+    self.decoder = None if cfg.tie_word_embeddings else nnx.Linear(
+        cfg.hidden_size, cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
+        param_dtype=jnp.float32, rngs=rngs, kernel_init=nnx.with_partitioning(
+            nnx.initializers.normal(cfg.initializer_range), (sh.EMBED, sh.VOCAB)))
 
   def __call__(self, h_BxNxD, word_embeddings: nnx.Embed):
     x = self.layer_norm(self.act(self.dense(h_BxNxD)))
-    return word_embeddings.attend(x).astype(jnp.float32) + self.bias[...]
+    logits = word_embeddings.attend(x) if self.decoder is None else self.decoder(x)
+    return logits.astype(jnp.float32) + self.bias[...]
 
 
-class LongformerForSequenceClassification(nnx.Module):
-  """Classifier on the first token (global by default) -> ``logits`` (B, num_labels)."""
+class LongformerForSequenceClassification(PreTrainedModel):
+  """Classifier on the first token (global by default) -> ``logits`` (B, num_labels);
+  ``labels`` (B,) integers, (B, num_labels) floats for multi-label, or floats for
+  regression (``problem_type`` as in the reference)."""
 
   def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs):
     self.config = cfg
     self.longformer = LongformerModel(cfg, rngs=rngs, add_pooling_layer=False)
     self.classifier = ClassificationHead(cfg, rngs)
 
-  def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
-               token_type_ids=None, position_ids=None, *, max_global_tokens=None):
-    if global_attention_mask is None:
-      global_attention_mask = jnp.zeros(jnp.shape(input_ids), jnp.int32).at[:, 0].set(1)
-    h = self.longformer(input_ids, attention_mask, global_attention_mask, token_type_ids,
-                        position_ids, max_global_tokens=max_global_tokens).last_hidden_state
-    return LogitsOutput(self.classifier(h))
+  def _default_global(self, arrays):
+    shape = inputs_lib.token_shape(arrays, 1)
+    return jnp.zeros(shape, jnp.int32).at[:, 0].set(1)
+
+  def _forward(self, arrays, labels, **static):
+    body = self.longformer._forward(arrays, None, **static)
+    logits = self.classifier(body.last_hidden_state)
+    loss = None
+    if "labels" in labels:
+      loss = out_lib.sequence_classification_loss(logits, labels["labels"],
+                                                  self.config.problem_type)
+    return LogitsOutput(loss, logits, **out_lib.extras(body))
 
 
 class ClassificationHead(nnx.Module):
@@ -223,8 +225,9 @@ class ClassificationHead(nnx.Module):
     return self.out_proj(self.dropout(x)).astype(jnp.float32)
 
 
-class LongformerForTokenClassification(nnx.Module):
-  """Per-token classifier -> ``logits`` (B, N, num_labels)."""
+class LongformerForTokenClassification(PreTrainedModel):
+  """Per-token classifier -> ``logits`` (B, N, num_labels); ``labels`` (B, N), -100
+  ignored."""
 
   def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs):
     self.config = cfg
@@ -233,19 +236,22 @@ class LongformerForTokenClassification(nnx.Module):
     self.classifier = layers.dense(cfg, cfg.hidden_size, cfg.num_labels, rngs,
                                    (sh.EMBED, sh.LABELS))
 
-  def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
-               token_type_ids=None, position_ids=None, *, max_global_tokens=None):
-    h = self.longformer(input_ids, attention_mask, global_attention_mask, token_type_ids,
-                        position_ids, max_global_tokens=max_global_tokens).last_hidden_state
-    return LogitsOutput(self.classifier(self.dropout(h)).astype(jnp.float32))
+  def _forward(self, arrays, labels, **static):
+    body = self.longformer._forward(arrays, None, **static)
+    logits = self.classifier(self.dropout(body.last_hidden_state)).astype(jnp.float32)
+    loss = out_lib.token_loss(logits, labels["labels"]) if "labels" in labels else None
+    return LogitsOutput(loss, logits, **out_lib.extras(body))
 
 
-class LongformerForQuestionAnswering(nnx.Module):
+class LongformerForQuestionAnswering(PreTrainedModel):
   """Span head -> ``start_logits``, ``end_logits``; question tokens global by default.
 
   The default global mask marks every token before the first ``sep_token_id``
-  (the question, in the ``<s> question </s></s> context </s>`` layout).
+  (the question, in the ``<s> question </s></s> context </s>`` layout). Labels:
+  ``start_positions``, ``end_positions`` (B,); both are needed for the loss.
   """
+
+  label_names = ("start_positions", "end_positions")
 
   def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs):
     if cfg.num_labels != 2:
@@ -256,23 +262,34 @@ class LongformerForQuestionAnswering(nnx.Module):
     self.qa_outputs = layers.dense(cfg, cfg.hidden_size, cfg.num_labels, rngs,
                                    (sh.EMBED, sh.LABELS))
 
-  def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
-               token_type_ids=None, position_ids=None, *, max_global_tokens=None):
-    if global_attention_mask is None:
-      sep_B = _first_sep(input_ids, self.config.sep_token_id, "question answering")
-      n = jnp.shape(input_ids)[1]
-      global_attention_mask = (jnp.arange(n)[None, :] < sep_B[:, None]).astype(jnp.int32)
-    h = self.longformer(input_ids, attention_mask, global_attention_mask, token_type_ids,
-                        position_ids, max_global_tokens=max_global_tokens).last_hidden_state
-    logits = self.qa_outputs(h).astype(jnp.float32)
-    return QuestionAnsweringOutput(logits[..., 0], logits[..., 1])
+  def _default_global(self, arrays):
+    ids = arrays["input_ids"]
+    sep_B = _first_sep(ids, self.config.sep_token_id, "question answering")
+    n = inputs_lib.token_shape(arrays, 1)[-1]
+    return (jnp.arange(n)[None, :] < sep_B[:, None]).astype(jnp.int32)
+
+  def _forward(self, arrays, labels, **static):
+    body = self.longformer._forward(arrays, None, **static)
+    logits = self.qa_outputs(body.last_hidden_state).astype(jnp.float32)
+    start, end = logits[..., 0], logits[..., 1]
+    loss = None
+    if len(labels) == 2:
+      loss = out_lib.span_loss(start, end, labels["start_positions"], labels["end_positions"])
+    elif labels:
+      raise ValueError("question answering needs both start_positions and end_positions "
+                       f"for a loss, got only {sorted(labels)}")
+    return QuestionAnsweringOutput(loss, start, end, **out_lib.extras(body))
 
 
-class LongformerForMultipleChoice(nnx.Module):
-  """Input (B, C, N); pooled output -> one score per choice -> ``logits`` (B, C).
+class LongformerForMultipleChoice(PreTrainedModel):
+  """Input (B, C, N); pooled output -> one score per choice -> ``logits`` (B, C);
+  ``labels`` (B,) the right choice.
 
   The default global mask marks every token after the first separator pair.
+  Hidden states and attentions are those of the flattened (B * C, N) batch.
   """
+
+  lead_axes = 2
 
   def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs):
     self.config = cfg
@@ -280,30 +297,20 @@ class LongformerForMultipleChoice(nnx.Module):
     self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
     self.classifier = layers.dense(cfg, cfg.hidden_size, 1, rngs, (sh.EMBED, sh.LABELS))
 
-  def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
-               token_type_ids=None, position_ids=None, *, max_global_tokens=None):
-    shape = jnp.shape(input_ids)
-    if len(shape) != 3:
-      raise ValueError(f"input_ids must have shape (batch, choices, length), got {shape}")
-    b, c, n = shape
+  def _default_global(self, arrays):
+    sep_BxC = _first_sep(arrays["input_ids"], self.config.sep_token_id, "multiple choice")
+    n = inputs_lib.token_shape(arrays, 2)[-1]
+    return (jnp.arange(n) > sep_BxC[..., None] + 1).astype(jnp.int32)
 
-    def flat(x):
-      if x is None:
-        return None
-      if jnp.shape(x) != shape:
-        raise ValueError(f"mask of shape {jnp.shape(x)} does not match input_ids {shape}")
-      return jnp.reshape(x, (b * c, n))
-
-    ids = flat(input_ids)
-    if global_attention_mask is None:
-      sep = _first_sep(ids, self.config.sep_token_id, "multiple choice")
-      global_attention_mask = (jnp.arange(n)[None, :] > sep[:, None] + 1).astype(jnp.int32)
-    else:
-      global_attention_mask = flat(global_attention_mask)
-    pooled = self.longformer(ids, flat(attention_mask), global_attention_mask,
-                             flat(token_type_ids), flat(position_ids),
-                             max_global_tokens=max_global_tokens).pooler_output
-    return LogitsOutput(self.classifier(self.dropout(pooled)).astype(jnp.float32).reshape(b, c))
+  def _forward(self, arrays, labels, **static):
+    b, c, n = inputs_lib.token_shape(arrays, 2)
+    flat = {k: None if v is None else jnp.reshape(jnp.asarray(v), (b * c, n) + jnp.shape(v)[3:])
+            for k, v in arrays.items()}
+    body = self.longformer._forward(flat, None, **static)
+    logits = self.classifier(self.dropout(body.pooler_output)).astype(jnp.float32)
+    logits = logits.reshape(b, c)
+    loss = out_lib.cross_entropy(logits, labels["labels"].reshape(-1)) if labels else None
+    return LogitsOutput(loss, logits, **out_lib.extras(body))
 
 
 # task name -> (class, HF architecture name)
