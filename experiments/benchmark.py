@@ -194,7 +194,7 @@ def _ours_attention(n: int, what: str, repeats: int) -> dict:
     graphdef, params, rest = nnx.split(module, nnx.Param, ...)
     x = jax.random.normal(jax.random.key(1), (1, n, D_MODEL), jnp.float32)
     args = (params, x)
-    fn = lambda params, x: nnx.merge(graphdef, params, rest)(x, valid, is_global, gidx)
+    fn = lambda params, x: nnx.merge(graphdef, params, rest)(x, valid, is_global, gidx)[0]
   else:  # the attention core: local band + global keys, q/k/v given
     dh = D_MODEL // HEADS
     args = tuple(jax.random.normal(jax.random.key(i), (1, n, HEADS, dh), jnp.float32)

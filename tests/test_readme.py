@@ -17,7 +17,8 @@ def quickstart_blocks():
 
 
 def test_readme_quickstart_runs(tmp_path):
-  cfg = transformers.LongformerConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+  cfg = transformers.LongformerConfig(vocab_size=50265, hidden_size=32, num_hidden_layers=2,
+                                      num_attention_heads=4,
                                       intermediate_size=37, attention_window=[8, 8],
                                       max_position_embeddings=40)
   transformers.LongformerModel(cfg).save_pretrained(tmp_path / "base")

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -29,10 +30,15 @@ def tiny_config(tmp_path, **overrides):
   return c
 
 
+# Training subprocesses share XLA's persistent compilation cache: the runs of one test
+# (reference, killed, resumed) compile the same programs.
+JIT_CACHE = os.path.join(tempfile.gettempdir(), "longformer_jax_test_jit_cache")
+
+
 def run_python(code: str, devices: int = 1, env_extra=None, timeout=600):
   """Runs ``code`` in a fresh interpreter with ``devices`` fake CPU devices."""
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             PYTHONPATH=ROOT, **(env_extra or {}))
+             PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=JIT_CACHE, **(env_extra or {}))
   return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
                         capture_output=True, text=True, timeout=timeout)
 
@@ -93,15 +99,20 @@ GOLDEN_LOSS = 2.076249599456787
 GOLDEN_GRAD_NORM = 0.6764810085296631
 
 
+# Layout tests compare 10 steps (one eval) without periodic checkpoints: every extra
+# step and save costs seconds on 8 fake devices, and 10 steps already move the loss.
+SHORT_RUN = {"train_steps": 10, "checkpoint_every": 1000}
+
+
 @pytest.mark.slow
 def test_mesh_layouts_give_the_same_losses(tmp_path):
-  single = losses(train_in_subprocess(tmp_path, "one_device", devices=1))
-  assert len(single) == 20
+  single = losses(train_in_subprocess(tmp_path, "one_device", devices=1, **SHORT_RUN))
+  assert len(single) == 10
   # (data, fsdp, tensor, sequence); the last one splits every sequence over 4 devices
   for layout in [(8, 1, 1, 1), (2, 2, 2, 1), (1, 4, 2, 1), (2, 1, 1, 4)]:
     mesh = dict(zip(["mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.sequence"], layout))
     got = losses(train_in_subprocess(tmp_path, "mesh_" + "x".join(map(str, layout)),
-                                     devices=8, **mesh))
+                                     devices=8, **mesh, **SHORT_RUN))
     assert got.keys() == single.keys()
     np.testing.assert_allclose([got[s] for s in single], list(single.values()), atol=1e-5,
                                rtol=0, err_msg=f"layout {layout}")
@@ -109,7 +120,7 @@ def test_mesh_layouts_give_the_same_losses(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
-  single = losses(train_in_subprocess(tmp_path, "one_process", devices=8))
+  single = losses(train_in_subprocess(tmp_path, "one_process", devices=8, **SHORT_RUN))
   import portpicker
   port = portpicker.pick_unused_port()
   workdir = str(tmp_path / "two_processes")
@@ -117,11 +128,11 @@ def test_two_processes_match_one_process(tmp_path):
   for pid in range(2):
     overrides = {"distributed.enabled": True, "distributed.coordinator_address":
                  f"127.0.0.1:{port}", "distributed.num_processes": 2,
-                 "distributed.process_id": pid}
+                 "distributed.process_id": pid, **SHORT_RUN}
     code = TRAIN_SNIPPET.format(data_dir=str(tmp_path / "data"), workdir=workdir,
                                 overrides=json.dumps(overrides))
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               PYTHONPATH=ROOT)
+               PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=JIT_CACHE)
     procs.append(subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
   errors = [p.communicate(timeout=600)[1] for p in procs]
@@ -137,7 +148,8 @@ def test_sigkill_resume_reproduces_losses(tmp_path):
   workdir = str(tmp_path / "killed")
   code = TRAIN_SNIPPET.format(data_dir=str(tmp_path / "data"), workdir=workdir,
                               overrides=json.dumps({}))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT,
+             JAX_COMPILATION_CACHE_DIR=JIT_CACHE)
   kill_after = int(np.random.default_rng().integers(6, 16))
   proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
