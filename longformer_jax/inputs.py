@@ -99,25 +99,24 @@ def _check_default_positions(cfg: LongformerConfig, arrays: dict, shape: tuple) 
                      f"max_position_embeddings={cfg.max_position_embeddings}")
 
 
-def merged_mask(attention_mask, global_attention_mask):
-  """The reference's merged mask (see the module docstring), float32."""
-  m = jnp.asarray(attention_mask, jnp.float32)
+def merged_mask(attention_mask, global_attention_mask, xp=jnp):
+  """The reference's merged mask (see the module docstring), float32; ``xp=np``
+  computes it on the host (for concrete masks under a trace too)."""
+  m = xp.asarray(attention_mask, xp.float32)
   if global_attention_mask is None:
     return m
-  return m * (jnp.asarray(global_attention_mask, jnp.float32) + 1.0)
+  return m * (xp.asarray(global_attention_mask, xp.float32) + 1.0)
 
 
 def host_global_count(attention_mask, global_attention_mask) -> int | None:
   """Largest number of global tokens in one sequence, when the masks are concrete."""
   if not all(x is None or is_concrete(x) for x in (attention_mask, global_attention_mask)):
     return None
-  if global_attention_mask is None and attention_mask is None:
-    return 0
-  am = 1.0 if attention_mask is None else np.asarray(attention_mask, np.float32)
-  m = am if global_attention_mask is None else am * (
-      np.asarray(global_attention_mask, np.float32) + 1.0)
-  m = np.broadcast_to(m, np.shape(global_attention_mask if attention_mask is None
-                                  else attention_mask))
+  if global_attention_mask is None:
+    return 0 if attention_mask is None else attn.count_global(
+        (np.asarray(attention_mask, np.float32) > 1).reshape(-1, np.shape(attention_mask)[-1]))
+  am = np.ones(np.shape(global_attention_mask)) if attention_mask is None else attention_mask
+  m = merged_mask(am, global_attention_mask, xp=np)
   return attn.count_global((m > 1).reshape(-1, m.shape[-1]))
 
 
