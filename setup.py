@@ -27,6 +27,9 @@ setup(
     ],
     extras_require={
         # torch is pinned to the CPU build: it is only the numerical reference.
-        "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "portpicker>=1.6"],
+        # References the metrics are checked against: scikit-learn (F1), seqeval
+        # (conlleval entity F1), torchmetrics (the SQuAD evaluation).
+        "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "portpicker>=1.6",
+                 "scikit-learn>=1.5", "seqeval>=1.2.2", "torchmetrics>=1.4"],
     },
 )

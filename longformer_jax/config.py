@@ -22,6 +22,13 @@ PROBLEM_TYPES = (None, "regression", "single_label_classification",
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "tanh")
 
 
+_RUN = {"run": True}
+# Architecture fields that fine-tuning may change on a loaded checkpoint: regularisation
+# and the size and loss of a new head.
+_TUNABLE = ("hidden_dropout_prob", "attention_probs_dropout_prob", "num_labels",
+            "problem_type")
+
+
 @dataclasses.dataclass(frozen=True)
 class LongformerConfig:
   """Architecture of a Longformer (the fields of HF's ``LongformerConfig``) plus ours.
@@ -51,16 +58,20 @@ class LongformerConfig:
   # Ours (not in HF configs; stored in config.json under the same names).
   attention_dilation: tuple[tuple[int, ...], ...] | None = None  # None: 1 everywhere
   causal: bool = False
-  block_size: int = attn.DEFAULT_BLOCK_SIZE
-  max_global_tokens: int | None = None  # static G; None: from concrete inputs
-  dtype: str = "float32"  # compute dtype; params are always float32
+  # Run fields (``_RUN``): how to compute, not what the model is. config.json does not
+  # hold them, and a run sets them on top of a loaded checkpoint's architecture.
+  block_size: int = dataclasses.field(default=attn.DEFAULT_BLOCK_SIZE, metadata=_RUN)
+  # static G; None: from concrete inputs
+  max_global_tokens: int | None = dataclasses.field(default=None, metadata=_RUN)
+  # compute dtype; params are always float32
+  dtype: str = dataclasses.field(default="float32", metadata=_RUN)
   # Rematerialise each layer in the backward pass: none | full | dots | matmuls. The
   # default keeps the matrix products' outputs: about half the activation memory of
   # "none" at no cost in speed (experiments/benchmark.py); forward-only calls are unaffected.
-  remat: str = "matmuls"
+  remat: str = dataclasses.field(default="matmuls", metadata=_RUN)
   # One scanned layer body instead of a Python loop (needs the same window and dilation on
   # every layer); None: scan exactly when the layers allow it.
-  scan_layers: bool | None = None
+  scan_layers: bool | None = dataclasses.field(default=None, metadata=_RUN)
   extra_json: str = "{}"  # HF passthrough keys (labels...), as JSON: the config stays hashable
 
   def __post_init__(self):
@@ -122,6 +133,17 @@ class LongformerConfig:
   def replace(self, **changes) -> "LongformerConfig":
     return dataclasses.replace(self, **changes)
 
+  @classmethod
+  def run_fields(cls) -> tuple[str, ...]:
+    """Fields that say how to run the model (dtype, remat, scan, block size, global
+    bound): not in config.json; set by a run on top of a checkpoint's architecture."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("run"))
+
+  @classmethod
+  def tunable_fields(cls) -> tuple[str, ...]:
+    """What a run may set on top of a checkpoint: the run fields and ``_TUNABLE``."""
+    return cls.run_fields() + _TUNABLE
+
   # ---- HF config.json ------------------------------------------------------
   @classmethod
   def from_hf_dict(cls, d: dict, **overrides) -> "LongformerConfig":
@@ -160,7 +182,7 @@ class LongformerConfig:
   def to_hf_dict(self, architectures: Sequence[str] = ("LongformerModel",)) -> dict:
     """The HF ``config.json`` contents (plus our own keys, which HF keeps as attributes)."""
     d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-         if f.name not in ("extra_json", "dtype", "max_global_tokens", "block_size", "remat", "scan_layers")}
+         if f.name != "extra_json" and not f.metadata.get("run")}
     d["attention_window"] = list(self.attention_window)
     if self.attention_dilation is None:
       del d["attention_dilation"]

@@ -133,11 +133,13 @@ def _align_prefix(sd: dict, task: str) -> dict:
   return sd
 
 
-def load_hf_weights(model, sd: dict[str, np.ndarray]) -> None:
-  """Copies an HF state dict into ``model``; raises on unknown keys or shapes.
+def hf_param_values(model, sd: dict[str, np.ndarray]) -> dict[tuple, np.ndarray]:
+  """The parameters an HF state dict gives ``model``, as host arrays by parameter path.
 
-  Missing head (or pooler) weights keep their random init, with a warning,
-  as when fine-tuning a pretrained body on a new task.
+  ``model`` may be abstract (``nnx.eval_shape``): only its structure and shapes are
+  read. Raises on unknown keys, missing body weights or shapes. Missing head (or
+  pooler) weights are left out, with a warning: they keep their random init, as
+  when fine-tuning a pretrained body on a new task.
   """
   task = task_of(model)
   expected = {key: (path, var, i) for key, path, var, i in _entries(model)}
@@ -168,8 +170,14 @@ def load_hf_weights(model, sd: dict[str, np.ndarray]) -> None:
                        f"{_to_hf_array(path, np.zeros(shape)).shape}")
     if i is None:
       values[path] = value
-    else:  # fill one layer of the stacked array
-      values.setdefault(path, np.array(var[...], np.float32))[i] = value
+    else:  # one layer of a stacked (scanned) array; the body has every layer
+      values.setdefault(path, np.zeros(var.shape, np.float32))[i] = value
+  return values
+
+
+def load_hf_weights(model, sd: dict[str, np.ndarray]) -> None:
+  """Copies an HF state dict into ``model`` (see :func:`hf_param_values`)."""
+  values = hf_param_values(model, sd)
   flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
   nnx.update(model, nnx.from_flat_state(
       [(path, flat[path].replace(jnp.asarray(v, flat[path].dtype))) for path, v in values.items()]))

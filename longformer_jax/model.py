@@ -172,6 +172,27 @@ class LongformerForMaskedLM(PreTrainedModel):
     return LogitsOutput(loss, logits, **out_lib.extras(body))
 
 
+class LongformerForCausalLM(LongformerForMaskedLM):
+  """Next-token prediction: the LM head over a model with ``causal=True`` windows.
+
+  ``labels`` (B, N) follow the reference's causal-LM convention: position t's logits
+  predict ``labels[:, t + 1]`` (the shift happens here), -100 ignored.
+  """
+
+  def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs):
+    if not cfg.causal:
+      raise ValueError("LongformerForCausalLM needs causal=True in its config (windows that "
+                       "look only backwards); got causal=False")
+    super().__init__(cfg, rngs=rngs)
+
+  def _forward(self, arrays, labels, **static):
+    out = super()._forward(arrays, {}, **static)
+    if "labels" not in labels:
+      return out
+    loss = out_lib.token_loss(out.logits[:, :-1], labels["labels"][:, 1:])
+    return out.replace(loss=loss)
+
+
 class LMHead(nnx.Module):
   def __init__(self, cfg: LongformerConfig, rngs: nnx.Rngs):
     self.dense = layers.dense(cfg, cfg.hidden_size, cfg.hidden_size, rngs)
@@ -317,6 +338,7 @@ class LongformerForMultipleChoice(PreTrainedModel):
 TASKS = {
     "base": (LongformerModel, "LongformerModel"),
     "masked_lm": (LongformerForMaskedLM, "LongformerForMaskedLM"),
+    "causal_lm": (LongformerForCausalLM, "LongformerForCausalLM"),
     "sequence_classification": (LongformerForSequenceClassification,
                                 "LongformerForSequenceClassification"),
     "token_classification": (LongformerForTokenClassification,

@@ -75,20 +75,34 @@ def extras(body: BaseModelOutput) -> dict:
 
 
 # ---- losses (the reference's definitions) ------------------------------------------
+def nll_terms(logits_XxC, labels_X, ignore_index: int = IGNORE_INDEX):
+  """Per-label negative log-likelihoods (any leading shape X) and the mask of the
+  labels that count (not ``ignore_index``); ignored terms are 0. A label outside
+  [0, C) that is not ignored gives NaN (torch raises; a traced value cannot)."""
+  logits_XxC = logits_XxC.astype(jnp.float32)
+  labels_X = labels_X.astype(jnp.int32)
+  num_classes = logits_XxC.shape[-1]
+  keep_X = labels_X != ignore_index
+  in_range_X = (labels_X >= 0) & (labels_X < num_classes)
+  logp_XxC = jax.nn.log_softmax(logits_XxC, axis=-1)
+  safe_X = jnp.where(in_range_X, labels_X, 0)
+  nll_X = -jnp.take_along_axis(logp_XxC, safe_X[..., None], axis=-1)[..., 0]
+  nll_X = jnp.where(in_range_X, nll_X, jnp.nan)
+  return jnp.where(keep_X, nll_X, 0.0), keep_X
+
+
+def bce_terms(logits_XxC, targets_XxC):
+  """Per-entry binary cross-entropy with logits (the stable form torch uses)."""
+  z = logits_XxC.astype(jnp.float32)
+  y = targets_XxC.astype(jnp.float32)
+  return jnp.maximum(z, 0) - z * y + jnp.log1p(jnp.exp(-jnp.abs(z)))
+
+
 def cross_entropy(logits_NxC, labels_N, ignore_index: int = IGNORE_INDEX):
   """Mean negative log-likelihood over the labels that are not ``ignore_index``
-  (NaN when every label is ignored, as in torch). A label outside [0, C) that is
-  not ignored makes the loss NaN (torch raises; a traced value cannot)."""
-  logits_NxC = logits_NxC.astype(jnp.float32)
-  labels_N = labels_N.astype(jnp.int32)
-  num_classes = logits_NxC.shape[-1]
-  keep_N = labels_N != ignore_index
-  in_range_N = (labels_N >= 0) & (labels_N < num_classes)
-  logp_NxC = jax.nn.log_softmax(logits_NxC, axis=-1)
-  safe_N = jnp.where(in_range_N, labels_N, 0)
-  nll_N = -jnp.take_along_axis(logp_NxC, safe_N[:, None], axis=-1)[:, 0]
-  nll_N = jnp.where(in_range_N, nll_N, jnp.nan)
-  return jnp.sum(jnp.where(keep_N, nll_N, 0.0)) / jnp.sum(keep_N)
+  (NaN when every label is ignored, as in torch)."""
+  nll_N, keep_N = nll_terms(logits_NxC, labels_N, ignore_index)
+  return jnp.sum(nll_N) / jnp.sum(keep_N)
 
 
 def _flat(x, trailing: int = 0):
@@ -121,9 +135,7 @@ def sequence_classification_loss(logits_BxC, labels, problem_type: str | None):
     return jnp.mean((pred - target) ** 2)
   if problem_type == "single_label_classification":
     return cross_entropy(_flat(logits_BxC, 1), _flat(labels))
-  z = logits_BxC.astype(jnp.float32)
-  y = labels.astype(jnp.float32)
-  return jnp.mean(jnp.maximum(z, 0) - z * y + jnp.log1p(jnp.exp(-jnp.abs(z))))
+  return jnp.mean(bce_terms(logits_BxC, labels))
 
 
 def span_loss(start_logits_BxN, end_logits_BxN, start_positions, end_positions):

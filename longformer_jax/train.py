@@ -9,6 +9,7 @@ shardings and donation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -94,28 +95,32 @@ def phase_of(phases: list[Phase], step: int) -> Phase:
   return phases[-1]
 
 
-def model_config(config, phase: Phase) -> LongformerConfig:
+def model_config(config, phase: Phase, task: tasks.Task | None = None) -> LongformerConfig:
   """The model of a phase: windows scaled by the phase's ``window_scale``.
 
   With ``config.init_from_hf`` the architecture comes from that checkpoint's
-  config.json; ``config.model`` then only sets run fields (dtype, remat, ...).
+  config.json; ``config.model`` then only sets the fields a run may change on a
+  checkpoint (``LongformerConfig.tunable_fields``: dtype, remat, dropout, labels...).
+  Fields left at -1 (``vocab_size``, ``num_labels``...) come from the data and task.
   """
+  task = task or tasks.build(config)
   fields = dict(config.model)
   if config.get("init_from_hf"):
     arch = LongformerConfig.from_json(config.init_from_hf)
-    run_fields = ("dtype", "remat", "scan_layers", "block_size", "max_global_tokens",
-                  "hidden_dropout_prob", "attention_probs_dropout_prob")
+    tunable = LongformerConfig.tunable_fields()
     fields = {**{f: getattr(arch, f) for f in arch.__dataclass_fields__
                  if f not in ("extra_json",)},
-              **{k: v for k, v in fields.items() if k in run_fields}}
+              **{k: v for k, v in fields.items() if k in tunable}}
     fields["attention_window"] = list(arch.attention_window)
   windows = fields.pop("attention_window")
   layers = fields["num_hidden_layers"]
   windows = [windows] * layers if isinstance(windows, int) else list(windows)
-  if fields.get("vocab_size") in (None, -1):
-    fields["vocab_size"] = data_lib.vocab_size(config.data)
-  if fields.get("num_labels") in (None, -1):
-    fields["num_labels"] = data_lib.num_labels(config.data)
+  derived = {"vocab_size": lambda: data_lib.vocab_size(config.data),
+             "num_labels": lambda: data_lib.num_labels(config.data)}
+  derived.update({k: (lambda v=v: v) for k, v in task.model_fields(config.data).items()})
+  for name, value in derived.items():
+    if fields.get(name, -1) in (None, -1):
+      fields[name] = value()
   try:
     cfg = LongformerConfig(**fields, attention_window=tuple(windows))
   except (TypeError, ValueError) as e:
@@ -127,19 +132,17 @@ def model_config(config, phase: Phase) -> LongformerConfig:
       max(int(round(w * phase.window_scale / step)) * step, step) for w in windows))
 
 
-def validate(config, phases: list[Phase], mesh) -> None:
+def validate(config, phases: list[Phase], cfgs: list[LongformerConfig], mesh,
+             task: tasks.Task) -> None:
   """Checks that need no compile: shapes against the mesh, positions, static bounds."""
-  if config.task not in tasks.TASK_HEADS:
-    raise ValueError(f"config.task={config.task!r} is not one of {sorted(tasks.TASK_HEADS)}")
   batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   accum = int(config.optim.get("grad_accum", 1))
-  for p in phases:
+  for p, cfg in zip(phases, cfgs):
     where = f"config.phases[{p.index}]" if config.get("phases") else "config"
     if p.batch_size % (batch_shards * accum) or p.batch_size % jax.process_count():
       raise ValueError(f"{where}.batch_size={p.batch_size} must divide by data*fsdp="
                        f"{batch_shards} x grad_accum={accum} and by the process count "
                        f"{jax.process_count()}")
-    cfg = model_config(config, p)
     if p.seq_len + cfg.pad_token_id + 1 > cfg.max_position_embeddings:
       raise ValueError(f"{where}.seq_len={p.seq_len} needs max_position_embeddings >= "
                        f"{p.seq_len + cfg.pad_token_id + 1}, config.model has "
@@ -147,9 +150,7 @@ def validate(config, phases: list[Phase], mesh) -> None:
     if p.seq_len % mesh.shape["sequence"]:
       raise ValueError(f"{where}.seq_len={p.seq_len} must divide by mesh sequence="
                        f"{mesh.shape['sequence']}")
-  if config.task == "classification" and config.model.get("max_global_tokens") is None:
-    raise ValueError("config.model.max_global_tokens must be set for training: the number "
-                     "of global slots is a static shape")
+  task.check_config(config)
 
 
 def check_batch(batch: dict, cfg: LongformerConfig) -> None:
@@ -174,8 +175,7 @@ def split_model(cfg: LongformerConfig, head: str, seed: int):
   return graphdef, rest
 
 
-def make_train_step(task: str, graphdef, rest, tx, schedule, accum: int, seed: int,
-                    mlm: dict | None = None):
+def make_train_step(task: tasks.Task, graphdef, rest, tx, schedule, accum: int, seed: int):
   """Pure step: (state, batch) -> (state, metrics)."""
   base_key = jax.random.key(seed + 1)
 
@@ -183,10 +183,9 @@ def make_train_step(task: str, graphdef, rest, tx, schedule, accum: int, seed: i
     # Fresh Variables for the rng state, owned by this trace (reseed mutates them).
     model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
     model.train()
-    dropout_key, mask_key = jax.random.split(key)
+    dropout_key, task_key = jax.random.split(key)
     nnx.reseed(model, dropout=dropout_key, policy="match_shape")  # stacked keys when scanned
-    loss, sums = tasks.loss_and_metrics(task, model, batch, key=mask_key, mlm=mlm)
-    return loss, sums
+    return task.loss_and_metrics(model, batch, key=task_key)
 
   def step_fn(state, batch):
     key = jax.random.fold_in(base_key, state["step"])
@@ -215,13 +214,13 @@ def make_train_step(task: str, graphdef, rest, tx, schedule, accum: int, seed: i
   return step_fn
 
 
-def make_eval_step(task: str, graphdef, rest, no_global: bool, mlm: dict | None, seed: int):
+def make_eval_step(task: tasks.Task, graphdef, rest, no_global: bool, seed: int):
   """Pure eval: (params, batch, batch index) -> metric sums; MLM masks are fixed per batch."""
   def eval_fn(params, batch, index):
     model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
     model.eval()
     key = jax.random.fold_in(jax.random.key(seed + 2), index)
-    return tasks.loss_and_metrics(task, model, batch, no_global=no_global, key=key, mlm=mlm)[1]
+    return task.loss_and_metrics(model, batch, no_global=no_global, key=key)[1]
   return eval_fn
 
 
@@ -260,22 +259,32 @@ def maybe_initialize_distributed(config) -> None:
 
 
 class Runner:
-  """Holds the run's pieces; ``run()`` is the loop."""
+  """Holds the run's pieces; ``run()`` is the loop.
+
+  Everything a method needs is built in ``__init__`` (or on first use by the
+  method that needs it), so the methods may be called in any order.
+  """
 
   def __init__(self, config, workdir: str):
     self.config, self.workdir = config, workdir
+    self.task = tasks.build(config)
+    self.head = self.task.head
     self.phases = resolve_phases(config)
     self.total = self.phases[-1].start + self.phases[-1].steps
+    self.model_configs = [model_config(config, p, self.task) for p in self.phases]
     self.mesh = sh.make_mesh(config.mesh)
     self.rules = sh.rules_of(config.get("sharding_rules"))
-    validate(config, self.phases, self.mesh)
-    self.head = tasks.TASK_HEADS[config.task]
+    validate(config, self.phases, self.model_configs, self.mesh, self.task)
     self.schedule = optim.make_schedule(
         [dict(steps=p.steps, lr=p.lr, warmup_steps=p.warmup_steps) for p in self.phases],
         config.optim)
     self.tx = optim.make_optimizer(config.optim, self.schedule)
     self.accum = int(config.optim.get("grad_accum", 1))
     self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(("data", "fsdp")))
+    self._init = functools.partial(init_state, self.model_configs[0], self.head, self.tx,
+                                   config.seed)
+    self.abstract_state = jax.eval_shape(self._init)
+    self.state_shardings = sh.state_shardings(self.abstract_state, self.mesh, self.rules)
     self.writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
     self.ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
                                       every=config.checkpoint_every,
@@ -297,17 +306,16 @@ class Runner:
   # compiled functions of a phase
   def functions(self, phase: Phase):
     if phase.index not in self._compiled:
-      cfg = model_config(self.config, phase)
+      cfg = self.model_configs[phase.index]
       graphdef, rest = split_model(cfg, self.head, self.config.seed)
-      mlm = dict(self.config.mlm) if self.config.get("mlm") else None
-      step = make_train_step(self.config.task, graphdef, rest, self.tx, self.schedule,
-                             self.accum, self.config.seed, mlm)
+      step = make_train_step(self.task, graphdef, rest, self.tx, self.schedule, self.accum,
+                             self.config.seed)
       # in_shardings: (state: the param/optimizer layout, batch: split over data*fsdp)
       options = compile_options.compiler_options()
       jstep = jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
                       out_shardings=(self.state_shardings, None), donate_argnums=(0,),
                       compiler_options=options)
-      evals = {name: jax.jit(make_eval_step(self.config.task, graphdef, rest, no_global, mlm,
+      evals = {name: jax.jit(make_eval_step(self.task, graphdef, rest, no_global,
                                             self.config.seed), compiler_options=options)
                for name, no_global in self.eval_variants()}
       self._compiled[phase.index] = (cfg, jstep, evals)
@@ -319,11 +327,7 @@ class Runner:
       yield "eval_no_global", True
 
   def init_or_restore(self):
-    cfg0 = model_config(self.config, self.phases[0])
-    init = lambda: init_state(cfg0, self.head, self.tx, self.config.seed)  # noqa: E731
-    abstract = jax.eval_shape(init)
-    self.state_shardings = sh.state_shardings(abstract, self.mesh, self.rules)
-    target = ckpt_lib.abstract_with_shardings(abstract, self.state_shardings)
+    target = ckpt_lib.abstract_with_shardings(self.abstract_state, self.state_shardings)
     restored = self.ckpt.restore_latest(target, lambda s: self.iterator(phase_of(self.phases, s)))
     if restored is not None:
       state, step, it = restored
@@ -331,19 +335,30 @@ class Runner:
       self.writer.truncate_after(step)
       return state, step, it
     with sh.activation_sharding(self.mesh, self.rules):
-      state = jax.jit(init, out_shardings=self.state_shardings)()
+      state = jax.jit(self._init, out_shardings=self.state_shardings)()
     if self.config.get("init_from_hf"):
-      state["params"] = self.params_from_hf(cfg0)
+      state["params"] = self.params_from_hf(state["params"])
     return state, 0, self.iterator(self.phases[0])
 
-  def params_from_hf(self, cfg: LongformerConfig):
-    """Parameters of ``config.init_from_hf`` (an HF Longformer directory), sharded."""
+  def params_from_hf(self, params):
+    """``params`` with the weights of ``config.init_from_hf`` (an HF Longformer
+    directory) put in, each array built shard by shard on its devices from the host
+    copy: the whole model never sits on one device. Head weights the checkpoint
+    lacks keep their values in ``params`` (the random init)."""
     from longformer_jax import convert
     path = self.config.init_from_hf
     log.info("initialising parameters from %s", path)
-    model = model_lib.create_model(cfg, self.head, self.config.seed)
-    convert.load_hf_weights(model, convert.load_state_dict(path))
-    return jax.device_put(nnx.state(model, nnx.Param), self.state_shardings["params"])
+    cfg = self.model_configs[0]
+    abstract = nnx.eval_shape(lambda: model_lib.create_model(cfg, self.head, self.config.seed))
+    values = convert.hf_param_values(abstract, convert.load_state_dict(path))
+    flat = dict(nnx.to_flat_state(params))
+    for path_, host in values.items():
+      var = flat[path_]
+      sharding = var[...].sharding
+      host = host.astype(var[...].dtype)
+      flat[path_] = var.replace(jax.make_array_from_callback(
+          host.shape, sharding, lambda index, host=host: host[index]))
+    return nnx.from_flat_state(flat)
 
   def evaluate(self, state, phase: Phase) -> dict:
     cfg, _, evals = self.functions(phase)
@@ -356,7 +371,7 @@ class Runner:
           break
         sums = fn(state["params"], self.to_global(batch), i)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-      for k, v in tasks.finalize(totals).items():
+      for k, v in self.task.finalize(totals).items():
         out[f"{name}_{k}"] = v
     return out
 
@@ -411,7 +426,7 @@ class Runner:
           f"loss is {loss} at step {step}; stopping. The last good checkpoint is at step "
           f"{max(self.ckpt.steps(), default=0)} in {self.ckpt.directory}")
     scalars = {"loss": loss, "grad_norm": float(m["grad_norm"]), "lr": float(m["lr"])}
-    scalars.update({f"train_{k}": v for k, v in tasks.finalize(m["sums"]).items()
+    scalars.update({f"train_{k}": v for k, v in self.task.finalize(m["sums"]).items()
                     if k != "loss"})
     if step % self.config.log_every == 0 or step == self.total:
       scalars["tokens_per_sec"] = progress.rate(step, phase.batch_size * phase.seq_len)

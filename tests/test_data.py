@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from longformer_jax import data
-from longformer_jax.data import corpora, pipeline
+from longformer_jax.data import corpora, language_modeling
 
 KV = dict(name="kv_recall", num_pairs=4, num_keys=12, num_values=5, num_fillers=20,
           num_train=40, num_eval=11, seed=3)
@@ -255,7 +255,7 @@ def test_text_corpus_jsonl_tokenized(tmp_path):
   batch = next(data.make_iterator(cfg, split="train", seq_len=16, batch_size=2, seed=0))
   assert batch["input_ids"].dtype == np.int32 and batch["input_ids"].max() < len(words) + 2
   with pytest.raises(ValueError, match="tokenizer"):
-    pipeline.split_tokens(builder, "validation", vocab=3)
+    language_modeling.split_tokens(builder, "validation", vocab=3)
 
 
 def test_text_corpus_plain_bytes(tmp_path):

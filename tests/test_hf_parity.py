@@ -10,89 +10,10 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import longformer_jax as lj  # noqa: E402
+from conftest import (FIELDS, PAD, SEP, VOCAB, batch, hf_config, hf_heads, qa_batch,  # noqa: E402
+                      run_both, save_hf, task_inputs)
 
-PAD, SEP, VOCAB = 1, 2, 99
-
-
-def hf_config(**kw):
-  base = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-              intermediate_size=37, attention_window=[8, 4], max_position_embeddings=80,
-              type_vocab_size=2, num_labels=3, pad_token_id=PAD, sep_token_id=SEP,
-              bos_token_id=0, eos_token_id=SEP)
-  base.update(kw)
-  return transformers.LongformerConfig(**base)
-
-
-def batch(rng, b=3, n=21, lengths=(21, 15, 9)):
-  ids = rng.integers(3, VOCAB, size=(b, n))
-  mask = np.zeros((b, n), np.int64)
-  for e, length in enumerate(lengths[:b]):
-    mask[e, :length] = 1
-  ids[mask == 0] = PAD
-  gmask = np.zeros((b, n), np.int64)
-  gmask[0, [0, min(5, n - 1)]] = 1
-  if b > 2:
-    gmask[2, :4] = 1
-  types = rng.integers(0, 2, size=(b, n)) * mask
-  return ids, mask, gmask, types
-
-
-def qa_batch(rng, b=3, n=23, q_lens=(3, 5, 1), lengths=(23, 17, 12)):
-  ids, mask, _, _ = batch(rng, b, n, lengths)
-  for e in range(b):
-    ids[e, 0] = 0
-    q = q_lens[e]
-    ids[e, q + 1:q + 3] = SEP
-    ids[e, lengths[e] - 1] = SEP
-  return ids, mask
-
-
-HEADS = {
-    "base": transformers.LongformerModel,
-    "masked_lm": transformers.LongformerForMaskedLM,
-    "sequence_classification": transformers.LongformerForSequenceClassification,
-    "token_classification": transformers.LongformerForTokenClassification,
-    "question_answering": transformers.LongformerForQuestionAnswering,
-    "multiple_choice": transformers.LongformerForMultipleChoice,
-}
-FIELDS = {"base": ["last_hidden_state", "pooler_output"],
-          "question_answering": ["start_logits", "end_logits"]}
-
-
-def save_hf(task, tmp_path, seed=0, **cfg):
-  torch.manual_seed(seed)
-  if task == "question_answering":
-    cfg.setdefault("num_labels", 2)
-  hf = HEADS[task](hf_config(**cfg)).eval()
-  path = tmp_path / f"hf_{task}"
-  hf.save_pretrained(path)
-  return hf, path
-
-
-def run_both(task, hf, ours, inputs):
-  torch_in = {k: torch.tensor(v) for k, v in inputs.items() if v is not None}
-  with torch.no_grad():
-    ref = hf(**torch_in)
-  out = ours(**inputs)
-  for field in FIELDS.get(task, ["logits"]):
-    a, b = np.asarray(out[field]), ref[field].numpy()
-    assert a.shape == b.shape, (field, a.shape, b.shape)
-    assert np.abs(a - b).max() <= 1e-4, (task, field, np.abs(a - b).max())
-
-
-def task_inputs(task, rng, with_global=True):
-  if task == "question_answering":
-    ids, mask = qa_batch(rng)
-    return dict(input_ids=ids, attention_mask=mask)  # question tokens global by default
-  if task == "multiple_choice":
-    ids, mask = qa_batch(rng)
-    return dict(input_ids=np.stack([ids, ids[::-1]], 1),
-                attention_mask=np.stack([mask, mask[::-1]], 1))
-  ids, mask, gmask, types = batch(rng)
-  out = dict(input_ids=ids, attention_mask=mask, token_type_ids=types)
-  if with_global:
-    out["global_attention_mask"] = gmask
-  return out
+HEADS = hf_heads()
 
 
 @pytest.mark.parametrize("task", sorted(HEADS))

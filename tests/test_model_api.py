@@ -13,8 +13,10 @@ from flax import nnx
 
 import longformer_jax as lj
 from longformer_jax import model as model_lib
-from test_hf_parity import (HEADS, PAD, SEP, VOCAB, batch, qa_batch, run_both, save_hf,
-                            task_inputs)
+from conftest import (PAD, SEP, VOCAB, batch, hf_heads, qa_batch, run_both, save_hf,
+                      task_inputs)
+
+HEADS = hf_heads()
 
 
 def torch_inputs(inputs):

@@ -4,75 +4,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import tempfile
-import textwrap
 import time
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(tmp_path, **overrides):
-  sys.path.insert(0, ROOT)
-  from configs import default
-  c = default.get_config("tiny")
-  c.data.data_dir = str(tmp_path / "data")
-  c.async_checkpoints = False
-  for k, v in overrides.items():
-    target = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = v
-  return c
-
-
-# Training subprocesses share XLA's persistent compilation cache: the runs of one test
-# (reference, killed, resumed) compile the same programs.
-JIT_CACHE = os.path.join(tempfile.gettempdir(), "longformer_jax_test_jit_cache")
-
-
-def run_python(code: str, devices: int = 1, env_extra=None, timeout=600):
-  """Runs ``code`` in a fresh interpreter with ``devices`` fake CPU devices."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=JIT_CACHE, **(env_extra or {}))
-  return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                        capture_output=True, text=True, timeout=timeout)
-
-
-def losses(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
-  return {r["step"]: r["loss"] for r in rows if "loss" in r}
-
-
-TRAIN_SNIPPET = """
-import json, sys
-from configs import default
-from longformer_jax import train
-c = default.get_config("tiny")
-c.data.data_dir = {data_dir!r}
-c.async_checkpoints = False
-for k, v in json.loads({overrides!r}).items():
-  target = c
-  *parents, leaf = k.split(".")
-  for p in parents:
-    target = target[p]
-  target[leaf] = v
-train.train_and_evaluate(c, {workdir!r})
-"""
-
-
-def train_in_subprocess(tmp_path, name, devices=1, env_extra=None, **overrides):
-  workdir = str(tmp_path / name)
-  code = TRAIN_SNIPPET.format(data_dir=str(tmp_path / "data"), workdir=workdir,
-                              overrides=json.dumps(overrides))
-  proc = run_python(code, devices, env_extra)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir
+from conftest import (losses, program_command, program_env, run_program, tiny_config,
+                      train_in_subprocess)
 
 
 def test_golden_one_step(tmp_path):
@@ -129,12 +67,9 @@ def test_two_processes_match_one_process(tmp_path):
     overrides = {"distributed.enabled": True, "distributed.coordinator_address":
                  f"127.0.0.1:{port}", "distributed.num_processes": 2,
                  "distributed.process_id": pid, **SHORT_RUN}
-    code = TRAIN_SNIPPET.format(data_dir=str(tmp_path / "data"), workdir=workdir,
-                                overrides=json.dumps(overrides))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=JIT_CACHE)
-    procs.append(subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    procs.append(subprocess.Popen(
+        program_command("train_tiny.py", workdir, tmp_path / "data", json.dumps(overrides)),
+        env=program_env(4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
   errors = [p.communicate(timeout=600)[1] for p in procs]
   assert all(p.returncode == 0 for p in procs), errors[0][-3000:] + errors[1][-3000:]
   got = losses(workdir)
@@ -146,13 +81,10 @@ def test_two_processes_match_one_process(tmp_path):
 def test_sigkill_resume_reproduces_losses(tmp_path):
   reference = losses(train_in_subprocess(tmp_path, "reference"))
   workdir = str(tmp_path / "killed")
-  code = TRAIN_SNIPPET.format(data_dir=str(tmp_path / "data"), workdir=workdir,
-                              overrides=json.dumps({}))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT,
-             JAX_COMPILATION_CACHE_DIR=JIT_CACHE)
   kill_after = int(np.random.default_rng().integers(6, 16))
-  proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(program_command("train_tiny.py", workdir, tmp_path / "data"),
+                          env=program_env(1), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
   metrics = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
@@ -228,7 +160,6 @@ def test_remat_and_scan_train(tmp_path):
 def test_char_lm_phases_run_in_one_launch(tmp_path):
   """Two phases (sequence 256 -> 512, window x2, LR halved) on a tiny text8-like zip."""
   import zipfile
-  sys.path.insert(0, ROOT)
   from configs import char_lm
   from longformer_jax import train
   rng = np.random.default_rng(0)
@@ -275,7 +206,6 @@ def test_mlm_continues_from_an_hf_checkpoint(tmp_path):
   import jax
   import torch
   import transformers
-  sys.path.insert(0, ROOT)
   from configs import mlm
   from longformer_jax import train
   torch.manual_seed(0)
@@ -299,6 +229,11 @@ def test_mlm_continues_from_an_hf_checkpoint(tmp_path):
   np.testing.assert_array_equal(got, want)
   out = train.train_and_evaluate(c, str(tmp_path / "run2"))
   assert np.isfinite(out["eval_bits_per_token"]) and out["eval_bits_per_token"] > 0
+  # Over 4 devices with parameters split (fsdp): loaded shard by shard, same values.
+  r = run_program("init_from_hf_sharded.py", tmp_path / "init", corpus, tmp_path / "data",
+                  tmp_path / "sharded", devices=4)
+  # every matrix is split (and some vectors, as the rules say)
+  assert r["equal"] and r["split"] >= r["matrices"] > 10, r
 
 
 def test_rerunning_a_finished_run_reports_its_eval(tmp_path):

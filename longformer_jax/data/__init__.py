@@ -1,16 +1,25 @@
-"""Datasets (tfds builders, array_record) and grain input pipelines."""
+"""Datasets (tfds builders, array_record), their registry and grain input pipelines.
 
+Importing the package registers every dataset module below.
+"""
+
+from longformer_jax.data import registry
+from longformer_jax.data import pipeline
+from longformer_jax.data import kv_recall, language_modeling  # noqa: F401  (registration)
 from longformer_jax.data.corpora import (CharCorpusConfig, Enwik8, Text8, TextCorpus,
                                          TextCorpusConfig, char_split_bounds,
                                          load_split_tokens)
 from longformer_jax.data.kv_recall import (KvRecall, KvRecallConfig, kv_recall_example,
                                            kv_recall_token_ranges, kv_recall_vocab_size)
-from longformer_jax.data.pipeline import (NAMES, SPLITS, eval_windows, get_builder,
-                                          make_iterator, num_labels, prepare, vocab_size)
+from longformer_jax.data.language_modeling import eval_windows
+from longformer_jax.data.pipeline import (get_builder, make_iterator, num_labels, prepare,
+                                          vocab_size)
+from longformer_jax.data.registry import DATASETS
 
 __all__ = [
     "make_iterator", "vocab_size", "num_labels", "prepare", "get_builder", "eval_windows",
-    "NAMES", "SPLITS", "kv_recall_example", "kv_recall_vocab_size", "kv_recall_token_ranges",
-    "KvRecall", "KvRecallConfig", "Text8", "Enwik8", "CharCorpusConfig", "TextCorpus",
-    "TextCorpusConfig", "char_split_bounds", "load_split_tokens",
+    "DATASETS", "registry", "pipeline", "kv_recall_example", "kv_recall_vocab_size",
+    "kv_recall_token_ranges", "KvRecall", "KvRecallConfig", "Text8", "Enwik8",
+    "CharCorpusConfig", "TextCorpus", "TextCorpusConfig", "char_split_bounds",
+    "load_split_tokens",
 ]

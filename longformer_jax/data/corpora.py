@@ -24,6 +24,8 @@ import zipfile
 import numpy as np
 import tensorflow_datasets as tfds
 
+from longformer_jax import tokenization
+
 DEFAULT_CHUNK_SIZE = 65536
 PAPER_TRAIN, PAPER_VALID = 90_000_000, 5_000_000
 CHAR_URLS = {"text8": "http://mattmahoney.net/dc/text8.zip",
@@ -214,9 +216,8 @@ class TextCorpusConfig(tfds.core.BuilderConfig):
     path = os.fspath(path)
     if not os.path.isfile(path):
       raise FileNotFoundError(f"text_corpus: no file at {path} (data_cfg.path)")
-    if tokenizer and not os.path.isfile(tokenizer):
-      raise FileNotFoundError(f"text_corpus: no tokenizer file at {tokenizer} "
-                              "(data_cfg.tokenizer)")
+    if tokenizer and not os.path.exists(tokenizer):
+      raise FileNotFoundError(f"text_corpus: no tokenizer at {tokenizer} (data_cfg.tokenizer)")
     if format == "auto":
       format = "jsonl" if path.endswith((".jsonl", ".json")) else "text"
     if format not in ("text", "jsonl"):
@@ -226,7 +227,8 @@ class TextCorpusConfig(tfds.core.BuilderConfig):
                        f"got {validation_fraction}")
     if chunk_size < 1:
       raise ValueError(f"text_corpus: chunk_size must be positive, got {chunk_size}")
-    identity = json.dumps([file_digest(path), file_digest(tokenizer) if tokenizer else None,
+    tok_digest = tokenization.tokenizer_digest(tokenizer) if tokenizer else None
+    identity = json.dumps([file_digest(path), tok_digest,
                            text_field, format, validation_fraction, eos_token, chunk_size])
     name = "tc-" + hashlib.sha256(identity.encode()).hexdigest()[:16]
     return cls(name=name, path=path, tokenizer=tokenizer or None, text_field=text_field,
@@ -234,9 +236,7 @@ class TextCorpusConfig(tfds.core.BuilderConfig):
                eos_token=eos_token, chunk_size=chunk_size)
 
 
-def load_tokenizer(path: str):
-  from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
-  return Tokenizer.from_file(os.fspath(path))
+load_tokenizer = tokenization.load_tokenizer
 
 
 def read_documents(cfg: TextCorpusConfig):

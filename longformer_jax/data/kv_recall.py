@@ -31,8 +31,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import grain
 import numpy as np
 import tensorflow_datasets as tfds
+
+from longformer_jax.data import pipeline, registry
 
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 NUM_RESERVED = 4
@@ -188,3 +191,92 @@ class KvRecall(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     params = self.builder_config.generator_params()
     for i in range(count):
       yield i, kv_recall_example(first + i, **params)
+
+
+# ---- the pipeline's side: fields, elements, registration ----------------------------
+
+GENERATOR_FIELDS = ("num_pairs", "num_keys", "num_values", "num_fillers", "min_distance",
+                    "num_train", "num_eval", "seed", "fused", "copies")
+FIELDS = ("seq_len",) + GENERATOR_FIELDS + ("global_query",)
+
+
+def _kv_params(cfg: dict, seq_len: int | None) -> dict:
+  """kv_recall generator parameters from the config; ``seq_len`` fills a missing one."""
+  params = {k: cfg[k] for k in GENERATOR_FIELDS if cfg.get(k) is not None}
+  cfg_len = cfg.get("seq_len")
+  if cfg_len is not None and seq_len is not None and cfg_len != seq_len:
+    raise ValueError(f"seq_len={seq_len} differs from data_cfg.seq_len={cfg_len}: kv_recall "
+                     "examples have exactly data_cfg.seq_len tokens")
+  length = cfg_len if cfg_len is not None else seq_len
+  if length is None:
+    raise ValueError("kv_recall: data_cfg.seq_len is not set")
+  params["seq_len"] = length
+  return params
+
+
+class KvElement:
+  """A stored kv_recall example (+ weight) -> the model inputs of one example."""
+
+  def __init__(self, global_query: bool = True):
+    self.global_query = global_query
+
+  def __call__(self, example: dict, weight: float = 1.0) -> dict:
+    ids = np.asarray(example["input_ids"], np.int32)
+    glob = np.zeros_like(ids)
+    glob[0] = int(self.global_query)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids),
+            "global_attention_mask": glob, "labels": np.int32(example["label"]),
+            "weight": np.float32(weight)}
+
+
+class KvLookup:
+  """(global index, weight) -> the model inputs of that stored kv_recall example."""
+
+  def __init__(self, source, global_query: bool = True):
+    self.source, self.element = source, KvElement(global_query)
+
+  def __call__(self, g: int, weight: float) -> dict:
+    return self.element(self.source[g], weight)
+
+
+def kv_dataset(builder, *, split: str, seed: int, shard_index: int, shard_count: int,
+               num_epochs: int | None, global_query: bool = True) -> grain.MapDataset:
+  """Unbatched kv_recall elements of one shard over ``builder.as_data_source()[split]``.
+
+  Train: the examples reshuffled each epoch from ``seed``, as one global stream;
+  shard i takes its elements i, i + shard_count, ... Consecutive global batches
+  therefore hold the same examples whatever the number of shards (processes).
+  """
+  source = builder.as_data_source()[split]
+  n = len(source)
+  if split != "train":
+    return pipeline.eval_dataset(n, KvLookup(source, global_query), shard_index,
+                                 shard_count, num_epochs)
+  if n < shard_count:
+    raise ValueError(f"shard_count={shard_count} exceeds the {n} train examples")
+  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(num_epochs)
+  ds = ds.slice(slice(shard_index, len(ds) - len(ds) % shard_count, shard_count))
+  return ds.map(KvElement(global_query))
+
+
+def _builder(cfg: dict, data_dir: str, seq_len: int | None) -> KvRecall:
+  config = KvRecallConfig.make(**_kv_params(cfg, seq_len))
+  return KvRecall(config=config, data_dir=data_dir, file_format="array_record")
+
+
+def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard) -> grain.MapDataset:
+  del seq_len  # fixed by the builder
+  return kv_dataset(builder, split=split, global_query=bool(cfg.get("global_query", True)),
+                    **shard)
+
+
+def _vocab_size(cfg: dict) -> int:
+  return kv_recall_vocab_size(*(cfg.get(k) or DEFAULTS[k]
+                                for k in ("num_keys", "num_values", "num_fillers", "fused")))
+
+
+registry.register(registry.Dataset(
+    name="kv_recall", splits=("train", "validation"), builder=_builder, elements=_elements,
+    vocab_size=_vocab_size,
+    num_labels=lambda cfg: int(cfg.get("num_values") or DEFAULTS["num_values"]),
+    fields=FIELDS, doc=__doc__.split("\n")[0]))

@@ -1,0 +1,117 @@
+"""The task protocol and its registry.
+
+A task bundles everything the training library needs to know of one kind of
+problem: the model head it trains, the static checks of its config, its loss and
+metric sums on a batch, and how sums become metrics. Evaluation that needs more
+than sums (span decoding, aggregation over windows, entity matching) also lives
+on the task: ``eval_outputs`` names per-row arrays the evaluation collects, and
+``score`` turns them into metrics.
+
+Metric sums are ``{name: (sum, count)}`` so they can be added over micro-batches,
+devices and eval batches before dividing (:func:`finalize`).
+
+Adding a task is one module: subclass :class:`Task`, decorate it with
+:func:`register`, import the module in ``tasks/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+TASKS: dict[str, type["Task"]] = {}
+
+
+def register(cls: type["Task"]) -> type["Task"]:
+  if cls.name in TASKS:
+    raise ValueError(f"task {cls.name!r} is registered twice")
+  TASKS[cls.name] = cls
+  return cls
+
+
+def get(name: str) -> type["Task"]:
+  if name not in TASKS:
+    raise ValueError(f"config.task={name!r} is not one of {sorted(TASKS)}")
+  return TASKS[name]
+
+
+def build(config) -> "Task":
+  """The task of an experiment config (``config.task``), with its options."""
+  return get(config.task).from_config(config)
+
+
+class Task:
+  """One kind of problem; see the module docstring.
+
+  Class attributes: ``name`` (``config.task``), ``head`` (a key of
+  ``model.TASKS``), ``needs_global_bound`` (the batch marks global tokens, so
+  ``config.model.max_global_tokens`` must fix their static count).
+  """
+
+  name: ClassVar[str] = ""
+  head: ClassVar[str] = ""
+  needs_global_bound: ClassVar[bool] = False
+
+  @classmethod
+  def from_config(cls, config) -> "Task":
+    del config
+    return cls()
+
+  def check_config(self, config) -> None:
+    """Raises ValueError naming the field of a config this task cannot run."""
+    model = config.get("model") or {}
+    if self.needs_global_bound and model.get("max_global_tokens") is None:
+      raise ValueError("config.model.max_global_tokens must be set for training: the number "
+                       "of global slots is a static shape")
+
+  def model_fields(self, data_cfg) -> dict[str, Any]:
+    """Model config fields this task takes from the data where ``config.model`` has -1
+    (or None): e.g. ``num_labels``. The vocabulary size is always the data's."""
+    del data_cfg
+    return {}
+
+  def loss_and_metrics(self, model, batch: dict, *, key=None, no_global: bool = False):
+    """(mean loss, {name: (sum, count)}) of one batch; ``key`` for random masking."""
+    raise NotImplementedError
+
+  def finalize(self, sums: dict) -> dict:
+    return finalize(sums)
+
+
+# ---- helpers shared by the tasks --------------------------------------------------
+
+
+def position_ids(batch: dict, pad_token_id: int):
+  """RoBERTa positions from the attention mask (token ids may equal the pad id in LMs)."""
+  mask = batch["attention_mask"].astype(jnp.int32)
+  return jnp.cumsum(mask, axis=-1) * mask + pad_token_id
+
+
+def forward(model, batch: dict, *, no_global: bool = False, input_ids=None, **kwargs):
+  """The model on a batch's inputs (``input_ids`` replaced if given), global tokens
+  dropped with ``no_global``; extra keyword arguments (labels...) pass through."""
+  gmask = batch.get("global_attention_mask")
+  if no_global and gmask is not None:
+    gmask = jnp.zeros_like(gmask)
+  ids = batch["input_ids"] if input_ids is None else input_ids
+  return model(ids, batch["attention_mask"], gmask,
+               position_ids=position_ids(batch, model.config.pad_token_id), **kwargs)
+
+
+def weighted(terms, weight):
+  """(sum of terms x weight, sum of weight) with the weight broadcast from the left."""
+  w = weight.astype(jnp.float32).reshape(weight.shape + (1,) * (terms.ndim - weight.ndim))
+  w = jnp.broadcast_to(w, terms.shape)
+  return (terms * w).sum(), w.sum()
+
+
+def mean_of(pair) -> jax.Array:
+  total, count = pair
+  return total / jnp.maximum(count, 1.0)
+
+
+def finalize(sums: dict) -> dict:
+  """{name: (sum, count)} -> {name: sum / count} as Python floats."""
+  return {k: float(s) / max(float(c), 1.0) for k, (s, c) in jax.device_get(sums).items()}

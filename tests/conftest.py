@@ -1,0 +1,181 @@
+"""Helpers shared by the tests: tiny configs, fresh-process programs, HF references."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROGRAMS = os.path.join(ROOT, "tests", "programs")
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)  # the configs/ package
+
+# Programs in fresh processes share XLA's persistent compilation cache: the runs of one
+# test (reference, killed, resumed) compile the same programs.
+JIT_CACHE = os.path.join(tempfile.gettempdir(), "longformer_jax_test_jit_cache")
+
+
+# ---- configs and runs -------------------------------------------------------------
+
+
+def set_fields(config, overrides: dict):
+  """Sets dotted config fields (``{"optim.lr": 1e-3}``) in place; returns the config."""
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+def tiny_config(tmp_path, **overrides):
+  """``configs/default.py:tiny`` with its data under ``tmp_path`` and synchronous saves."""
+  from configs import default
+  c = default.get_config("tiny")
+  c.data.data_dir = str(tmp_path / "data")
+  c.async_checkpoints = False
+  return set_fields(c, overrides)
+
+
+def losses(workdir) -> dict:
+  """{step: train loss} of a run's metrics.jsonl."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def program_env(devices: int) -> dict:
+  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+              PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=JIT_CACHE)
+
+
+def program_command(name: str, *args) -> list[str]:
+  return [sys.executable, os.path.join(PROGRAMS, name), *map(str, args)]
+
+
+def run_program(name: str, *args, devices: int = 1, timeout: int = 900):
+  """Runs ``tests/programs/NAME`` with ``devices`` fake CPU devices; asserts it succeeds
+  and returns the JSON object of its last output line, or None if it printed none."""
+  proc = subprocess.run(program_command(name, *args), env=program_env(devices),
+                        capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.strip().splitlines()
+  return json.loads(lines[-1]) if lines and lines[-1].startswith("{") else None
+
+
+def train_in_subprocess(tmp_path, name, devices=1, **overrides) -> str:
+  """Trains the tiny config in a fresh process; returns its workdir."""
+  workdir = str(tmp_path / name)
+  run_program("train_tiny.py", workdir, tmp_path / "data", json.dumps(overrides),
+              devices=devices)
+  return workdir
+
+
+# ---- the HF reference (PyTorch transformers, random init) ----------------------------
+
+PAD, SEP, VOCAB = 1, 2, 99
+
+
+def hf_config(**kw):
+  import transformers
+  base = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+              intermediate_size=37, attention_window=[8, 4], max_position_embeddings=80,
+              type_vocab_size=2, num_labels=3, pad_token_id=PAD, sep_token_id=SEP,
+              bos_token_id=0, eos_token_id=SEP)
+  base.update(kw)
+  return transformers.LongformerConfig(**base)
+
+
+def hf_heads() -> dict:
+  import transformers
+  return {
+      "base": transformers.LongformerModel,
+      "masked_lm": transformers.LongformerForMaskedLM,
+      "sequence_classification": transformers.LongformerForSequenceClassification,
+      "token_classification": transformers.LongformerForTokenClassification,
+      "question_answering": transformers.LongformerForQuestionAnswering,
+      "multiple_choice": transformers.LongformerForMultipleChoice,
+  }
+
+
+HEAD_NAMES = ("base", "masked_lm", "multiple_choice", "question_answering",
+              "sequence_classification", "token_classification")
+FIELDS = {"base": ["last_hidden_state", "pooler_output"],
+          "question_answering": ["start_logits", "end_logits"]}
+
+
+def batch(rng, b=3, n=21, lengths=(21, 15, 9)):
+  """(input_ids, attention_mask, global_attention_mask, token_type_ids) with padding."""
+  ids = rng.integers(3, VOCAB, size=(b, n))
+  mask = np.zeros((b, n), np.int64)
+  for e, length in enumerate(lengths[:b]):
+    mask[e, :length] = 1
+  ids[mask == 0] = PAD
+  gmask = np.zeros((b, n), np.int64)
+  gmask[0, [0, min(5, n - 1)]] = 1
+  if b > 2:
+    gmask[2, :4] = 1
+  types = rng.integers(0, 2, size=(b, n)) * mask
+  return ids, mask, gmask, types
+
+
+def qa_batch(rng, b=3, n=23, q_lens=(3, 5, 1), lengths=(23, 17, 12)):
+  """<s> question </s></s> context </s> rows (input_ids, attention_mask)."""
+  ids, mask, _, _ = batch(rng, b, n, lengths)
+  for e in range(b):
+    ids[e, 0] = 0
+    q = q_lens[e]
+    ids[e, q + 1:q + 3] = SEP
+    ids[e, lengths[e] - 1] = SEP
+  return ids, mask
+
+
+def task_inputs(task, rng, with_global=True):
+  """Inputs of one head: QA and multiple choice with question tokens, others a batch."""
+  if task == "question_answering":
+    ids, mask = qa_batch(rng)
+    return dict(input_ids=ids, attention_mask=mask)  # question tokens global by default
+  if task == "multiple_choice":
+    ids, mask = qa_batch(rng)
+    return dict(input_ids=np.stack([ids, ids[::-1]], 1),
+                attention_mask=np.stack([mask, mask[::-1]], 1))
+  ids, mask, gmask, types = batch(rng)
+  out = dict(input_ids=ids, attention_mask=mask, token_type_ids=types)
+  if with_global:
+    out["global_attention_mask"] = gmask
+  return out
+
+
+def save_hf(task, tmp_path, seed=0, **cfg):
+  """A random HF model of ``task`` saved under ``tmp_path``: (model, directory)."""
+  import torch
+  torch.manual_seed(seed)
+  if task == "question_answering":
+    cfg.setdefault("num_labels", 2)
+  hf = hf_heads()[task](hf_config(**cfg)).eval()
+  path = tmp_path / f"hf_{task}"
+  hf.save_pretrained(path)
+  return hf, path
+
+
+def run_both(task, hf, ours, inputs):
+  """Asserts our model's outputs equal the HF model's on ``inputs`` within 1e-4."""
+  import torch
+  torch_in = {k: torch.tensor(v) for k, v in inputs.items() if v is not None}
+  with torch.no_grad():
+    ref = hf(**torch_in)
+  out = ours(**inputs)
+  for field in FIELDS.get(task, ["logits"]):
+    a, b = np.asarray(out[field]), ref[field].numpy()
+    assert a.shape == b.shape, (field, a.shape, b.shape)
+    assert np.abs(a - b).max() <= 1e-4, (task, field, np.abs(a - b).max())
+
+
+@pytest.fixture
+def np_rng():
+  return np.random.default_rng(0)
