@@ -95,6 +95,14 @@ def phase_of(phases: list[Phase], step: int) -> Phase:
   return phases[-1]
 
 
+def data_config(config) -> dict:
+  """``config.data`` with ``tokenizer`` taken from ``init_from_hf`` when it is None."""
+  data = config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data)
+  if "tokenizer" in data and data["tokenizer"] is None and config.get("init_from_hf"):
+    data["tokenizer"] = config.init_from_hf
+  return data
+
+
 def model_config(config, phase: Phase, task: tasks.Task | None = None) -> LongformerConfig:
   """The model of a phase: windows scaled by the phase's ``window_scale``.
 
@@ -115,9 +123,10 @@ def model_config(config, phase: Phase, task: tasks.Task | None = None) -> Longfo
   windows = fields.pop("attention_window")
   layers = fields["num_hidden_layers"]
   windows = [windows] * layers if isinstance(windows, int) else list(windows)
-  derived = {"vocab_size": lambda: data_lib.vocab_size(config.data),
-             "num_labels": lambda: data_lib.num_labels(config.data)}
-  derived.update({k: (lambda v=v: v) for k, v in task.model_fields(config.data).items()})
+  data = data_config(config)
+  derived = {"vocab_size": lambda: data_lib.vocab_size(data),
+             "num_labels": lambda: data_lib.num_labels(data)}
+  derived.update({k: (lambda v=v: v) for k, v in task.model_fields(data).items()})
   for name, value in derived.items():
     if fields.get(name, -1) in (None, -1):
       fields[name] = value()
@@ -267,6 +276,7 @@ class Runner:
 
   def __init__(self, config, workdir: str):
     self.config, self.workdir = config, workdir
+    self.data_cfg = data_config(config)
     self.task = tasks.build(config)
     self.head = self.task.head
     self.phases = resolve_phases(config)
@@ -295,7 +305,7 @@ class Runner:
   def iterator(self, phase: Phase, split: str = "train"):
     per_process = phase.batch_size // jax.process_count()
     return data_lib.make_iterator(
-        self.config.data, split=split, seq_len=phase.seq_len, batch_size=per_process,
+        self.data_cfg, split=split, seq_len=phase.seq_len, batch_size=per_process,
         seed=self.config.seed + phase.index, shard_index=jax.process_index(),
         shard_count=jax.process_count(), num_epochs=None if split == "train" else 1)
 

@@ -5,7 +5,8 @@ Importing the package registers every dataset module below.
 
 from longformer_jax.data import registry
 from longformer_jax.data import pipeline
-from longformer_jax.data import kv_recall, language_modeling  # noqa: F401  (registration)
+from longformer_jax.data import (classification, kv_recall,  # noqa: F401  (registration)
+                                 language_modeling)
 from longformer_jax.data.corpora import (CharCorpusConfig, Enwik8, Text8, TextCorpus,
                                          TextCorpusConfig, char_split_bounds,
                                          load_split_tokens)

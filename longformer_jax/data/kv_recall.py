@@ -229,34 +229,10 @@ class KvElement:
             "weight": np.float32(weight)}
 
 
-class KvLookup:
-  """(global index, weight) -> the model inputs of that stored kv_recall example."""
-
-  def __init__(self, source, global_query: bool = True):
-    self.source, self.element = source, KvElement(global_query)
-
-  def __call__(self, g: int, weight: float) -> dict:
-    return self.element(self.source[g], weight)
-
-
-def kv_dataset(builder, *, split: str, seed: int, shard_index: int, shard_count: int,
-               num_epochs: int | None, global_query: bool = True) -> grain.MapDataset:
-  """Unbatched kv_recall elements of one shard over ``builder.as_data_source()[split]``.
-
-  Train: the examples reshuffled each epoch from ``seed``, as one global stream;
-  shard i takes its elements i, i + shard_count, ... Consecutive global batches
-  therefore hold the same examples whatever the number of shards (processes).
-  """
-  source = builder.as_data_source()[split]
-  n = len(source)
-  if split != "train":
-    return pipeline.eval_dataset(n, KvLookup(source, global_query), shard_index,
-                                 shard_count, num_epochs)
-  if n < shard_count:
-    raise ValueError(f"shard_count={shard_count} exceeds the {n} train examples")
-  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(num_epochs)
-  ds = ds.slice(slice(shard_index, len(ds) - len(ds) % shard_count, shard_count))
-  return ds.map(KvElement(global_query))
+def kv_dataset(builder, *, split: str, global_query: bool = True, **shard) -> grain.MapDataset:
+  """Unbatched kv_recall elements of one shard (see ``pipeline.example_dataset``)."""
+  return pipeline.example_dataset(builder.as_data_source()[split], KvElement(global_query),
+                                  split=split, **shard)
 
 
 def _builder(cfg: dict, data_dir: str, seq_len: int | None) -> KvRecall:

@@ -181,6 +181,36 @@ def eval_dataset(n: int, fn, shard_index: int, shard_count: int,
   return ds.repeat(num_epochs or 1)
 
 
+class Lookup:
+  """(global index, weight) -> ``element(source[index], weight)``."""
+
+  def __init__(self, source, element):
+    self.source, self.element = source, element
+
+  def __call__(self, g: int, weight: float) -> dict:
+    return self.element(self.source[g], weight)
+
+
+def example_dataset(source, element, *, split: str, seed: int, shard_index: int,
+                    shard_count: int, num_epochs: int | None) -> grain.MapDataset:
+  """Unbatched elements of one shard over a random-access source of stored examples;
+  ``element(example, weight)`` makes the model inputs of one.
+
+  Train: the examples reshuffled each epoch from ``seed``, as one global stream;
+  shard i takes its elements i, i + shard_count, ... Consecutive global batches
+  therefore hold the same examples whatever the number of shards (processes).
+  Other splits: one pass (see :func:`eval_dataset`).
+  """
+  n = len(source)
+  if split != "train":
+    return eval_dataset(n, Lookup(source, element), shard_index, shard_count, num_epochs)
+  if n < shard_count:
+    raise ValueError(f"shard_count={shard_count} exceeds the {n} train examples")
+  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(num_epochs)
+  ds = ds.slice(slice(shard_index, len(ds) - len(ds) % shard_count, shard_count))
+  return ds.map(element)
+
+
 def make_iterator(data_cfg, *, split: str, seq_len: int, batch_size: int, seed: int,
                   shard_index: int = 0, shard_count: int = 1,
                   num_epochs: int | None = None) -> grain.DatasetIterator:

@@ -38,6 +38,11 @@ class Classification(base.Task):
   head = "sequence_classification"
   needs_global_bound = True
 
+  def model_fields(self, data_cfg) -> dict:
+    multi = bool(data_cfg.get("multi_label"))
+    return {"problem_type": "multi_label_classification" if multi
+            else "single_label_classification"}
+
   def loss_and_metrics(self, model, batch, *, key=None, no_global=False):
     del key
     logits_BxC = base.forward(model, batch, no_global=no_global).logits

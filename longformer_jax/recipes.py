@@ -1,0 +1,62 @@
+"""Config builders shared by the experiment files (``configs/finetune_*.py``).
+
+:func:`finetune_config` holds the paper's fine-tuning setup (section 6, appendix
+D): start from a pretrained Longformer directory (``init_from_hf``, whose tokenizer
+is also the data's unless ``data.tokenizer`` is set), AdamW, linear decay after a
+warm-up, sequences of 4,096. :func:`tiny_finetune` shrinks one to a random-init
+model that runs in seconds (the ``:tiny`` variants the tests run on generated
+files in the real formats).
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from longformer_jax.train import run_config
+
+PAPER_CHECKPOINT = "/tmp/longformer-base-4096"  # an HF Longformer directory
+
+
+def steps_for(epochs: float, train_examples: int, batch_size: int) -> int:
+  return int(math.ceil(epochs * train_examples / batch_size))
+
+
+def finetune_config(task: str, data: dict, *, train_steps: int, lr: float = 3e-5,
+                    batch_size: int = 32, seq_len: int = 4096, warmup_steps: int | None = None,
+                    warmup_frac: float = 0.1, max_global_tokens: int = 1,
+                    eval_every: int = 1000) -> ml_collections.ConfigDict:
+  c = run_config(log_every=20, eval_every=eval_every, checkpoint_every=eval_every,
+                 keep_checkpoints=2, eval_split="validation")
+  c.task = task
+  c.init_from_hf = PAPER_CHECKPOINT
+  # With init_from_hf these only set how to run the checkpoint (and its new head).
+  c.model = dict(num_labels=-1, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+                 max_global_tokens=max_global_tokens, dtype="bfloat16", remat="matmuls",
+                 block_size=128)
+  # tokenizer None: the one in the init_from_hf directory
+  c.data = dict(data_dir="/tmp/longformer_jax_data", tokenizer=None, **data)
+  c.seq_len = seq_len
+  c.batch_size = batch_size
+  c.train_steps = train_steps
+  c.optim = dict(lr=lr, warmup_steps=warmup_steps, warmup_frac=warmup_frac,
+                 schedule="linear", end_lr_frac=0.0, weight_decay=0.01, clip_norm=1.0,
+                 b1=0.9, b2=0.999, eps=1e-6, grad_accum=1)
+  return c
+
+
+def tiny_finetune(c: ml_collections.ConfigDict, *, seq_len: int = 64) -> ml_collections.ConfigDict:
+  """A random-init 2-layer model on the same task and data format, 2 steps."""
+  c.init_from_hf = ""
+  c.model = dict(vocab_size=-1, num_labels=-1, hidden_size=32, num_hidden_layers=2,
+                 num_attention_heads=4, intermediate_size=64, attention_window=16,
+                 max_position_embeddings=seq_len + 2, hidden_dropout_prob=0.1,
+                 attention_probs_dropout_prob=0.1,
+                 max_global_tokens=c.model.get("max_global_tokens", 1), dtype="float32",
+                 remat="none", block_size=8)
+  c.data.tokenizer = ""  # set it: no checkpoint directory to take one from
+  c.seq_len, c.batch_size, c.train_steps = seq_len, 4, 2
+  c.optim.warmup_steps = 1
+  c.log_every, c.eval_every, c.checkpoint_every = 1, 2, 2
+  return c

@@ -1,0 +1,194 @@
+"""Fine-tuning: task losses against HF's, document datasets from files in the real
+formats, and every ``configs/finetune_*.py:tiny`` trained 2 steps and evaluated."""
+
+import importlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import hf_config, save_hf, set_fields
+from longformer_jax import data as data_lib
+from longformer_jax import tasks, tokenization, train
+
+WORDS = ("the film was great and moving . a dull plot , bad acting and a weak script . "
+         "news article about politics economy election vote party left right").split()
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("tok")
+  rng = np.random.default_rng(0)
+  (root / "corpus.txt").write_text("\n".join(" ".join(rng.choice(WORDS, 30))
+                                             for _ in range(300)))
+  tokenization.train_bpe([root / "corpus.txt"], root / "bpe", vocab_size=300)
+  return root / "bpe"
+
+
+def documents(n, seed=0, words=200):
+  rng = np.random.default_rng(seed)
+  return [(f"doc{i}", " ".join(rng.choice(WORDS, rng.integers(words // 2, words))),
+           int(rng.integers(0, 2))) for i in range(n)]
+
+
+def write_jsonl(path, docs, label_field="label", labels=None):
+  with open(path, "w") as f:
+    for k, (doc_id, text, label) in enumerate(docs):
+      value = label if labels is None else labels[k]
+      f.write(json.dumps({"id": doc_id, "text": text, label_field: value}) + "\n")
+  return str(path)
+
+
+def write_semeval(tmp_path, docs):
+  articles = ["<articles>"] + [
+      f'<article id="{i}" title="Title {i}"><p>{t}</p><p>more {t[:20]}</p></article>'
+      for i, t, _ in docs] + ["</articles>"]
+  truth = ["<articles>"] + [
+      f'<article id="{i}" hyperpartisan="{str(bool(y)).lower()}" />' for i, _, y in docs
+  ] + ["</articles>"]
+  (tmp_path / "articles.xml").write_text("\n".join(articles))
+  (tmp_path / "truth.xml").write_text("\n".join(truth))
+  return str(tmp_path / "articles.xml"), str(tmp_path / "truth.xml")
+
+
+def load_config(name, variant="tiny"):
+  return importlib.import_module(f"configs.{name}").get_config(variant)
+
+
+# ---- task losses equal the reference's ----------------------------------------------
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_classification_task_loss_equals_hf(tmp_path, multi_label):
+  import torch
+  hf, path = save_hf("sequence_classification", tmp_path)
+  model = __import__("longformer_jax").from_hf(path)
+  rng = np.random.default_rng(0)
+  ids = rng.integers(3, 99, (3, 20)).astype(np.int32)
+  ids[:, 0] = 0
+  mask = np.ones_like(ids)
+  mask[1, 15:] = 0
+  ids[mask == 0] = 1
+  gmask = np.zeros_like(ids)
+  gmask[:, 0] = 1
+  labels = (rng.random((3, 3)) < 0.5).astype(np.float32) if multi_label else \
+      np.array([0, 2, 1], np.int32)
+  batch = dict(input_ids=ids, attention_mask=mask, global_attention_mask=gmask,
+               labels=labels, weight=np.ones(3, np.float32))
+  loss, _ = tasks.get("classification")().loss_and_metrics(model, batch)
+  hf.config.problem_type = ("multi_label_classification" if multi_label
+                            else "single_label_classification")
+  with torch.no_grad():
+    ref = hf(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
+             global_attention_mask=torch.tensor(gmask),
+             labels=torch.tensor(labels if multi_label else labels.astype(np.int64))).loss
+  np.testing.assert_allclose(float(loss), float(ref), rtol=0, atol=1e-5)
+
+
+# ---- datasets ----------------------------------------------------------------------
+
+
+def classification_cfg(tmp_path, tokenizer_dir, **fields):
+  base = dict(name="document_classification", data_dir=str(tmp_path / "data"),
+              tokenizer=tokenizer_dir and str(tokenizer_dir), format="jsonl")
+  return {**base, **fields}
+
+
+def test_jsonl_documents_become_truncated_global_first_batches(tmp_path, tokenizer_dir):
+  docs = documents(10)
+  cfg = classification_cfg(tmp_path, tokenizer_dir, files=dict(
+      train=write_jsonl(tmp_path / "train.jsonl", docs),
+      validation=write_jsonl(tmp_path / "dev.jsonl", docs[:3])))
+  assert data_lib.num_labels(cfg) == 2 and data_lib.vocab_size(cfg) == 300
+  batch = next(data_lib.make_iterator(cfg, split="validation", seq_len=32, batch_size=4,
+                                      seed=0))
+  tok = tokenization.load_tokenizer(tokenizer_dir)
+  want = tok.encode(docs[0][1]).ids  # <s> ... </s>
+  assert batch["input_ids"][0].tolist() == want[:31] + [2]
+  assert batch["global_attention_mask"][:, 0].tolist() == [1] * 4
+  assert batch["global_attention_mask"][:, 1:].sum() == 0
+  assert batch["labels"].tolist()[:3] == [d[2] for d in docs[:3]]
+  assert batch["weight"].tolist() == [1, 1, 1, 0]  # one pass, padded with weight 0
+
+
+def test_multi_label_documents(tmp_path, tokenizer_dir):
+  docs = documents(6)
+  labels = [["sports"], ["politics", "economy"], [], ["economy"], ["sports"], ["politics"]]
+  cfg = classification_cfg(tmp_path, tokenizer_dir, multi_label=True, files=dict(
+      train=write_jsonl(tmp_path / "train.jsonl", docs, "labels", labels)))
+  assert data_lib.num_labels(cfg) == 3  # economy, politics, sports
+  batch = next(data_lib.make_iterator(cfg, split="train", seq_len=32, batch_size=6, seed=0))
+  names = ["economy", "politics", "sports"]
+  want = sorted(tuple(float(n in ls) for n in names) for ls in labels)
+  assert sorted(map(tuple, batch["labels"].tolist())) == want
+
+
+def test_split_by_id_is_disjoint_and_stable(tmp_path, tokenizer_dir):
+  docs = documents(200, words=8)
+  articles, truth = write_semeval(tmp_path, docs)
+  cfg = classification_cfg(tmp_path, tokenizer_dir, format="semeval_xml",
+                           files=dict(train=articles, labels=truth),
+                           split_fractions=(0.8, 0.1, 0.1), split_seed=0)
+  builder = data_lib.prepare(cfg)
+  ids = {s: {x["id"] for x in builder.as_data_source()[s]}
+         for s in ("train", "validation", "test")}
+  assert sum(map(len, ids.values())) == 200
+  assert not (ids["train"] & ids["validation"]) and not (ids["train"] & ids["test"])
+  assert 140 <= len(ids["train"]) <= 180 and min(len(ids["validation"]), len(ids["test"])) >= 8
+  from longformer_jax.data import documents as docs_lib
+  assert all(docs_lib.split_of_id(i.decode() if isinstance(i, bytes) else i, (0.8, 0.1, 0.1),
+                                  0) == "validation" for i in ids["validation"])
+
+
+@pytest.mark.parametrize("content,match", [
+    ('{"text": "a", "label": 0}\nnot json\n', r"train.jsonl:2 is not JSON"),
+    ('{"text": "a", "label": 0}\n{"label": 1}\n', r"train.jsonl:2 has no str field 'text'"),
+    ('{"text": "a", "label": 0}\n{"text": "b", "label": 7}\n', r"train.jsonl:2: label 7"),
+])
+def test_malformed_files_are_named_and_nothing_is_left(tmp_path, tokenizer_dir, content,
+                                                       match):
+  (tmp_path / "train.jsonl").write_text(content)
+  cfg = classification_cfg(tmp_path, tokenizer_dir, label_names=(0, 1),
+                           files=dict(train=str(tmp_path / "train.jsonl")))
+  with pytest.raises(ValueError, match=match):
+    data_lib.prepare(cfg)
+  assert not data_lib.get_builder(cfg).is_prepared()
+  leftovers = [d for d, _, files in os.walk(tmp_path / "data") if any(
+      f.endswith(".array_record") or "array_record" in f for f in files)]
+  assert leftovers == []
+
+
+def test_missing_files_name_the_field(tmp_path, tokenizer_dir):
+  cfg = classification_cfg(tmp_path, tokenizer_dir, files=dict(train=str(tmp_path / "no")))
+  with pytest.raises(FileNotFoundError, match=r"data_cfg.files.train"):
+    data_lib.prepare(cfg)
+  cfg = classification_cfg(tmp_path, None, files=dict(train=str(tmp_path / "no")))
+  with pytest.raises(ValueError, match=r"data_cfg.tokenizer"):
+    data_lib.prepare(cfg)
+
+
+# ---- the configs ----------------------------------------------------------------------
+
+
+def tiny_run(tmp_path, name, tokenizer_dir, files):
+  c = load_config(name)
+  c.data.data_dir, c.data.tokenizer = str(tmp_path / "data"), str(tokenizer_dir)
+  c.async_checkpoints = False
+  set_fields(c, {f"data.files.{k}": v for k, v in files.items()})
+  return train.train_and_evaluate(c, str(tmp_path / name))
+
+
+def test_finetune_imdb_tiny_trains_and_evaluates(tmp_path, tokenizer_dir):
+  files = dict(train=write_jsonl(tmp_path / "train.jsonl", documents(16)),
+               validation=write_jsonl(tmp_path / "dev.jsonl", documents(6, seed=1)))
+  out = tiny_run(tmp_path, "finetune_imdb", tokenizer_dir, files)
+  assert np.isfinite(out["loss"]) and 0 <= out["eval_accuracy"] <= 1
+  assert {"eval_macro_f1", "eval_f1"} <= set(out)
+
+
+def test_finetune_hyperpartisan_tiny_trains_and_evaluates(tmp_path, tokenizer_dir):
+  articles, truth = write_semeval(tmp_path, documents(60))
+  out = tiny_run(tmp_path, "finetune_hyperpartisan", tokenizer_dir,
+                 dict(train=articles, labels=truth))
+  assert np.isfinite(out["loss"]) and 0 <= out["eval_f1"] <= 1
