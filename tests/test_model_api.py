@@ -336,3 +336,22 @@ def test_defaults_cut_training_memory():
 
   default, plain = temp_bytes(), temp_bytes(remat="none", scan_layers=False)
   assert default <= 0.8 * plain, (default, plain)
+
+
+def test_causal_lm_head_shifts_labels_and_needs_causal_windows():
+  from longformer_jax import outputs as out_lib
+  from longformer_jax.config import LongformerConfig
+  cfg = LongformerConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=32, attention_window=4,
+                         max_position_embeddings=40, causal=True)
+  model = model_lib.create_model(cfg, "causal_lm")
+  ids = np.random.default_rng(0).integers(3, VOCAB, (2, 12)).astype(np.int32)
+  labels = ids.copy()
+  labels[1, 5] = -100
+  out = model(ids, np.ones_like(ids), labels=labels)
+  # position t predicts token t + 1 (the reference's causal-LM convention)
+  want = out_lib.cross_entropy(np.asarray(out.logits)[:, :-1].reshape(-1, VOCAB),
+                               labels[:, 1:].reshape(-1))
+  np.testing.assert_allclose(float(out.loss), float(want), rtol=1e-6)
+  with pytest.raises(ValueError, match="causal=True"):
+    model_lib.create_model(cfg.replace(causal=False), "causal_lm")
