@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from longformer_jax import tokenization
+from longformer_jax.data import documents
 
 DEFAULT_CHUNK_SIZE = 65536
 PAPER_TRAIN, PAPER_VALID = 90_000_000, 5_000_000
@@ -241,21 +242,13 @@ load_tokenizer = tokenization.load_tokenizer
 
 def read_documents(cfg: TextCorpusConfig):
   """Yields the documents of the corpus as str (lines of a text file keep their "\\n")."""
-  with open(cfg.path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if cfg.format == "text":
-        yield line
-        continue
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"text_corpus: {cfg.path}:{lineno} is not JSON ({e})") from None
-      if not isinstance(record, dict) or not isinstance(record.get(cfg.text_field), str):
-        raise ValueError(f"text_corpus: {cfg.path}:{lineno} has no string field "
-                         f"{cfg.text_field!r} (data_cfg.text_field)")
-      yield record[cfg.text_field]
+  if cfg.format == "text":
+    with open(cfg.path, encoding="utf-8") as f:
+      yield from f
+    return
+  for lineno, record in documents.read_jsonl(cfg.path, "text_corpus"):
+    yield documents.field_of(record, cfg.text_field, str,
+                             f"text_corpus: {cfg.path}:{lineno}", "data_cfg.text_field")
 
 
 def tokenize_corpus(cfg: TextCorpusConfig) -> tuple[np.ndarray, int]:

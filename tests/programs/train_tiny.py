@@ -11,10 +11,12 @@ import argparse
 import importlib.util
 import json
 import os
+import sys
 
 from longformer_jax import train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from conftest import ROOT, set_fields  # noqa: E402  (the tests' shared helpers)
 
 
 def load_config(spec: str):
@@ -23,16 +25,6 @@ def load_config(spec: str):
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(variant)
-
-
-def override(config, overrides: dict):
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return config
 
 
 def main():
@@ -45,7 +37,7 @@ def main():
   config = load_config(args.config)
   config.data.data_dir = args.data_dir
   config.async_checkpoints = False
-  train.train_and_evaluate(override(config, json.loads(args.overrides)), args.workdir)
+  train.train_and_evaluate(set_fields(config, json.loads(args.overrides)), args.workdir)
 
 
 if __name__ == "__main__":
