@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 import signal
@@ -224,13 +225,23 @@ def make_train_step(task: tasks.Task, graphdef, rest, tx, schedule, accum: int, 
 
 
 def make_eval_step(task: tasks.Task, graphdef, rest, no_global: bool, seed: int):
-  """Pure eval: (params, batch, batch index) -> metric sums; MLM masks are fixed per batch."""
+  """Pure eval: (params, batch, batch index) -> (metric sums, per-example rows); MLM
+  masks are fixed per batch."""
   def eval_fn(params, batch, index):
     model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
     model.eval()
     key = jax.random.fold_in(jax.random.key(seed + 2), index)
-    return task.loss_and_metrics(model, batch, no_global=no_global, key=key)[1]
+    return task.eval_step(model, batch, no_global=no_global, key=key)
   return eval_fn
+
+
+def host_rows(rows: dict) -> dict:
+  """Per-example rows of a global batch as numpy arrays on every process."""
+  if jax.process_count() == 1:
+    return {k: np.asarray(v) for k, v in jax.device_get(rows).items()}
+  from jax.experimental import multihost_utils
+  return {k: np.asarray(v) for k, v in
+          multihost_utils.process_allgather(rows, tiled=True).items()}
 
 
 # ---- the run ----------------------------------------------------------------------
@@ -370,19 +381,33 @@ class Runner:
           host.shape, sharding, lambda index, host=host: host[index]))
     return nnx.from_flat_state(flat)
 
-  def evaluate(self, state, phase: Phase) -> dict:
+  def evaluate(self, state, phase: Phase, split: str | None = None,
+               predictions_path: str | None = None) -> dict:
+    """Metrics of ``split`` (default ``config.eval_split``) for every eval variant;
+    tasks that score per example also write ``predictions_path`` (JSONL: id,
+    prediction, gold), from process 0."""
     cfg, _, evals = self.functions(phase)
+    split = split or self.config.get("eval_split", "validation")
+    limit = self.config.get("eval_batches", 0) or None
     out = {}
     for name, fn in evals.items():
-      totals = None
-      limit = self.config.get("eval_batches", 0) or None
-      for i, batch in enumerate(self.iterator(phase, self.config.get("eval_split", "validation"))):
+      totals, rows = None, []
+      for i, batch in enumerate(self.iterator(phase, split)):
         if limit is not None and i >= limit:
           break
-        sums = fn(state["params"], self.to_global(batch), i)
+        sums, batch_rows = fn(state["params"], self.to_global(batch), i)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-      for k, v in self.task.finalize(totals).items():
-        out[f"{name}_{k}"] = v
+        if batch_rows:
+          rows.append(host_rows(batch_rows))
+      metrics = self.task.finalize(totals)
+      if rows:
+        rows = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+        examples = data_lib.stored_examples(self.data_cfg, split, seq_len=phase.seq_len)
+        scores, predictions = self.task.score(rows, examples)
+        metrics.update(scores)
+        if predictions_path and name == "eval" and jax.process_index() == 0:
+          write_jsonl_atomic(predictions_path, predictions)
+      out.update({f"{name}_{k}": v for k, v in metrics.items()})
     return out
 
   def run(self) -> dict:
@@ -444,6 +469,16 @@ class Runner:
       if jax.process_index() == 0:
         log.info(progress.line(step, scalars))
     return scalars
+
+
+def write_jsonl_atomic(path: str, records) -> None:
+  """One JSON object a line, written to a temporary file and renamed into place."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for record in records:
+      f.write(json.dumps(record, ensure_ascii=False) + "\n")
+  os.replace(tmp, path)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:

@@ -76,6 +76,39 @@ def train_in_subprocess(tmp_path, name, devices=1, **overrides) -> str:
   return workdir
 
 
+# ---- fine-tuning configs on generated files ------------------------------------------
+
+WORDS = ("the film was great and moving . a dull plot , bad acting and a weak script . "
+         "news article about politics economy election vote party left right").split()
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+  """A byte-level BPE (300 ids) trained on sentences of WORDS."""
+  from longformer_jax import tokenization
+  root = tmp_path_factory.mktemp("tok")
+  rng = np.random.default_rng(0)
+  (root / "corpus.txt").write_text("\n".join(" ".join(rng.choice(WORDS, 30))
+                                             for _ in range(300)))
+  tokenization.train_bpe([root / "corpus.txt"], root / "bpe", vocab_size=300)
+  return root / "bpe"
+
+
+def load_config(name, variant="tiny"):
+  import importlib
+  return importlib.import_module(f"configs.{name}").get_config(variant)
+
+
+def tiny_run(tmp_path, name, tokenizer_dir, files):
+  """Trains ``configs/NAME.py:tiny`` on ``files`` ({split: path}); its last metrics."""
+  from longformer_jax import train
+  c = load_config(name)
+  c.data.data_dir, c.data.tokenizer = str(tmp_path / "data"), str(tokenizer_dir)
+  c.async_checkpoints = False
+  set_fields(c, {f"data.files.{k}": v for k, v in files.items()})
+  return train.train_and_evaluate(c, str(tmp_path / name))
+
+
 # ---- the HF reference (PyTorch transformers, random init) ----------------------------
 
 PAD, SEP, VOCAB = 1, 2, 99

@@ -1,29 +1,15 @@
 """Fine-tuning: task losses against HF's, document datasets from files in the real
 formats, and every ``configs/finetune_*.py:tiny`` trained 2 steps and evaluated."""
 
-import importlib
 import json
 import os
 
 import numpy as np
 import pytest
 
-from conftest import hf_config, save_hf, set_fields
+from conftest import WORDS, save_hf, tiny_run
 from longformer_jax import data as data_lib
-from longformer_jax import tasks, tokenization, train
-
-WORDS = ("the film was great and moving . a dull plot , bad acting and a weak script . "
-         "news article about politics economy election vote party left right").split()
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("tok")
-  rng = np.random.default_rng(0)
-  (root / "corpus.txt").write_text("\n".join(" ".join(rng.choice(WORDS, 30))
-                                             for _ in range(300)))
-  tokenization.train_bpe([root / "corpus.txt"], root / "bpe", vocab_size=300)
-  return root / "bpe"
+from longformer_jax import tasks, tokenization
 
 
 def documents(n, seed=0, words=200):
@@ -50,10 +36,6 @@ def write_semeval(tmp_path, docs):
   (tmp_path / "articles.xml").write_text("\n".join(articles))
   (tmp_path / "truth.xml").write_text("\n".join(truth))
   return str(tmp_path / "articles.xml"), str(tmp_path / "truth.xml")
-
-
-def load_config(name, variant="tiny"):
-  return importlib.import_module(f"configs.{name}").get_config(variant)
 
 
 # ---- task losses equal the reference's ----------------------------------------------
@@ -169,14 +151,6 @@ def test_missing_files_name_the_field(tmp_path, tokenizer_dir):
 
 
 # ---- the configs ----------------------------------------------------------------------
-
-
-def tiny_run(tmp_path, name, tokenizer_dir, files):
-  c = load_config(name)
-  c.data.data_dir, c.data.tokenizer = str(tmp_path / "data"), str(tokenizer_dir)
-  c.async_checkpoints = False
-  set_fields(c, {f"data.files.{k}": v for k, v in files.items()})
-  return train.train_and_evaluate(c, str(tmp_path / name))
 
 
 def test_finetune_imdb_tiny_trains_and_evaluates(tmp_path, tokenizer_dir):

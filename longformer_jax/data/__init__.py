@@ -5,8 +5,8 @@ Importing the package registers every dataset module below.
 
 from longformer_jax.data import registry
 from longformer_jax.data import pipeline
-from longformer_jax.data import (classification, kv_recall,  # noqa: F401  (registration)
-                                 language_modeling)
+from longformer_jax.data import (classification, extractive_qa,  # noqa: F401  (registration)
+                                 kv_recall, language_modeling)
 from longformer_jax.data.corpora import (CharCorpusConfig, Enwik8, Text8, TextCorpus,
                                          TextCorpusConfig, char_split_bounds,
                                          load_split_tokens)
@@ -14,11 +14,11 @@ from longformer_jax.data.kv_recall import (KvRecall, KvRecallConfig, kv_recall_e
                                            kv_recall_token_ranges, kv_recall_vocab_size)
 from longformer_jax.data.language_modeling import eval_windows
 from longformer_jax.data.pipeline import (get_builder, make_iterator, num_labels, prepare,
-                                          vocab_size)
+                                          stored_examples, vocab_size)
 from longformer_jax.data.registry import DATASETS
 
 __all__ = [
-    "make_iterator", "vocab_size", "num_labels", "prepare", "get_builder", "eval_windows",
+    "make_iterator", "stored_examples", "vocab_size", "num_labels", "prepare", "get_builder", "eval_windows",
     "DATASETS", "registry", "pipeline", "kv_recall_example", "kv_recall_vocab_size",
     "kv_recall_token_ranges", "KvRecall", "KvRecallConfig", "Text8", "Enwik8",
     "CharCorpusConfig", "TextCorpus", "TextCorpusConfig", "char_split_bounds",

@@ -110,6 +110,12 @@ def prepare(data_cfg, *, seq_len: int | None = None) -> tfds.core.DatasetBuilder
   return builder
 
 
+def stored_examples(data_cfg, split: str, *, seq_len: int | None = None):
+  """Random access to a split's prepared examples (what eval rows' ``example_index``
+  points at, for tasks that score per example)."""
+  return prepare(data_cfg, seq_len=seq_len).as_data_source()[split]
+
+
 # ---- shared pieces of the datasets' pipelines ----------------------------------------
 
 

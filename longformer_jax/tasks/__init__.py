@@ -2,7 +2,8 @@
 
 from longformer_jax.tasks.base import (TASKS, Task, build, finalize, forward, get,
                                        position_ids, register)
-from longformer_jax.tasks import classification, language_modeling  # noqa: F401
+from longformer_jax.tasks import (classification, language_modeling,  # noqa: F401
+                                  question_answering)
 from longformer_jax.tasks.language_modeling import mask_tokens
 
 __all__ = ["TASKS", "Task", "build", "finalize", "forward", "get", "position_ids",

@@ -4,8 +4,8 @@ A task bundles everything the training library needs to know of one kind of
 problem: the model head it trains, the static checks of its config, its loss and
 metric sums on a batch, and how sums become metrics. Evaluation that needs more
 than sums (span decoding, aggregation over windows, entity matching) also lives
-on the task: ``eval_outputs`` names per-row arrays the evaluation collects, and
-``score`` turns them into metrics.
+on the task: ``eval_step`` returns per-example rows beside the sums, and ``score``
+turns a split's rows into metrics and predictions.
 
 Metric sums are ``{name: (sum, count)}`` so they can be added over micro-batches,
 devices and eval batches before dividing (:func:`finalize`).
@@ -75,6 +75,17 @@ class Task:
   def loss_and_metrics(self, model, batch: dict, *, key=None, no_global: bool = False):
     """(mean loss, {name: (sum, count)}) of one batch; ``key`` for random masking."""
     raise NotImplementedError
+
+  def eval_step(self, model, batch: dict, *, key=None, no_global: bool = False):
+    """(metric sums, rows) of an eval batch: ``rows`` are per-example arrays (B, ...)
+    that :meth:`score` turns into metrics and predictions; {} when sums suffice."""
+    return self.loss_and_metrics(model, batch, key=key, no_global=no_global)[1], {}
+
+  def score(self, rows: dict, examples) -> tuple[dict, list[dict]]:
+    """(metrics, predictions ``{id, prediction, gold}``) from the rows of a whole
+    split (numpy, every process's, padding rows included with weight 0) and the
+    split's stored examples (random access by ``example_index``)."""
+    raise NotImplementedError(f"task {self.name!r} has no per-example evaluation")
 
   def finalize(self, sums: dict) -> dict:
     return finalize(sums)

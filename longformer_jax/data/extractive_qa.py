@@ -1,0 +1,184 @@
+"""Extractive QA datasets from SQuAD-format JSON (SQuAD v1.1; TriviaQA converted to it).
+
+``data_cfg`` fields:
+
+* ``files``: {split: path} of SQuAD-format JSON: ``{"data": [{"paragraphs":
+  [{"context", "qas": [{"id", "question", "answers": [{"text", "answer_start"}],
+  "aliases": [...]?}]}]}]}``. ``aliases`` (optional, TriviaQA) are more gold texts.
+* ``find_all_occurrences``: train on every occurrence of every answer text and
+  alias in the context (the paper's TriviaQA setup) rather than the listed
+  ``answer_start`` positions only.
+* ``doc_stride`` (overlap of consecutive windows, 128), ``max_query_length`` (64),
+  ``max_occurrences`` (8): see :class:`longformer_jax.tasks.question_answering.WindowSpec`.
+* ``tokenizer``: a tokenizer.json or a checkpoint directory.
+
+Stored examples hold the tokenised question and context with the context's
+character offsets; the ``question_answering`` task cuts them into windows for the
+model's length (see that module for the batch fields).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from longformer_jax import tokenization
+from longformer_jax.data import corpora, documents, pipeline, registry
+from longformer_jax.tasks import question_answering as qa_lib
+
+NAME = "extractive_qa"
+FIELDS = ("files", "find_all_occurrences", "doc_stride", "max_query_length",
+          "max_occurrences", "tokenizer")
+
+
+def read_squad(path: str):
+  """(id, question, context, [(text, answer_start or None)], where) of every question."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      articles = json.load(f)["data"]
+  except (json.JSONDecodeError, KeyError, TypeError) as e:
+    raise ValueError(f"{NAME}: {path} is not SQuAD-format JSON with a 'data' list "
+                     f"({type(e).__name__}: {e})") from None
+  for a, article in enumerate(articles):
+    for p, para in enumerate(article.get("paragraphs") or ()):
+      where = f"{NAME}: {path}, data[{a}].paragraphs[{p}]"
+      context = documents.field_of(para, "context", str, where, "SQuAD format")
+      for k, qa in enumerate(para.get("qas") or ()):
+        at = f"{where}.qas[{k}]"
+        question = documents.field_of(qa, "question", str, at, "SQuAD format")
+        answers = [(documents.field_of(x, "text", str, f"{at}.answers[{j}]", "SQuAD format"),
+                    x.get("answer_start")) for j, x in enumerate(qa.get("answers") or ())]
+        answers += [(alias, None) for alias in qa.get("aliases") or ()]
+        if not answers:
+          raise ValueError(f"{at} (id {qa.get('id')}) has no answers")
+        yield str(qa.get("id", f"{a}.{p}.{k}")), question, context, answers, at
+
+
+def char_spans(context: str, answers, find_all: bool, where: str) -> list[tuple[int, int]]:
+  """Character spans [start, end) of the gold answers in the context."""
+  spans = []
+  for j, (text, start) in enumerate(answers):
+    if find_all:
+      at = context.find(text) if text else -1
+      while at >= 0:
+        spans.append((at, at + len(text)))
+        at = context.find(text, at + 1)
+    elif start is not None:
+      if context[start:start + len(text)] != text:
+        raise ValueError(f"{where}.answers[{j}]: answer_start {start} does not point at "
+                         f"{text!r} in the context")
+      spans.append((start, start + len(text)))
+  return sorted(set(spans))
+
+
+def token_spans(offsets_Tx2: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
+  """(first, last) token of each character span: the tokens that overlap it."""
+  out = []
+  ends, starts = offsets_Tx2[:, 1], offsets_Tx2[:, 0]
+  for a, b in spans:
+    inside = np.flatnonzero((ends > a) & (starts < b) & (ends > starts))
+    if len(inside):
+      out.append((inside[0], inside[-1]))
+  return np.asarray(sorted(set(out)), np.int32).reshape(-1, 2)
+
+
+@dataclasses.dataclass
+class ExtractiveQAConfig(tfds.core.BuilderConfig):
+  settings: str = "{}"  # the data_cfg fields, JSON
+
+
+class ExtractiveQA(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Tokenised questions and contexts, with the gold answers' token spans."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  name = NAME
+  code_path = None
+
+  def _info(self):
+    ints = lambda *shape: tfds.features.Tensor(shape=shape, dtype=np.int32)
+    return tfds.core.DatasetInfo(
+        builder=self, description=__doc__.split("\n")[0], disable_shuffling=True,
+        features=tfds.features.FeaturesDict({
+            "id": tfds.features.Text(), "context": tfds.features.Text(),
+            "answers": tfds.features.Text(),  # JSON list of the gold texts
+            "question_ids": ints(None), "context_ids": ints(None),
+            "offsets": ints(None, 2), "spans": ints(None, 2)}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    cfg = json.loads(self.builder_config.settings)
+    files = documents.split_files(cfg, NAME)
+    return {split: self._generate_examples(cfg, path) for split, path in files.items()}
+
+  def _generate_examples(self, cfg: dict, path: str):
+    tok = tokenization.load_tokenizer(cfg["tokenizer"])
+    find_all = bool(cfg.get("find_all_occurrences"))
+    for qid, question, context, answers, where in read_squad(path):
+      enc = tok.encode(context, add_special_tokens=False)
+      offsets = np.asarray(enc.offsets, np.int32).reshape(-1, 2)
+      spans = token_spans(offsets, char_spans(context, answers, find_all, where))
+      golds = list(dict.fromkeys(text for text, _ in answers))
+      yield qid, {"id": qid, "context": context, "answers": json.dumps(golds),
+                  "question_ids": np.asarray(tok.encode(question, add_special_tokens=False).ids,
+                                             np.int32),
+                  "context_ids": np.asarray(enc.ids, np.int32), "offsets": offsets,
+                  "spans": spans}
+
+
+def _builder(cfg: dict, data_dir: str, seq_len: int | None):
+  del seq_len  # examples are stored whole; windows are cut per seq_len
+  documents.tokenizer_of(cfg, NAME)
+  settings = {k: cfg.get(k) for k in ("files", "find_all_occurrences", "tokenizer")}
+  settings["tokenizer"] = os.fspath(cfg["tokenizer"])
+  identity = [settings, tokenization.tokenizer_digest(cfg["tokenizer"])]
+  identity += [corpora.file_digest(p) for _, p in sorted((cfg.get("files") or {}).items()) if p]
+  config = ExtractiveQAConfig(name=documents.config_name("qa", *identity),
+                              settings=json.dumps(settings, sort_keys=True))
+  return ExtractiveQA(config=config, data_dir=data_dir, file_format="array_record")
+
+
+# ---- elements ------------------------------------------------------------------------
+
+
+def lengths(builder, split: str) -> np.ndarray:
+  """(question, context) token counts of a split's examples, cached beside the data."""
+  path = os.path.join(builder.data_dir, f"lengths-{split}.npy")
+  if os.path.exists(path):
+    return np.load(path)
+  source = builder.as_data_source()[split]
+  out = np.asarray([(len(x["question_ids"]), len(x["context_ids"])) for x in source],
+                   np.int64).reshape(-1, 2)
+  tmp = f"{path}.tmp-{os.getpid()}.npy"
+  np.save(tmp, out)
+  os.replace(tmp, path)
+  return out
+
+
+def window_spec(cfg: dict, seq_len: int) -> qa_lib.WindowSpec:
+  defaults = qa_lib.WindowSpec(seq_len)
+  return qa_lib.WindowSpec(seq_len, *(int(cfg.get(f) or getattr(defaults, f)) for f in (
+      "doc_stride", "max_query_length", "max_occurrences")))
+
+
+class WithWeight:
+  def __call__(self, feature: dict, weight: float = 1.0) -> dict:
+    return dict(feature, weight=np.float32(weight))
+
+
+def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
+  if split not in builder.info.splits:
+    raise ValueError(f"{NAME}: no {split} split; set data_cfg.files.{split}")
+  specials = documents.Specials.of(documents.tokenizer_of(cfg, NAME))
+  features = qa_lib.Features(builder.as_data_source()[split], lengths(builder, split),
+                             window_spec(cfg, seq_len), specials)
+  return pipeline.example_dataset(features, WithWeight(), split=split, **shard)
+
+
+registry.register(registry.Dataset(
+    name=NAME, splits=documents.SPLIT_NAMES, builder=_builder, elements=_elements,
+    vocab_size=lambda cfg: documents.vocab_size(cfg, NAME), num_labels=lambda cfg: 2,
+    fields=FIELDS, doc=__doc__.split("\n")[0]))
