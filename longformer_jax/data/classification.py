@@ -214,4 +214,4 @@ registry.register(registry.Dataset(
     name=NAME, splits=documents.SPLIT_NAMES, builder=_builder, elements=_elements,
     vocab_size=lambda cfg: documents.vocab_size(cfg, NAME),
     num_labels=lambda cfg: len(label_names(cfg)), fields=FIELDS,
-    doc=__doc__.split("\n")[0]))
+    doc=__doc__.split("\n")[0], label_names=label_names))

@@ -123,3 +123,25 @@ def pack(pieces: list[np.ndarray], seq_len: int, pad: int) -> dict[str, np.ndarr
   mask = np.zeros(seq_len, np.int32)
   mask[:len(ids)] = 1
   return {"input_ids": out, "attention_mask": mask}
+
+
+def cached_lengths(builder, split: str, lengths_of) -> np.ndarray:
+  """``lengths_of(example)`` (a tuple of ints) for every example of a prepared split,
+  computed once and cached beside the data (so window tables need no decoding)."""
+  path = os.path.join(builder.data_dir, f"lengths-{split}.npy")
+  if os.path.exists(path):
+    return np.load(path)
+  rows = [tuple(lengths_of(x)) for x in builder.as_data_source()[split]]
+  out = np.asarray(rows, np.int64).reshape(len(rows), -1)
+  tmp = f"{path}.tmp-{os.getpid()}.npy"
+  np.save(tmp, out)
+  os.replace(tmp, path)
+  return out
+
+
+class WithWeight:
+  """A feature (dict) with its ``weight`` added: the element function of datasets
+  whose features are built by a task."""
+
+  def __call__(self, feature: dict, weight: float = 1.0) -> dict:
+    return dict(feature, weight=np.float32(weight))

@@ -144,38 +144,21 @@ def _builder(cfg: dict, data_dir: str, seq_len: int | None):
 # ---- elements ------------------------------------------------------------------------
 
 
-def lengths(builder, split: str) -> np.ndarray:
-  """(question, context) token counts of a split's examples, cached beside the data."""
-  path = os.path.join(builder.data_dir, f"lengths-{split}.npy")
-  if os.path.exists(path):
-    return np.load(path)
-  source = builder.as_data_source()[split]
-  out = np.asarray([(len(x["question_ids"]), len(x["context_ids"])) for x in source],
-                   np.int64).reshape(-1, 2)
-  tmp = f"{path}.tmp-{os.getpid()}.npy"
-  np.save(tmp, out)
-  os.replace(tmp, path)
-  return out
-
-
 def window_spec(cfg: dict, seq_len: int) -> qa_lib.WindowSpec:
   defaults = qa_lib.WindowSpec(seq_len)
   return qa_lib.WindowSpec(seq_len, *(int(cfg.get(f) or getattr(defaults, f)) for f in (
       "doc_stride", "max_query_length", "max_occurrences")))
 
 
-class WithWeight:
-  def __call__(self, feature: dict, weight: float = 1.0) -> dict:
-    return dict(feature, weight=np.float32(weight))
-
-
 def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
   if split not in builder.info.splits:
     raise ValueError(f"{NAME}: no {split} split; set data_cfg.files.{split}")
   specials = documents.Specials.of(documents.tokenizer_of(cfg, NAME))
-  features = qa_lib.Features(builder.as_data_source()[split], lengths(builder, split),
+  lengths = documents.cached_lengths(
+      builder, split, lambda x: (len(x["question_ids"]), len(x["context_ids"])))
+  features = qa_lib.Features(builder.as_data_source()[split], lengths,
                              window_spec(cfg, seq_len), specials)
-  return pipeline.example_dataset(features, WithWeight(), split=split, **shard)
+  return pipeline.example_dataset(features, documents.WithWeight(), split=split, **shard)
 
 
 registry.register(registry.Dataset(

@@ -69,6 +69,15 @@ def num_labels(data_cfg) -> int:
   return registry.get(cfg.get("name")).num_labels(cfg)
 
 
+def label_names(data_cfg) -> tuple:
+  """The dataset's classes in id order (ids as names where it has none)."""
+  cfg = _as_dict(data_cfg)
+  dataset = registry.get(cfg.get("name"))
+  if dataset.label_names is None:
+    return tuple(range(dataset.num_labels(cfg)))
+  return tuple(dataset.label_names(cfg))
+
+
 # ---- tfds builders ----------------------------------------------------------------
 
 

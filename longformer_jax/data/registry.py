@@ -25,6 +25,7 @@ class Dataset:
     (dicts of numpy arrays, each with a ``weight``).
   * ``vocab_size(cfg)`` / ``num_labels(cfg)``: what the model config takes from the
     data when ``config.model`` leaves them at -1.
+  * ``label_names(cfg)``: the classes in id order, for datasets with named labels.
   * ``fields``: the dataset's own ``data_cfg`` fields (besides name, data_dir and the
     read options), for error messages and documentation.
   """
@@ -37,6 +38,7 @@ class Dataset:
   num_labels: Callable[[dict], int]
   fields: tuple[str, ...] = ()
   doc: str = ""
+  label_names: Callable[[dict], tuple] | None = None
 
 
 DATASETS: dict[str, Dataset] = {}

@@ -1,0 +1,175 @@
+"""NER datasets from CoNLL-format files (CoNLL-2003, OntoNotes 5 in CoNLL-2012 NER form).
+
+``data_cfg`` fields:
+
+* ``files``: {split: path}. One token a line, columns split by white space: the
+  word in the first column, its BIO/IOB2 tag in ``tag_column`` (default -1, the
+  last). A blank line ends a sentence; ``-DOCSTART-`` and ``#begin document``
+  lines start a document (``#end document`` lines are skipped).
+* ``group_by``: ``document`` (default: an example is a whole document, the long
+  inputs this model is for) or ``sentence``.
+* ``label_names``: the tags in id order (default: ``O``, then the training file's
+  other tags sorted).
+* ``doc_stride``: overlap of consecutive windows over long documents (128).
+* ``tokenizer``: a tokenizer.json or a checkpoint directory.
+
+Stored examples hold the document's sub-words, the word of each and the tags of
+the words; the ``token_classification`` task cuts them into windows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from longformer_jax import tokenization
+from longformer_jax.data import corpora, documents, pipeline, registry
+from longformer_jax.tasks import token_classification as tc_lib
+
+NAME = "conll_ner"
+FIELDS = ("files", "tag_column", "group_by", "label_names", "doc_stride", "tokenizer")
+_DOC_MARKERS = ("-DOCSTART-", "#begin document")
+
+
+def read_conll(path: str, cfg: dict):
+  """(id, sentences [[(word, tag)]]) of each document (or sentence) of a file."""
+  column, by_sentence = int(cfg.get("tag_column") or -1), cfg.get("group_by") == "sentence"
+  if cfg.get("group_by") not in (None, "document", "sentence"):
+    raise ValueError(f"{NAME}: data_cfg.group_by={cfg['group_by']!r} is not 'document' "
+                     "or 'sentence'")
+  doc, sentence, count = [], [], 0
+
+  def flush_sentence():
+    nonlocal sentence
+    if sentence:
+      doc.append(sentence)
+    sentence = []
+
+  def documents_out():
+    nonlocal doc, count
+    out = [doc] if not by_sentence else [[s] for s in doc]
+    doc = []
+    for d in out:
+      if d:
+        count += 1
+        yield f"{os.path.basename(path)}:{count}", d
+
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      parts = line.split()
+      if not parts:
+        flush_sentence()
+      elif line.startswith(_DOC_MARKERS):
+        flush_sentence()
+        yield from documents_out()
+      elif line.startswith("#end document"):
+        flush_sentence()
+      else:
+        if len(parts) < 2:
+          raise ValueError(f"{NAME}: {path}:{lineno} has one column; a word and its tag "
+                           "are needed")
+        tag = parts[column]
+        if tag != "O" and not (tag[:2] in ("B-", "I-") and len(tag) > 2):
+          raise ValueError(f"{NAME}: {path}:{lineno}: tag {tag!r} is not O, B-X or I-X "
+                           f"(column {column}, data_cfg.tag_column)")
+        sentence.append((parts[0], tag))
+  flush_sentence()
+  yield from documents_out()
+
+
+def label_names(cfg: dict) -> tuple:
+  if cfg.get("label_names"):
+    return tuple(cfg["label_names"])
+  path = documents.split_files(cfg, NAME)["train"]
+  seen = {tag for _, doc in read_conll(path, cfg) for s in doc for _, tag in s}
+  return ("O",) + tuple(sorted(seen - {"O"}))
+
+
+def encode_words(tok, words: list[str]):
+  """Sub-word ids of the words joined by spaces, and the word of each sub-word."""
+  starts = np.cumsum([0] + [len(w) + 1 for w in words[:-1]])
+  enc = tok.encode(" ".join(words), add_special_tokens=False)
+  offsets = np.asarray(enc.offsets, np.int64).reshape(-1, 2)
+  word_ids = np.searchsorted(starts, offsets[:, 0], side="right") - 1
+  return np.asarray(enc.ids, np.int32), word_ids.astype(np.int32)
+
+
+@dataclasses.dataclass
+class ConllConfig(tfds.core.BuilderConfig):
+  settings: str = "{}"
+
+
+class Conll(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Tokenised documents with a tag per word."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  name = NAME
+  code_path = None
+
+  def _info(self):
+    ints = lambda: tfds.features.Tensor(shape=(None,), dtype=np.int32)
+    return tfds.core.DatasetInfo(
+        builder=self, description=__doc__.split("\n")[0], disable_shuffling=True,
+        features=tfds.features.FeaturesDict({
+            "id": tfds.features.Text(), "input_ids": ints(), "word_ids": ints(),
+            "tags": ints(), "sentence_lengths": ints()}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    cfg = json.loads(self.builder_config.settings)
+    return {split: self._generate_examples(cfg, path)
+            for split, path in documents.split_files(cfg, NAME).items()}
+
+  def _generate_examples(self, cfg: dict, path: str):
+    tok = tokenization.load_tokenizer(cfg["tokenizer"])
+    names = list(cfg["label_names"])
+    for doc_id, sentences in read_conll(path, cfg):
+      words = [w for s in sentences for w, _ in s]
+      unknown = sorted({t for s in sentences for _, t in s} - set(names))
+      if unknown:
+        raise ValueError(f"{NAME}: {path}, document {doc_id}: tags {unknown} are not in "
+                         f"data_cfg.label_names {names}")
+      ids, word_ids = encode_words(tok, words)
+      yield doc_id, {"id": doc_id, "input_ids": ids, "word_ids": word_ids,
+                     "tags": np.asarray([names.index(t) for s in sentences for _, t in s],
+                                        np.int32),
+                     "sentence_lengths": np.asarray([len(s) for s in sentences], np.int32)}
+
+
+def _builder(cfg: dict, data_dir: str, seq_len: int | None):
+  del seq_len
+  documents.tokenizer_of(cfg, NAME)
+  settings = {k: cfg.get(k) for k in ("files", "tag_column", "group_by", "tokenizer")}
+  settings["tokenizer"] = os.fspath(cfg["tokenizer"])
+  settings["label_names"] = list(label_names(cfg))
+  identity = [settings, tokenization.tokenizer_digest(cfg["tokenizer"])]
+  identity += [corpora.file_digest(p) for _, p in sorted((cfg.get("files") or {}).items()) if p]
+  config = ConllConfig(name=documents.config_name("ner", *identity),
+                       settings=json.dumps(settings, sort_keys=True))
+  return Conll(config=config, data_dir=data_dir, file_format="array_record")
+
+
+def num_tokens(builder, split: str) -> np.ndarray:
+  """Sub-words per example of a split, cached beside the data."""
+  return documents.cached_lengths(builder, split, lambda x: (len(x["input_ids"]),))[:, 0]
+
+
+def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
+  if split not in builder.info.splits:
+    raise ValueError(f"{NAME}: no {split} split; set data_cfg.files.{split}")
+  specials = documents.Specials.of(documents.tokenizer_of(cfg, NAME))
+  spec = tc_lib.TokenWindows(seq_len, int(cfg.get("doc_stride") or 128))
+  features = tc_lib.Features(builder.as_data_source()[split], num_tokens(builder, split),
+                             spec, specials)
+  return pipeline.example_dataset(features, documents.WithWeight(), split=split, **shard)
+
+
+registry.register(registry.Dataset(
+    name=NAME, splits=documents.SPLIT_NAMES, builder=_builder, elements=_elements,
+    vocab_size=lambda cfg: documents.vocab_size(cfg, NAME),
+    num_labels=lambda cfg: len(label_names(cfg)), fields=FIELDS,
+    doc=__doc__.split("\n")[0], label_names=label_names))
