@@ -70,6 +70,21 @@ class Checkpointer:
       return restored["state"], step, iterator
     return None
 
+  def restore_state(self, abstract_state):
+    """(state, step) of the newest readable checkpoint without its data iterator, or
+    None: for rebuilding a trained model where the data is not at hand."""
+    self._report_partial()
+    for step in reversed(self.steps()):
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state)))
+      except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped
+        log.warning("checkpoint at step %d is unreadable (%s: %s); trying an earlier one",
+                    step, type(e).__name__, str(e).splitlines()[0][:200])
+        continue
+      return restored["state"], step
+    return None
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 

@@ -323,7 +323,8 @@ def main(argv=None):
   p = sub.add_parser("to-native", help="HF Longformer checkpoint -> orbax checkpoint")
   p.add_argument("src"), p.add_argument("dst")
   p.add_argument("--task", default=None, choices=sorted(model_lib.TASKS))
-  p = sub.add_parser("to-hf", help="orbax checkpoint -> HF Longformer checkpoint")
+  p = sub.add_parser("to-hf", help="training workdir (its newest checkpoint) or orbax "
+                     "checkpoint -> HF Longformer directory")
   p.add_argument("src"), p.add_argument("dst")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -332,7 +333,12 @@ def main(argv=None):
   elif args.cmd == "to-native":
     save_native(from_hf(args.src, args.task), args.dst)
   else:
-    to_hf(load_native(args.src), args.dst)
+    from longformer_jax import workdir
+    if workdir.is_workdir(args.src):
+      step = workdir.export_hf(args.src, args.dst)
+      print(f"exported step {step} of {args.src}")
+    else:
+      to_hf(load_native(args.src), args.dst)
   print(f"wrote {args.dst}")
 
 

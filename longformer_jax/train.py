@@ -31,6 +31,7 @@ from longformer_jax import metrics as metrics_lib
 from longformer_jax import model as model_lib
 from longformer_jax import optim, tasks
 from longformer_jax import sharding as sh
+from longformer_jax import workdir as workdir_lib
 from longformer_jax.config import LongformerConfig
 
 log = logging.getLogger("longformer_jax")
@@ -161,6 +162,14 @@ def validate(config, phases: list[Phase], cfgs: list[LongformerConfig], mesh,
       raise ValueError(f"{where}.seq_len={p.seq_len} must divide by mesh sequence="
                        f"{mesh.shape['sequence']}")
   task.check_config(config)
+
+
+def optimizer_of(config, phases: list[Phase]):
+  """(schedule, optax optimizer) of a run's phases."""
+  schedule = optim.make_schedule(
+      [dict(steps=p.steps, lr=p.lr, warmup_steps=p.warmup_steps) for p in phases],
+      config.optim)
+  return schedule, optim.make_optimizer(config.optim, schedule)
 
 
 def check_batch(batch: dict, cfg: LongformerConfig) -> None:
@@ -296,10 +305,7 @@ class Runner:
     self.mesh = sh.make_mesh(config.mesh)
     self.rules = sh.rules_of(config.get("sharding_rules"))
     validate(config, self.phases, self.model_configs, self.mesh, self.task)
-    self.schedule = optim.make_schedule(
-        [dict(steps=p.steps, lr=p.lr, warmup_steps=p.warmup_steps) for p in self.phases],
-        config.optim)
-    self.tx = optim.make_optimizer(config.optim, self.schedule)
+    self.schedule, self.tx = optimizer_of(config, self.phases)
     self.accum = int(config.optim.get("grad_accum", 1))
     self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(("data", "fsdp")))
     self._init = functools.partial(init_state, self.model_configs[0], self.head, self.tx,
@@ -311,6 +317,12 @@ class Runner:
                                       every=config.checkpoint_every,
                                       async_save=config.get("async_checkpoints", True))
     self._compiled: dict[int, tuple] = {}
+    if jax.process_index() == 0:
+      os.makedirs(workdir, exist_ok=True)
+      workdir_lib.record_run(
+          workdir, config, self.model_configs[-1], self.head,
+          data_lib.pipeline.label_names(self.data_cfg) if self.task.named_labels else None,
+          self.data_cfg.get("tokenizer"))
 
   # data
   def iterator(self, phase: Phase, split: str = "train"):
@@ -479,6 +491,29 @@ def write_jsonl_atomic(path: str, records) -> None:
     for record in records:
       f.write(json.dumps(record, ensure_ascii=False) + "\n")
   os.replace(tmp, path)
+
+
+def evaluate(config, workdir: str, split: str | None = None,
+             predictions_path: str | None = None) -> dict:
+  """Evaluates the newest checkpoint in ``workdir`` (or, with none, the
+  ``init_from_hf`` model) on ``split``; per-example tasks write ``predictions_path``
+  (default ``workdir/predictions-SPLIT.jsonl``)."""
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+  maybe_initialize_distributed(config)
+  runner = Runner(config, workdir)
+  if not runner.ckpt.steps() and not config.get("init_from_hf"):
+    raise FileNotFoundError(f"{workdir} holds no checkpoint and config.init_from_hf is not set:"
+                            " nothing to evaluate")
+  state, step, _ = runner.init_or_restore()
+  split = split or config.get("eval_split", "validation")
+  path = predictions_path or os.path.join(workdir, f"predictions-{split}.jsonl")
+  metrics = runner.evaluate(state, runner.phases[-1], split, path)
+  runner.writer.write(step, {f"{split}_{k}": v for k, v in metrics.items()})
+  log.info("%s at step %d | %s", split, step,
+           " | ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+  runner.ckpt.close()
+  runner.writer.close()
+  return metrics
 
 
 def train_and_evaluate(config, workdir: str) -> dict:

@@ -166,3 +166,59 @@ def test_finetune_hyperpartisan_tiny_trains_and_evaluates(tmp_path, tokenizer_di
   out = tiny_run(tmp_path, "finetune_hyperpartisan", tokenizer_dir,
                  dict(train=articles, labels=truth))
   assert np.isfinite(out["loss"]) and 0 <= out["eval_f1"] <= 1
+
+
+# ---- a new user's path: HF directory + JSONL -> fine-tuned, predictions, HF export --------
+
+
+def test_hf_directory_and_jsonl_to_predictions_and_export(tmp_path, tokenizer_dir):
+  import shutil
+  import torch
+  import transformers
+  from conftest import load_config, set_fields
+  from flax import nnx
+  from longformer_jax import convert, train, workdir as workdir_lib
+  _, hf_dir = save_hf("sequence_classification", tmp_path, vocab_size=300, num_labels=2)
+  for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+    shutil.copy(tokenizer_dir / name, hf_dir / name)
+  dev = documents(5, seed=1)
+  c = load_config("finetune_imdb", "")
+  set_fields(c, {"init_from_hf": str(hf_dir), "data.data_dir": str(tmp_path / "data"),
+                 "data.files.train": write_jsonl(tmp_path / "train.jsonl", documents(12)),
+                 "data.files.validation": write_jsonl(tmp_path / "dev.jsonl", dev),
+                 "train_steps": 2, "seq_len": 64, "batch_size": 4, "eval_every": 2,
+                 "checkpoint_every": 2, "async_checkpoints": False, "model.dtype": "float32"})
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(c, workdir)
+  metrics = train.evaluate(c, workdir, "validation")
+  with open(os.path.join(workdir, "predictions-validation.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert [r["id"] for r in records] == [d[0] for d in dev]
+  assert [r["gold"] for r in records] == [d[2] for d in dev]
+  accuracy = np.mean([r["prediction"] == r["gold"] for r in records])
+  np.testing.assert_allclose(accuracy, metrics["eval_accuracy"], atol=1e-6)
+
+  out = tmp_path / "export"
+  convert.main(["to-hf", workdir, str(out)])
+  ours, info = workdir_lib.trained_model(workdir)
+  assert info["step"] == 2
+  hf = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+  assert hf.config.id2label == {0: "0", 1: "1"}
+  tok = transformers.AutoTokenizer.from_pretrained(out)
+  text = dev[0][1]
+  ids = tok(text, return_tensors="np")["input_ids"][:, :64]
+  assert ids[0].tolist() == tokenization.load_tokenizer(tokenizer_dir).encode(text).ids[:64]
+  gmask = np.zeros_like(ids)
+  gmask[:, 0] = 1
+  with torch.no_grad():
+    ref = hf(input_ids=torch.tensor(ids), global_attention_mask=torch.tensor(gmask)).logits
+  got = ours(ids, np.ones_like(ids), gmask).logits
+  np.testing.assert_allclose(np.asarray(got), ref.numpy(), rtol=0, atol=1e-4)
+  back = __import__("longformer_jax").from_hf(out)
+  for a, b in zip(jax_leaves(nnx.state(back, nnx.Param)), jax_leaves(nnx.state(ours, nnx.Param))):
+    assert np.array_equal(a, b)
+
+
+def jax_leaves(tree):
+  import jax
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]

@@ -18,7 +18,7 @@
 Prepared examples hold the whole tokenised document; an element is
 ``<s> tokens[:seq_len - 2] </s>`` padded, global attention on ``<s>``: batches
 ``input_ids``, ``attention_mask``, ``global_attention_mask`` (B, L), ``labels`` (B,)
-int32 or (B, C) float32, ``weight`` (B,).
+int32 or (B, C) float32, ``example_index``, ``weight`` (B,).
 """
 
 from __future__ import annotations
@@ -196,6 +196,7 @@ class ClassificationElement:
     out["global_attention_mask"] = np.zeros(self.seq_len, np.int32)
     out["global_attention_mask"][0] = 1
     out["labels"] = np.asarray(example["label"])
+    out["example_index"] = np.int32(example["example_index"])
     out["weight"] = np.float32(weight)
     return out
 
@@ -205,7 +206,7 @@ def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
     raise ValueError(f"{NAME}: no {split} split; set data_cfg.files.{split} or "
                      "data_cfg.split_fractions")
   specials = documents.Specials.of(documents.tokenizer_of(cfg, NAME))
-  return pipeline.example_dataset(builder.as_data_source()[split],
+  return pipeline.example_dataset(pipeline.Indexed(builder.as_data_source()[split]),
                                   ClassificationElement(seq_len, specials), split=split,
                                   **shard)
 

@@ -196,6 +196,19 @@ def eval_dataset(n: int, fn, shard_index: int, shard_count: int,
   return ds.repeat(num_epochs or 1)
 
 
+class Indexed:
+  """A random-access source whose examples carry their ``example_index``."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict:
+    return dict(self.source[int(index)], example_index=int(index))
+
+
 class Lookup:
   """(global index, weight) -> ``element(source[index], weight)``."""
 

@@ -47,12 +47,14 @@ class Task:
 
   Class attributes: ``name`` (``config.task``), ``head`` (a key of
   ``model.TASKS``), ``needs_global_bound`` (the batch marks global tokens, so
-  ``config.model.max_global_tokens`` must fix their static count).
+  ``config.model.max_global_tokens`` must fix their static count), ``named_labels``
+(the data names its classes: exports carry them as ``id2label``).
   """
 
   name: ClassVar[str] = ""
   head: ClassVar[str] = ""
   needs_global_bound: ClassVar[bool] = False
+  named_labels: ClassVar[bool] = False  # the data's label names go into exported configs
 
   @classmethod
   def from_config(cls, config) -> "Task":

@@ -37,14 +37,22 @@ class Classification(base.Task):
   name = "classification"
   head = "sequence_classification"
   needs_global_bound = True
+  named_labels = True
 
   def model_fields(self, data_cfg) -> dict:
     multi = bool(data_cfg.get("multi_label"))
     return {"problem_type": "multi_label_classification" if multi
             else "single_label_classification"}
 
-  def loss_and_metrics(self, model, batch, *, key=None, no_global=False):
-    del key
+  def __init__(self, label_names=()):
+    self.label_names = tuple(label_names)
+
+  @classmethod
+  def from_config(cls, config):
+    from longformer_jax.data import pipeline
+    return cls(pipeline.label_names(config.data))
+
+  def _sums_and_predictions(self, model, batch, no_global: bool):
     logits_BxC = base.forward(model, batch, no_global=no_global).logits
     labels, w_B = batch["labels"], batch["weight"]
     num_classes = logits_BxC.shape[-1]
@@ -54,6 +62,7 @@ class Classification(base.Task):
       exact = jnp.all(pred == (labels > 0.5), axis=-1).astype(jnp.float32)
       gold = labels > 0.5
       sums = {"subset_accuracy": base.weighted(exact, w_B)}
+      predicted = pred.astype(jnp.int32)
     else:
       nll_B, _ = out_lib.nll_terms(logits_BxC, labels)
       loss = base.weighted(nll_B, w_B)
@@ -61,10 +70,44 @@ class Classification(base.Task):
       pred = jax.nn.one_hot(top_B, num_classes)
       gold = jax.nn.one_hot(labels, num_classes)
       sums = {"accuracy": base.weighted((top_B == labels).astype(jnp.float32), w_B)}
+      predicted = top_B.astype(jnp.int32)
     tp, fp, fn = class_counts(pred, gold, w_B)
     ones = jnp.ones(())
     sums.update(loss=loss, tp=(tp, ones), fp=(fp, ones), fn=(fn, ones))
-    return base.mean_of(loss), sums
+    return sums, predicted
+
+  def loss_and_metrics(self, model, batch, *, key=None, no_global=False):
+    del key
+    sums, _ = self._sums_and_predictions(model, batch, no_global)
+    return base.mean_of(sums["loss"]), sums
+
+  def eval_step(self, model, batch, *, key=None, no_global=False):
+    del key
+    sums, predicted = self._sums_and_predictions(model, batch, no_global)
+    if "example_index" not in batch:  # generated data: nothing to name predictions by
+      return sums, {}
+    return sums, dict(prediction=predicted, example_index=batch["example_index"],
+                      weight=batch["weight"])
+
+  def score(self, rows: dict, examples) -> tuple[dict, list[dict]]:
+    """No metrics beyond the sums; predictions ``{id, prediction, gold}`` by label
+    name (lists of names for multi-label data)."""
+    def named(value):
+      value = np.asarray(value)
+      if value.ndim == 0:
+        return self._name(int(value))
+      return [self._name(i) for i in np.flatnonzero(value > 0.5)]
+    records = []
+    for e, w, pred in zip(rows["example_index"], rows["weight"], rows["prediction"]):
+      if w > 0:
+        ex = examples[int(e)]
+        qid = ex["id"].decode() if isinstance(ex["id"], bytes) else str(ex["id"])
+        records.append({"id": qid, "prediction": named(pred), "gold": named(ex["label"])})
+    return {}, records
+
+  def _name(self, i: int):
+    name = self.label_names[i] if i < len(self.label_names) else i
+    return name.item() if hasattr(name, "item") else name
 
   def finalize(self, sums: dict) -> dict:
     sums = jax.device_get(dict(sums))

@@ -95,6 +95,7 @@ class TokenClassification(base.Task):
   name = "token_classification"
   head = "token_classification"
   needs_global_bound = True
+  named_labels = True
 
   def __init__(self, label_names=()):
     self.label_names = tuple(label_names)

@@ -1,0 +1,127 @@
+"""What a training run's directory records, and what is rebuilt from it.
+
+A run writes, beside ``checkpoints/`` and ``metrics.jsonl``:
+
+* ``experiment.json``: the experiment config as it ran;
+* ``model.json``: the resolved model config of its last phase (every field, the
+  derived ``vocab_size`` / ``num_labels`` included), the head, and the label names
+  of tasks with named labels.
+
+From these and the newest readable checkpoint, :func:`trained_model` rebuilds the
+model without the data, and :func:`export_hf` writes it as an HF directory
+(``config.json`` with ``id2label``, ``model.safetensors``, the tokenizer's files):
+``python -m longformer_jax.convert to-hf WORKDIR OUT_DIR``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+
+import jax
+import ml_collections
+from flax import nnx
+
+from longformer_jax.config import LongformerConfig
+
+EXPERIMENT, MODEL = "experiment.json", "model.json"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+                   "special_tokens_map.json")
+
+
+def write_json_atomic(path: str, obj) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def record_run(workdir: str, config, model_cfg: LongformerConfig, head: str,
+               label_names, tokenizer) -> None:
+  """Writes experiment.json and model.json (call from one process)."""
+  write_json_atomic(os.path.join(workdir, EXPERIMENT), json.loads(config.to_json_best_effort()))
+  write_json_atomic(os.path.join(workdir, MODEL), {
+      "config": dataclasses.asdict(model_cfg), "head": head,
+      "label_names": None if label_names is None else [str(n) for n in label_names],
+      "tokenizer": None if not tokenizer else os.path.abspath(os.fspath(tokenizer))})
+
+
+def is_workdir(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, MODEL))
+
+
+def _read(workdir: str, name: str) -> dict:
+  path = os.path.join(workdir, name)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{workdir} is not a training workdir: no {name}")
+  with open(path) as f:
+    return json.load(f)
+
+
+def trained_model(workdir: str):
+  """(model in eval mode, model.json contents) from the newest readable checkpoint."""
+  from longformer_jax import checkpoint as ckpt_lib
+  from longformer_jax import model as model_lib
+  from longformer_jax import train
+  config = ml_collections.ConfigDict(_read(workdir, EXPERIMENT))
+  info = _read(workdir, MODEL)
+  cfg = LongformerConfig(**info["config"])
+  tx = train.optimizer_of(config, train.resolve_phases(config))[1]
+  abstract = jax.eval_shape(lambda: train.init_state(cfg, info["head"], tx, config.seed))
+  ckpt = ckpt_lib.Checkpointer(workdir, keep=1, every=0, async_save=False)
+  try:
+    restored = ckpt.restore_state(abstract)
+  finally:
+    ckpt.close()
+  if restored is None:
+    raise FileNotFoundError(f"{workdir} holds no readable checkpoint")
+  state, step = restored
+  model = model_lib.create_model(cfg, info["head"], config.seed)
+  nnx.update(model, state["params"])
+  model.eval()
+  return model, dict(info, step=step)
+
+
+def export_hf(workdir: str, out_dir: str) -> int:
+  """Writes the run's newest checkpoint as an HF directory; returns its step.
+
+  The directory is assembled beside ``out_dir`` and renamed into place, so a
+  failed export leaves nothing half-written.
+  """
+  from longformer_jax import convert
+  model, info = trained_model(workdir)
+  if info.get("label_names"):
+    names = info["label_names"]
+    extra = dict(json.loads(model.config.extra_json),
+                 id2label={str(i): n for i, n in enumerate(names)},
+                 label2id={n: i for i, n in enumerate(names)})
+    model.config = model.config.replace(extra_json=json.dumps(extra, sort_keys=True))
+  out_dir = os.path.abspath(out_dir)
+  if os.path.exists(out_dir) and os.listdir(out_dir):
+    raise FileExistsError(f"{out_dir} exists and is not empty")
+  tmp = f"{out_dir}.tmp-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  try:
+    convert.to_hf(model, tmp)
+    _copy_tokenizer(info.get("tokenizer"), tmp)
+    if os.path.exists(out_dir):
+      os.rmdir(out_dir)
+    os.replace(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return info["step"]
+
+
+def _copy_tokenizer(source: str | None, out_dir: str) -> None:
+  """The tokenizer's files (a tokenizer.json, or those of a checkpoint directory)."""
+  if not source:
+    return
+  if os.path.isfile(source):
+    shutil.copy(source, os.path.join(out_dir, "tokenizer.json"))
+    return
+  for name in TOKENIZER_FILES:
+    if os.path.isfile(os.path.join(source, name)):
+      shutil.copy(os.path.join(source, name), os.path.join(out_dir, name))
