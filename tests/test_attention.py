@@ -162,7 +162,8 @@ def _check_global_forms(causal, dropout):
 
   args = (qg, x, wk, bk, wv, bv)
   np.testing.assert_allclose(factored(*args), projected(*args), atol=1e-10)
-  grad = lambda fn: jax.grad(lambda *a: jnp.sum(jnp.sin(fn(*a))), argnums=range(6))(*args)
+  grad = lambda fn: jax.jit(jax.grad(lambda *a: jnp.sum(jnp.sin(fn(*a))), argnums=range(6)))(
+      *args)
   for name, a, r in zip(["q", "x", "wk", "bk", "wv", "bv"], grad(factored), grad(projected)):
     np.testing.assert_allclose(a, r, atol=1e-10, err_msg=name)
 
@@ -187,7 +188,7 @@ def test_band_dropout_gradients_match_finite_differences():
                                     global_k_BxGxHxD=gk, global_v_BxGxHxD=gv,
                                     global_ok_BxNxG=g_ok)
     assert not np.allclose(f(q, k, v, gk, gv), no_drop)  # dropout is on
-    check_grads(f, (q, k, v, gk, gv), order=1, modes=["rev"], atol=1e-6,
+    check_grads(jax.jit(f), (q, k, v, gk, gv), order=1, modes=["rev"], atol=1e-6,
                               rtol=1e-6)
 
 

@@ -182,10 +182,12 @@ def test_attention_probabilities_reproduce_the_output_dilated_causal():
   is_global = jnp.zeros((b, n), bool).at[0, [3, 20]].set(True).at[1, 5].set(True)
   gidx = attn.global_index(is_global, 2)
   for causal, window in ((False, 6), (True, 5)):
-    kw = dict(valid_BxN=valid, is_global_BxN=is_global, gidx=gidx, window=window,
-              dilation=(1, 2, 3), causal=causal)
-    out = attn.local_attention(q, k, v, block_size=8, **kw)
-    p = aw.local_attention_probs(q, k, **kw)
+    static = dict(window=window, dilation=(1, 2, 3), causal=causal)
+    out = jax.jit(lambda q, k, v, m, g, i: attn.local_attention(
+        q, k, v, block_size=8, valid_BxN=m, is_global_BxN=g, gidx=i, **static))(
+            q, k, v, valid, is_global, gidx)
+    p = jax.jit(lambda q, k, m, g, i: aw.local_attention_probs(
+        q, k, valid_BxN=m, is_global_BxN=g, gidx=i, **static))(q, k, valid, is_global, gidx)
     left = window if causal else window // 2
     pos = np.arange(n)[:, None, None] + np.array([1, 2, 3])[None, :, None] * (
         np.arange(p.shape[-1] - 2)[None, None, :] - left)  # (N, H, W): key of column j
@@ -278,7 +280,7 @@ def test_padding_rows_zero_at_init_and_frozen_as_in_hf(tmp_path):
   graphdef, params, rest = nnx.split(ours, nnx.Param, ...)
   loss = lambda p: jnp.sum(nnx.merge(graphdef, p, rest)(ids, mask, gmask, types,
                                                         max_global_tokens=4).last_hidden_state ** 2)
-  grads = jax.grad(loss)(params)
+  grads = jax.jit(jax.grad(loss))(params)
   out = hf(**torch_inputs(dict(input_ids=ids, attention_mask=mask, global_attention_mask=gmask,
                                token_type_ids=types)))
   (out.last_hidden_state ** 2).sum().backward()

@@ -1,6 +1,7 @@
 """Sequence-parallel forward and gradients against one device; prints a JSON line.
 
-Arguments: [--causal]. Run with 8 (fake CPU) devices.
+Arguments: LAYOUT (e.g. ``sequence=8`` or ``data=2,sequence=4``) [--causal]. Run with
+8 (fake CPU) devices.
 """
 
 import json
@@ -11,7 +12,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from longformer_jax import model as M, sharding as sh
 from longformer_jax.config import LongformerConfig
 
-causal = sys.argv[1:] == ["--causal"]
+layout = {k: int(v) for k, v in (kv.split("=") for kv in sys.argv[1].split(","))}
+causal = sys.argv[2:] == ["--causal"]
 cfg = LongformerConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                        intermediate_size=48, attention_window=[8, 12], max_position_embeddings=200,
                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
@@ -34,7 +36,7 @@ fns = lambda: (jax.jit(hidden), jax.jit(jax.grad(loss)))
 f, g = fns()
 ref_out, ref_grads = f(params, ids, mask, gmask), g(params, ids, mask, gmask)
 result = {}
-for layout in ({"sequence": 8}, {"data": 2, "sequence": 4}):
+for layout in (layout,):
   mesh = sh.make_mesh(layout)
   batch = NamedSharding(mesh, P(("data", "fsdp"), "sequence"))
   args = [jax.device_put(a, batch) for a in (ids, mask, gmask)]
