@@ -189,3 +189,37 @@ def test_finetune_triviaqa_tiny_trains_and_evaluates(tmp_path, tokenizer_dir):
   out = tiny_run(tmp_path, "finetune_triviaqa", tokenizer_dir, files)
   assert np.isfinite(out["loss"]) and np.isfinite(out["eval_loss"])
   assert 0 <= out["eval_exact_match"] <= 100 and 0 <= out["eval_f1"] <= 100
+
+
+def hotpot_file(path, n, seed=0):
+  rng = np.random.default_rng(seed)
+  records = []
+  for k in range(n):
+    paragraphs = [[f"Title {j}", [" ".join(rng.choice(WORDS, 12)) + " . " for _ in range(3)]]
+                  for j in range(3)]
+    answer = "yes" if k % 2 else "election vote party"
+    if answer != "yes":
+      paragraphs[1][1][2] = f"the {answer} won . "
+    records.append({"_id": f"h{k}", "question": "which party ?", "answer": answer,
+                    "context": paragraphs, "supporting_facts": [["Title 1", 2]]})
+  with open(path, "w") as f:
+    json.dump(records, f)
+  return str(path)
+
+
+def test_hotpotqa_answers_are_spans_of_the_joined_paragraphs(tmp_path, tokenizer_dir):
+  cfg = qa_cfg(tmp_path, tokenizer_dir, format="hotpotqa",
+               files=dict(train=hotpot_file(tmp_path / "hotpot.json", 4)))
+  source = data_lib.stored_examples(cfg, "train")
+  for k, ex in enumerate(source):
+    context = ex["context"].decode()
+    assert context.startswith("yes no Title 0: ")
+    found = {context[ex["offsets"][a][0]:ex["offsets"][b][1]] for a, b in ex["spans"]}
+    assert found == ({"yes"} if k % 2 else {"election vote party"})
+
+
+def test_finetune_hotpotqa_tiny_trains_and_evaluates(tmp_path, tokenizer_dir):
+  files = dict(train=hotpot_file(tmp_path / "train.json", 6),
+               validation=hotpot_file(tmp_path / "dev.json", 3, seed=1))
+  out = tiny_run(tmp_path, "finetune_hotpotqa", tokenizer_dir, files)
+  assert np.isfinite(out["loss"]) and 0 <= out["eval_f1"] <= 100

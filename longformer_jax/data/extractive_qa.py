@@ -1,10 +1,15 @@
-"""Extractive QA datasets from SQuAD-format JSON (SQuAD v1.1; TriviaQA converted to it).
+"""Extractive QA datasets: SQuAD-format JSON (SQuAD v1.1; TriviaQA converted to it), HotpotQA.
 
 ``data_cfg`` fields:
 
-* ``files``: {split: path} of SQuAD-format JSON: ``{"data": [{"paragraphs":
-  [{"context", "qas": [{"id", "question", "answers": [{"text", "answer_start"}],
-  "aliases": [...]?}]}]}]}``. ``aliases`` (optional, TriviaQA) are more gold texts.
+* ``files``: {split: path}.
+* ``format``: ``squad`` (default): ``{"data": [{"paragraphs": [{"context", "qas":
+  [{"id", "question", "answers": [{"text", "answer_start"}], "aliases": [...]?}]}]}]}``,
+  ``aliases`` (optional, TriviaQA) being more gold texts; or ``hotpotqa``: HotpotQA's
+  JSON list of ``{"_id", "question", "answer", "context": [[title, [sentence, ...]],
+  ...]}``. A HotpotQA context is ``yes no`` then each paragraph as ``title: sentences``
+  (so yes/no answers are spans); its answers are found at every occurrence. Only the
+  answer is trained and scored (EM/F1), not the supporting facts.
 * ``find_all_occurrences``: train on every occurrence of every answer text and
   alias in the context (the paper's TriviaQA setup) rather than the listed
   ``answer_start`` positions only.
@@ -31,7 +36,8 @@ from longformer_jax.data import corpora, documents, pipeline, registry
 from longformer_jax.tasks import question_answering as qa_lib
 
 NAME = "extractive_qa"
-FIELDS = ("files", "find_all_occurrences", "doc_stride", "max_query_length",
+FORMATS = ("squad", "hotpotqa")
+FIELDS = ("files", "format", "find_all_occurrences", "doc_stride", "max_query_length",
           "max_occurrences", "tokenizer")
 
 
@@ -56,6 +62,28 @@ def read_squad(path: str):
         if not answers:
           raise ValueError(f"{at} (id {qa.get('id')}) has no answers")
         yield str(qa.get("id", f"{a}.{p}.{k}")), question, context, answers, at
+
+
+def read_hotpotqa(path: str):
+  """HotpotQA questions in :func:`read_squad`'s form (see the module docstring)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      records = json.load(f)
+    if not isinstance(records, list):
+      raise TypeError("not a list")
+  except (json.JSONDecodeError, TypeError) as e:
+    raise ValueError(f"{NAME}: {path} is not HotpotQA JSON, a list of questions "
+                     f"({type(e).__name__}: {e})") from None
+  for k, rec in enumerate(records):
+    where = f"{NAME}: {path}, record {k}"
+    question = documents.field_of(rec, "question", str, where, "HotpotQA format")
+    answer = documents.field_of(rec, "answer", str, where, "HotpotQA format")
+    paragraphs = rec.get("context")
+    if not isinstance(paragraphs, list):
+      raise ValueError(f"{where} has no list field 'context' (HotpotQA format)")
+    context = " ".join(["yes no"] + [f"{title}: {''.join(sentences)}"
+                                     for title, sentences in paragraphs])
+    yield str(rec.get("_id", k)), question, context, [(answer, None)], where
 
 
 def char_spans(context: str, answers, find_all: bool, where: str) -> list[tuple[int, int]]:
@@ -116,8 +144,10 @@ class ExtractiveQA(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, cfg: dict, path: str):
     tok = tokenization.load_tokenizer(cfg["tokenizer"])
-    find_all = bool(cfg.get("find_all_occurrences"))
-    for qid, question, context, answers, where in read_squad(path):
+    fmt = cfg.get("format") or "squad"
+    find_all = bool(cfg.get("find_all_occurrences")) or fmt == "hotpotqa"
+    read = read_hotpotqa if fmt == "hotpotqa" else read_squad
+    for qid, question, context, answers, where in read(path):
       enc = tok.encode(context, add_special_tokens=False)
       offsets = np.asarray(enc.offsets, np.int32).reshape(-1, 2)
       spans = token_spans(offsets, char_spans(context, answers, find_all, where))
@@ -132,7 +162,9 @@ class ExtractiveQA(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 def _builder(cfg: dict, data_dir: str, seq_len: int | None):
   del seq_len  # examples are stored whole; windows are cut per seq_len
   documents.tokenizer_of(cfg, NAME)
-  settings = {k: cfg.get(k) for k in ("files", "find_all_occurrences", "tokenizer")}
+  if (cfg.get("format") or "squad") not in FORMATS:
+    raise ValueError(f"{NAME}: data_cfg.format={cfg['format']!r} is not one of {FORMATS}")
+  settings = {k: cfg.get(k) for k in ("files", "format", "find_all_occurrences", "tokenizer")}
   settings["tokenizer"] = os.fspath(cfg["tokenizer"])
   identity = [settings, tokenization.tokenizer_digest(cfg["tokenizer"])]
   identity += [corpora.file_digest(p) for _, p in sorted((cfg.get("files") or {}).items()) if p]
