@@ -2,8 +2,9 @@
 
 from longformer_jax.tasks.base import (TASKS, Task, build, finalize, forward, get,
                                        position_ids, register)
-from longformer_jax.tasks import (classification, language_modeling,  # noqa: F401
-                                  question_answering, token_classification)
+from longformer_jax.tasks import (candidate_selection, classification,  # noqa: F401
+                                  language_modeling, question_answering,
+                                  token_classification)
 from longformer_jax.tasks.language_modeling import mask_tokens
 
 __all__ = ["TASKS", "Task", "build", "finalize", "forward", "get", "position_ids",

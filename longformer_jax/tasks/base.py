@@ -128,3 +128,8 @@ def mean_of(pair) -> jax.Array:
 def finalize(sums: dict) -> dict:
   """{name: (sum, count)} -> {name: sum / count} as Python floats."""
   return {k: float(s) / max(float(c), 1.0) for k, (s, c) in jax.device_get(sums).items()}
+
+
+def text(value) -> str:
+  """A stored string field (tfds gives bytes) as str."""
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)

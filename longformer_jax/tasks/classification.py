@@ -101,7 +101,7 @@ class Classification(base.Task):
     for e, w, pred in zip(rows["example_index"], rows["weight"], rows["prediction"]):
       if w > 0:
         ex = examples[int(e)]
-        qid = ex["id"].decode() if isinstance(ex["id"], bytes) else str(ex["id"])
+        qid = base.text(ex["id"])
         records.append({"id": qid, "prediction": named(pred), "gold": named(ex["label"])})
     return {}, records
 

@@ -243,12 +243,8 @@ class QuestionAnswering(base.Task):
     predictions, golds, records = {}, {}, []
     for e in sorted({int(e) for e, w in zip(rows["example_index"], rows["weight"]) if w > 0}):
       ex = examples[e]
-      qid, answers = _text(ex["id"]), json.loads(_text(ex["answers"]))
-      text = _text(ex["context"])[best[e][1]:best[e][2]] if e in best else ""
+      qid, answers = base.text(ex["id"]), json.loads(base.text(ex["answers"]))
+      text = base.text(ex["context"])[best[e][1]:best[e][2]] if e in best else ""
       predictions[qid], golds[qid] = text, answers
       records.append({"id": qid, "prediction": text, "gold": answers})
     return eval_metrics.squad_em_f1(predictions, golds), records
-
-
-def _text(value) -> str:
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)

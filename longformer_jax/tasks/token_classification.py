@@ -145,7 +145,7 @@ class TokenClassification(base.Task):
       bounds = np.cumsum(np.asarray(ex["sentence_lengths"]))[:-1]
       pred_sentences += np.split(np.asarray(pred, object), bounds)
       gold_sentences += np.split(np.asarray(gold, object), bounds)
-      qid = ex["id"].decode() if isinstance(ex["id"], bytes) else str(ex["id"])
+      qid = base.text(ex["id"])
       records.append({"id": qid, "prediction": pred, "gold": gold})
     scores = eval_metrics.entity_f1([list(s) for s in pred_sentences],
                                     [list(s) for s in gold_sentences])

@@ -1,0 +1,131 @@
+"""WikiHop (QAngaroo) multi-hop multiple choice from its JSON files.
+
+``data_cfg`` fields:
+
+* ``files``: {split: path} of WikiHop JSON: a list of ``{"id", "query", "answer",
+  "candidates": [...], "supports": [...]}`` (``train.json``, ``dev.json``). The
+  query's relation keeps its words (``country_of_citizenship x`` -> ``country of
+  citizenship x``).
+* ``doc_stride`` (overlap of windows over the documents, 256), ``max_candidates``
+  (the static candidate slots, 80: WikiHop has at most 79), ``max_prefix_tokens``
+  (the most tokens <s>, query and candidates may take, 512: they are all global, so
+  ``config.model.max_global_tokens`` must hold them).
+* ``tokenizer``: a tokenizer.json or a checkpoint directory.
+
+The ``candidate_selection`` task cuts stored examples into windows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from longformer_jax import tokenization
+from longformer_jax.data import corpora, documents, pipeline, registry
+from longformer_jax.tasks import candidate_selection as cs_lib
+
+NAME = "wikihop"
+FIELDS = ("files", "doc_stride", "max_candidates", "max_prefix_tokens", "tokenizer")
+
+
+def read_wikihop(path: str):
+  """(id, query, candidates, answer index, supports, where) of every record."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      records = json.load(f)
+    if not isinstance(records, list):
+      raise TypeError("not a list")
+  except (json.JSONDecodeError, TypeError) as e:
+    raise ValueError(f"{NAME}: {path} is not WikiHop JSON, a list of records "
+                     f"({type(e).__name__}: {e})") from None
+  for k, rec in enumerate(records):
+    where = f"{NAME}: {path}, record {k} (id {rec.get('id')})"
+    query = documents.field_of(rec, "query", str, where, "WikiHop format")
+    answer = documents.field_of(rec, "answer", str, where, "WikiHop format")
+    candidates = rec.get("candidates")
+    if not isinstance(candidates, list) or not candidates:
+      raise ValueError(f"{where} has no list field 'candidates' (WikiHop format)")
+    if answer not in candidates:
+      raise ValueError(f"{where}: the answer {answer!r} is not among its candidates")
+    supports = rec.get("supports") or []
+    yield (str(rec.get("id", k)), query.replace("_", " "), [str(c) for c in candidates],
+           candidates.index(answer), [str(s) for s in supports], where)
+
+
+@dataclasses.dataclass
+class WikiHopConfig(tfds.core.BuilderConfig):
+  settings: str = "{}"
+
+
+class WikiHop(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Tokenised queries, candidates and supporting documents."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  name = NAME
+  code_path = None
+
+  def _info(self):
+    ints = lambda: tfds.features.Tensor(shape=(None,), dtype=np.int32)
+    return tfds.core.DatasetInfo(
+        builder=self, description=__doc__.split("\n")[0], disable_shuffling=True,
+        features=tfds.features.FeaturesDict({
+            "id": tfds.features.Text(), "candidates": tfds.features.Text(),
+            "question_ids": ints(), "candidate_ids": ints(), "candidate_lengths": ints(),
+            "support_ids": ints(), "label": tfds.features.Scalar(dtype=np.int32)}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    cfg = json.loads(self.builder_config.settings)
+    return {split: self._generate_examples(cfg, path)
+            for split, path in documents.split_files(cfg, NAME).items()}
+
+  def _generate_examples(self, cfg: dict, path: str):
+    tok = tokenization.load_tokenizer(cfg["tokenizer"])
+    eos = documents.Specials.of(tok).eos
+    encode = lambda text: tok.encode(text, add_special_tokens=False).ids
+    for qid, query, candidates, label, supports, _ in read_wikihop(path):
+      cands = [encode(" " + c) for c in candidates]
+      docs = [ids + [eos] for ids in map(encode, supports)]
+      yield qid, {"id": qid, "candidates": json.dumps(candidates),
+                  "question_ids": np.asarray(encode(query), np.int32),
+                  "candidate_ids": np.asarray(sum(cands, []), np.int32),
+                  "candidate_lengths": np.asarray([len(c) for c in cands], np.int32),
+                  "support_ids": np.asarray(sum(docs, []), np.int32), "label": label}
+
+
+def _builder(cfg: dict, data_dir: str, seq_len: int | None):
+  del seq_len
+  documents.tokenizer_of(cfg, NAME)
+  settings = {"files": cfg.get("files"), "tokenizer": os.fspath(cfg["tokenizer"])}
+  identity = [settings, tokenization.tokenizer_digest(cfg["tokenizer"])]
+  identity += [corpora.file_digest(p) for _, p in sorted((cfg.get("files") or {}).items()) if p]
+  config = WikiHopConfig(name=documents.config_name("wh", *identity),
+                         settings=json.dumps(settings, sort_keys=True))
+  return WikiHop(config=config, data_dir=data_dir, file_format="array_record")
+
+
+def _lengths(example) -> tuple:
+  return (len(example["question_ids"]), len(example["candidate_ids"]),
+          len(example["candidate_lengths"]), len(example["support_ids"]))
+
+
+def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
+  if split not in builder.info.splits:
+    raise ValueError(f"{NAME}: no {split} split; set data_cfg.files.{split}")
+  specials = documents.Specials.of(documents.tokenizer_of(cfg, NAME))
+  defaults = cs_lib.CandidateWindows(seq_len)
+  spec = cs_lib.CandidateWindows(seq_len, *(int(cfg.get(f) or getattr(defaults, f)) for f in (
+      "doc_stride", "max_candidates", "max_prefix_tokens")))
+  features = cs_lib.Features(builder.as_data_source()[split],
+                             documents.cached_lengths(builder, split, _lengths), spec, specials)
+  return pipeline.example_dataset(features, documents.WithWeight(), split=split, **shard)
+
+
+registry.register(registry.Dataset(
+    name=NAME, splits=documents.SPLIT_NAMES, builder=_builder, elements=_elements,
+    vocab_size=lambda cfg: documents.vocab_size(cfg, NAME), num_labels=lambda cfg: 1,
+    fields=FIELDS, doc=__doc__.split("\n")[0]))

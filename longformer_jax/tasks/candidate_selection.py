@@ -1,0 +1,170 @@
+"""Choosing the answer among candidates named in the input (WikiHop, paper section 6).
+
+Examples -> features. A stored example holds ``question_ids``, ``candidate_ids``
+with ``candidate_lengths`` (the candidates' sub-words, concatenated),
+``support_ids`` (the supporting documents' sub-words, each followed by ``</s>``),
+``label`` (the answer's index) and ``candidates`` (their texts, JSON). A feature is
+
+    <s> question </s> candidate_1 </s> ... candidate_K </s> documents[a:a + n] </s>
+
+with global attention on everything before the documents (question and candidates,
+as the paper). A candidate's score is a linear layer on its first sub-word (the
+token-classification head with one label, so an export is an HF
+``LongformerForTokenClassification``); the loss is the cross-entropy over the
+candidates. Documents longer than a window are cut into windows overlapping by
+``doc_stride`` tokens, each trained with the example's label; evaluation averages
+each candidate's score over the example's windows, as the paper's model does over
+its chunks.
+
+Batch: ``input_ids``, ``attention_mask``, ``global_attention_mask`` (B, L);
+``candidate_positions`` (B, K) int32 (-1 pads); ``labels``, ``example_index``,
+``weight`` (B,).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax.numpy as jnp
+import numpy as np
+
+from longformer_jax import outputs as out_lib
+from longformer_jax.data import documents
+from longformer_jax.tasks import base
+from longformer_jax.tasks.question_answering import windows
+
+PAD_SCORE = -1e9  # the score of a candidate slot past an example's candidates
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidateWindows:
+  seq_len: int
+  doc_stride: int = 256
+  max_candidates: int = 80
+  max_prefix_tokens: int = 512  # <s>, query and candidates: all global
+
+  def capacity(self, prefix_len: int) -> int:
+    return self.seq_len - prefix_len - 1
+
+
+class Features:
+  """Random access to the windows of stored examples, from their lengths
+  (question, candidates' total, number of candidates, documents)."""
+
+  def __init__(self, examples, lengths_Ex4: np.ndarray, spec: CandidateWindows,
+               specials: documents.Specials):
+    self.examples, self.spec, self.s = examples, spec, specials
+    table = []
+    for e, (q, c_total, c_count, docs) in enumerate(np.asarray(lengths_Ex4)):
+      if c_count > spec.max_candidates:
+        raise ValueError(f"example {e} has {c_count} candidates, more than "
+                         f"data_cfg.max_candidates={spec.max_candidates}")
+      prefix = 2 + int(q) + int(c_total) + int(c_count)
+      if prefix > spec.max_prefix_tokens:
+        raise ValueError(f"example {e}: the question and candidates take {prefix} tokens, "
+                         f"more than data_cfg.max_prefix_tokens={spec.max_prefix_tokens}")
+      cap = spec.capacity(prefix)
+      if cap <= spec.doc_stride:
+        raise ValueError(f"example {e}: the question and candidates take {prefix} tokens, "
+                         f"leaving {cap} of seq_len={spec.seq_len} for documents; "
+                         f"data_cfg.doc_stride={spec.doc_stride} needs more")
+      table += [(e, w) for w in range(len(windows(max(int(docs), 1), cap, spec.doc_stride)))]
+    self.table = np.asarray(table, np.int64).reshape(-1, 2)
+
+  def __len__(self) -> int:
+    return len(self.table)
+
+  def __getitem__(self, k: int) -> dict:
+    e, w = self.table[int(k)]
+    return self.feature(self.examples[int(e)], int(e), int(w))
+
+  def feature(self, example: dict, example_index: int, window: int) -> dict:
+    s, spec = self.s, self.spec
+    q = np.asarray(example["question_ids"], np.int32)
+    lengths = np.asarray(example["candidate_lengths"], np.int64)
+    cands = np.split(np.asarray(example["candidate_ids"], np.int32), np.cumsum(lengths)[:-1])
+    docs = np.asarray(example["support_ids"], np.int32)
+    prefix = [[s.bos], q, [s.eos]]
+    positions, at = [], len(q) + 2
+    for c in cands:
+      positions.append(at)
+      prefix += [c, [s.eos]]
+      at += len(c) + 1
+    spans = windows(max(len(docs), 1), spec.capacity(at), spec.doc_stride)
+    start, length = spans[window]
+    out = documents.pack(prefix + [docs[start:start + length], [s.eos]], spec.seq_len, s.pad)
+    out["global_attention_mask"] = (np.arange(spec.seq_len) < at).astype(np.int32)
+    out["candidate_positions"] = np.full(spec.max_candidates, -1, np.int32)
+    out["candidate_positions"][:len(positions)] = positions
+    out["labels"] = np.int32(example["label"])
+    out["example_index"] = np.int32(example_index)
+    return out
+
+
+def candidate_scores(logits_BxN, positions_BxK):
+  """Each candidate's score (its first sub-word's logit); PAD_SCORE past the last."""
+  safe = jnp.maximum(positions_BxK, 0)
+  scores = jnp.take_along_axis(logits_BxN.astype(jnp.float32), safe, axis=1)
+  return jnp.where(positions_BxK >= 0, scores, PAD_SCORE)
+
+
+@base.register
+class CandidateSelection(base.Task):
+  """See the module docstring."""
+
+  name = "candidate_selection"
+  head = "token_classification"
+  needs_global_bound = True
+
+  def model_fields(self, data_cfg) -> dict:
+    del data_cfg
+    return {"num_labels": 1}
+
+  def check_config(self, config) -> None:
+    super().check_config(config)
+    prefix = int((config.get("data") or {}).get("max_prefix_tokens")
+                 or CandidateWindows.max_prefix_tokens)
+    bound = (config.get("model") or {}).get("max_global_tokens")
+    if bound is not None and bound < prefix:
+      raise ValueError(f"config.model.max_global_tokens={bound} must hold the "
+                       f"config.data.max_prefix_tokens={prefix} global tokens")
+
+  def _sums_and_scores(self, model, batch, no_global: bool):
+    logits = base.forward(model, batch, no_global=no_global).logits[..., 0]
+    scores_BxK = candidate_scores(logits, batch["candidate_positions"])
+    nll_B, _ = out_lib.nll_terms(scores_BxK, batch["labels"])
+    right = (jnp.argmax(scores_BxK, -1) == batch["labels"]).astype(jnp.float32)
+    sums = {"loss": base.weighted(nll_B, batch["weight"]),
+            "window_accuracy": base.weighted(right, batch["weight"])}
+    return sums, scores_BxK
+
+  def loss_and_metrics(self, model, batch, *, key=None, no_global=False):
+    del key
+    sums, _ = self._sums_and_scores(model, batch, no_global)
+    return base.mean_of(sums["loss"]), sums
+
+  def eval_step(self, model, batch, *, key=None, no_global=False):
+    del key
+    sums, scores = self._sums_and_scores(model, batch, no_global)
+    return sums, dict(scores=scores, example_index=batch["example_index"],
+                      weight=batch["weight"])
+
+  def score(self, rows: dict, examples) -> tuple[dict, list[dict]]:
+    """Scores averaged over each example's windows -> ``accuracy`` (percent of
+    examples) and predictions by candidate text."""
+    totals: dict[int, list] = {}
+    for e, w, scores in zip(rows["example_index"], rows["weight"], rows["scores"]):
+      if w > 0:
+        acc = totals.setdefault(int(e), [0.0, 0])
+        acc[0], acc[1] = acc[0] + np.asarray(scores, np.float64), acc[1] + 1
+    right, records = 0, []
+    for e in sorted(totals):
+      ex = examples[e]
+      names = json.loads(base.text(ex["candidates"]))
+      mean = totals[e][0] / totals[e][1]
+      pred = int(np.argmax(mean[:len(names)]))
+      right += pred == int(ex["label"])
+      records.append({"id": base.text(ex["id"]), "prediction": names[pred],
+                      "gold": names[int(ex["label"])]})
+    return {"accuracy": 100.0 * right / max(len(totals), 1)}, records
