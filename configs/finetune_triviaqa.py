@@ -17,24 +17,12 @@ attention on the question, 4,096 tokens. ``:tiny`` is a 2-step random-init run.
 
 from longformer_jax import recipes
 
-MAX_QUERY_LENGTH = 64
-
 
 def get_config(variant: str = ""):
-  c = recipes.finetune_config(
-      "question_answering",
-      dict(name="extractive_qa", files=dict(train="", validation=""),
-           find_all_occurrences=True, doc_stride=256, max_query_length=MAX_QUERY_LENGTH,
-           max_occurrences=8),
-      train_steps=recipes.steps_for(5, 110_648, 32), warmup_steps=1000,
-      max_global_tokens=MAX_QUERY_LENGTH + 1, eval_every=2000)
-  c.qa = dict(max_answer_length=30)
+  c = recipes.finetune_qa(dict(find_all_occurrences=True), train_steps=recipes.steps_for(5, 110_648, 32),
+                          warmup_steps=1000)
   if variant == "tiny":
-    c.model.max_global_tokens = 17
-    c = recipes.tiny_finetune(c)
-    c.data.update(dict(doc_stride=8, max_query_length=16))
-    c.qa.max_answer_length = 8
-    return c
+    return recipes.tiny_qa(c)
   if variant:
     raise ValueError(f"unknown variant {variant!r} of configs/finetune_triviaqa.py")
   return c

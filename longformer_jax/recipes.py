@@ -60,3 +60,27 @@ def tiny_finetune(c: ml_collections.ConfigDict, *, seq_len: int = 64) -> ml_coll
   c.optim.warmup_steps = 1
   c.log_every, c.eval_every, c.checkpoint_every = 1, 2, 2
   return c
+
+
+def finetune_qa(data: dict, *, train_steps: int, warmup_steps: int, max_query_length: int = 64,
+                doc_stride: int = 256, eval_every: int = 2000) -> ml_collections.ConfigDict:
+  """Extractive QA from a checkpoint: global attention on <s> and the question (so
+  ``max_global_tokens`` = ``max_query_length`` + 1), windows overlapping by
+  ``doc_stride``, answers up to 30 tokens."""
+  c = finetune_config("question_answering",
+                      dict(name="extractive_qa", files=dict(train="", validation=""),
+                           doc_stride=doc_stride, max_query_length=max_query_length,
+                           max_occurrences=8, **data),
+                      train_steps=train_steps, warmup_steps=warmup_steps,
+                      max_global_tokens=max_query_length + 1, eval_every=eval_every)
+  c.qa = dict(max_answer_length=30)
+  return c
+
+
+def tiny_qa(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """:func:`tiny_finetune` for QA: questions of 16 tokens, windows overlapping by 8."""
+  c.model.max_global_tokens = 17
+  c = tiny_finetune(c)
+  c.data.update(dict(doc_stride=8, max_query_length=16))
+  c.qa.max_answer_length = 8
+  return c

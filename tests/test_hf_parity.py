@@ -10,8 +10,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import longformer_jax as lj  # noqa: E402
-from conftest import (FIELDS, PAD, SEP, VOCAB, batch, hf_config, hf_heads, qa_batch,  # noqa: E402
-                      run_both, save_hf, task_inputs)
+from conftest import (PAD, VOCAB, batch, hf_heads, run_both, save_hf,  # noqa: E402
+                      task_inputs)
 
 HEADS = hf_heads()
 

@@ -14,6 +14,7 @@ from longformer_jax import tasks
 from longformer_jax.config import LongformerConfig
 from longformer_jax.data import documents
 from longformer_jax.tasks import question_answering as qa_lib
+from longformer_jax.tasks import windows as windows_lib
 
 SPECIALS = documents.Specials(bos=0, eos=SEP, pad=PAD)
 
@@ -51,15 +52,16 @@ def test_occurrence_loss_is_minus_log_of_summed_probability():
 
 
 def test_windows_cover_the_context_with_the_overlap():
-  spans = qa_lib.windows(100, 39, 16)
+  spans = windows_lib.windows(100, 39, 16)
   assert spans[0] == (0, 39) and spans[-1][0] + spans[-1][1] == 100
   for (a, n), (b, _) in zip(spans, spans[1:]):
     assert a + n - b == 16
-  owner = qa_lib.owner_windows(spans, 100)
+  owner = windows_lib.owner_windows(spans, 100)
   for t in range(100):  # every token is owned by a window that holds it
     a, n = spans[owner[t]]
     assert a <= t < a + n
-  assert qa_lib.windows(20, 39, 16) == [(0, 20)]
+  assert windows_lib.windows(20, 39, 16) == [(0, 20)]
+  np.testing.assert_array_equal(windows_lib.window_table([2, 0, 1]), [[0, 0], [0, 1], [2, 0]])
 
 
 def _long_example(rng, q_len=5, c_len=120):

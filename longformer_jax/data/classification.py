@@ -7,9 +7,12 @@
   documents are split by id (``id_field``, default ``id``; the line number when
   absent) with ``split_seed``: the paper's Hyperpartisan split.
 * ``format``: ``jsonl`` (one object a line: ``text_field`` and ``label_field``, an
-  int or a string; a list of them for multi-label data) or ``semeval_xml``
+  int or a string; a list of them for multi-label data), ``semeval_xml``
   (Hyperpartisan: ``files.train`` the articles XML, ``files.labels`` the
-  ground-truth XML; label 1 = hyperpartisan).
+  ground-truth XML; label 1 = hyperpartisan) or ``tfds``: a dataset tfds prepared
+  (e.g. ``imdb_reviews``), each ``files.SPLIT`` being ``DIR:SPLIT`` with DIR the
+  directory of its dataset_info.json (array_record files, readable without
+  TensorFlow).
 * ``label_names``: the classes in id order (default: the labels of the training
   file, sorted; integer labels are their own ids). ``multi_label``: labels are
   lists (sigmoid, ``problem_type="multi_label_classification"``).
@@ -23,21 +26,18 @@ int32 or (B, C) float32, ``example_index``, ``weight`` (B,).
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 import xml.etree.ElementTree as ET
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from longformer_jax import tokenization
-from longformer_jax.data import corpora, documents, pipeline, registry
+from longformer_jax.data import documents, pipeline, registry
 
 NAME = "document_classification"
 FIELDS = ("files", "format", "text_field", "label_field", "id_field", "label_names",
           "multi_label", "split_fractions", "split_seed", "tokenizer")
-FORMATS = ("jsonl", "semeval_xml")
+FORMATS = ("jsonl", "semeval_xml", "tfds")
 
 
 # ---- reading the files --------------------------------------------------------------
@@ -77,6 +77,21 @@ def _semeval_records(cfg: dict):
     yield doc_id, (title + "\n" + body).strip(), int(truth[doc_id]), where
 
 
+def _tfds_records(cfg: dict, split: str):
+  """A split prepared by tfds itself (``imdb_reviews``...): ``files.SPLIT`` = DIR:SPLIT."""
+  field = f"data_cfg.files.{split}"
+  source = documents.tfds_split((cfg.get("files") or {}).get(split), field, NAME)
+  text_field, label_field = cfg.get("text_field") or "text", cfg.get("label_field") or "label"
+  for k in range(len(source)):
+    rec, where = source[k], f"{NAME}: {field}, example {k}"
+    if text_field not in rec or label_field not in rec:
+      raise ValueError(f"{where} has no field {text_field!r} or {label_field!r} "
+                       "(data_cfg.text_field, data_cfg.label_field)")
+    label = rec[label_field]
+    label = [int(x) for x in label] if np.ndim(label) else int(label)
+    yield f"{split}:{k}", documents.as_text(rec[text_field]), label, where
+
+
 def read_records(cfg: dict, split: str):
   fmt = cfg.get("format") or "jsonl"
   if fmt not in FORMATS:
@@ -85,6 +100,8 @@ def read_records(cfg: dict, split: str):
   source = "train" if by_id else split
   if fmt == "semeval_xml":
     records = _semeval_records(cfg)
+  elif fmt == "tfds":
+    records = _tfds_records(cfg, source)
   else:
     files = {k: v for k, v in (cfg.get("files") or {}).items() if k != "labels"}
     records = _jsonl_records(documents.split_files(dict(cfg, files=files), NAME)[source], cfg)
@@ -120,34 +137,23 @@ def _label_ids(label, names: tuple, multi: bool, where: str) -> list[int]:
 # ---- the builder ---------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class DocumentClassificationConfig(tfds.core.BuilderConfig):
-  settings: str = "{}"  # the data_cfg fields, JSON
-
-
-class DocumentClassification(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class DocumentClassification(documents.FileBuilder, skip_registration=True):
   """Tokenised documents with their labels, per split."""
 
-  VERSION = tfds.core.Version("1.0.0")
   name = NAME
-  code_path = None
 
-  def _info(self):
-    cfg = json.loads(self.builder_config.settings)
+  def features(self):
+    cfg = self.settings
     num = len(cfg["label_names"])
     label = (tfds.features.Tensor(shape=(num,), dtype=np.float32) if cfg.get("multi_label")
              else tfds.features.Scalar(dtype=np.int32))
-    return tfds.core.DatasetInfo(builder=self, description=__doc__.split("\n")[0],
-                                 features=tfds.features.FeaturesDict({
-                                     "id": tfds.features.Text(),
-                                     "input_ids": tfds.features.Tensor(shape=(None,),
-                                                                       dtype=np.int32),
-                                     "label": label}),
-                                 disable_shuffling=True)
+    return tfds.features.FeaturesDict({
+        "id": tfds.features.Text(),
+        "input_ids": tfds.features.Tensor(shape=(None,), dtype=np.int32), "label": label})
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    cfg = json.loads(self.builder_config.settings)
+    cfg = self.settings
     splits = ["train", "validation", "test"] if cfg.get("split_fractions") else [
         s for s in documents.SPLIT_NAMES if (cfg.get("files") or {}).get(s)]
     return {s: self._generate_examples(cfg, s) for s in splits}
@@ -168,17 +174,9 @@ class DocumentClassification(tfds.core.GeneratorBasedBuilder, skip_registration=
 
 def _builder(cfg: dict, data_dir: str, seq_len: int | None):
   del seq_len  # documents are stored whole
-  documents.tokenizer_of(cfg, NAME)  # raises naming data_cfg.tokenizer
-  settings = {k: cfg.get(k) for k in FIELDS}
-  settings["label_names"] = list(label_names(cfg))
-  settings["tokenizer"] = os.fspath(cfg["tokenizer"])
-  identity = [settings, tokenization.tokenizer_digest(cfg["tokenizer"])]
-  for _, path in sorted((cfg.get("files") or {}).items()):
-    if path:
-      identity.append(corpora.file_digest(path))
-  config = DocumentClassificationConfig(name=documents.config_name("dc", *identity),
-                                        settings=json.dumps(settings, sort_keys=True))
-  return DocumentClassification(config=config, data_dir=data_dir, file_format="array_record")
+  documents.tokenizer_of(cfg, NAME)  # before reading the labels: names the field first
+  return documents.file_builder(DocumentClassification, cfg, data_dir, "dc", FIELDS,
+                                label_names=list(label_names(cfg)))
 
 
 # ---- elements ------------------------------------------------------------------------

@@ -19,15 +19,13 @@ the words; the ``token_classification`` task cuts them into windows.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from longformer_jax import tokenization
-from longformer_jax.data import corpora, documents, pipeline, registry
+from longformer_jax.data import documents, pipeline, registry
 from longformer_jax.tasks import token_classification as tc_lib
 
 NAME = "conll_ner"
@@ -98,31 +96,16 @@ def encode_words(tok, words: list[str]):
   return np.asarray(enc.ids, np.int32), word_ids.astype(np.int32)
 
 
-@dataclasses.dataclass
-class ConllConfig(tfds.core.BuilderConfig):
-  settings: str = "{}"
-
-
-class Conll(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class Conll(documents.FileBuilder, skip_registration=True):
   """Tokenised documents with a tag per word."""
 
-  VERSION = tfds.core.Version("1.0.0")
   name = NAME
-  code_path = None
 
-  def _info(self):
+  def features(self):
     ints = lambda: tfds.features.Tensor(shape=(None,), dtype=np.int32)
-    return tfds.core.DatasetInfo(
-        builder=self, description=__doc__.split("\n")[0], disable_shuffling=True,
-        features=tfds.features.FeaturesDict({
-            "id": tfds.features.Text(), "input_ids": ints(), "word_ids": ints(),
-            "tags": ints(), "sentence_lengths": ints()}))
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    cfg = json.loads(self.builder_config.settings)
-    return {split: self._generate_examples(cfg, path)
-            for split, path in documents.split_files(cfg, NAME).items()}
+    return tfds.features.FeaturesDict({
+        "id": tfds.features.Text(), "input_ids": ints(), "word_ids": ints(), "tags": ints(),
+        "sentence_lengths": ints()})
 
   def _generate_examples(self, cfg: dict, path: str):
     tok = tokenization.load_tokenizer(cfg["tokenizer"])
@@ -142,15 +125,9 @@ class Conll(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 def _builder(cfg: dict, data_dir: str, seq_len: int | None):
   del seq_len
-  documents.tokenizer_of(cfg, NAME)
-  settings = {k: cfg.get(k) for k in ("files", "tag_column", "group_by", "tokenizer")}
-  settings["tokenizer"] = os.fspath(cfg["tokenizer"])
-  settings["label_names"] = list(label_names(cfg))
-  identity = [settings, tokenization.tokenizer_digest(cfg["tokenizer"])]
-  identity += [corpora.file_digest(p) for _, p in sorted((cfg.get("files") or {}).items()) if p]
-  config = ConllConfig(name=documents.config_name("ner", *identity),
-                       settings=json.dumps(settings, sort_keys=True))
-  return Conll(config=config, data_dir=data_dir, file_format="array_record")
+  documents.tokenizer_of(cfg, NAME)  # before reading the tags: names the field first
+  return documents.file_builder(Conll, cfg, data_dir, "ner", ("files", "tag_column", "group_by"),
+                                label_names=list(label_names(cfg)))
 
 
 def num_tokens(builder, split: str) -> np.ndarray:

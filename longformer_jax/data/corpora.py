@@ -179,14 +179,6 @@ CHAR_BUILDERS = {"text8": Text8, "enwik8": Enwik8}
 # ---- local text corpus ------------------------------------------------------------
 
 
-def file_digest(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    while block := f.read(1 << 20):
-      h.update(block)
-  return h.hexdigest()
-
-
 @dataclasses.dataclass
 class TextCorpusConfig(tfds.core.BuilderConfig):
   """A local plain-text or JSONL file, optionally tokenised; named by a content hash.
@@ -229,7 +221,7 @@ class TextCorpusConfig(tfds.core.BuilderConfig):
     if chunk_size < 1:
       raise ValueError(f"text_corpus: chunk_size must be positive, got {chunk_size}")
     tok_digest = tokenization.tokenizer_digest(tokenizer) if tokenizer else None
-    identity = json.dumps([file_digest(path), tok_digest,
+    identity = json.dumps([documents.file_digest(path), tok_digest,
                            text_field, format, validation_fraction, eos_token, chunk_size])
     name = "tc-" + hashlib.sha256(identity.encode()).hexdigest()[:16]
     return cls(name=name, path=path, tokenizer=tokenizer or None, text_field=text_field,

@@ -17,6 +17,7 @@ import os
 from typing import Iterator, Mapping
 
 import numpy as np
+import tensorflow_datasets as tfds
 
 from longformer_jax import tokenization
 
@@ -24,12 +25,19 @@ SPLIT_NAMES = ("train", "validation", "test")
 
 
 def check_file(path, field: str, dataset: str) -> str:
+  """``path`` (a file, or DIR:SPLIT of a tfds-prepared dataset) checked to exist."""
   if not path:
     raise ValueError(f"{dataset}: {field} is not set")
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not os.path.isfile(path) and not is_tfds_split(path):
     raise FileNotFoundError(f"{dataset}: no file at {path} ({field})")
   return path
+
+
+def is_tfds_split(spec: str) -> bool:
+  """Whether ``spec`` is ``DIR:SPLIT`` of a dataset prepared by tfds."""
+  directory, sep, _ = str(spec).rpartition(":")
+  return bool(sep) and os.path.isfile(os.path.join(directory, "dataset_info.json"))
 
 
 def split_files(cfg: Mapping, dataset: str) -> dict[str, str]:
@@ -58,6 +66,23 @@ def read_jsonl(path: str, dataset: str) -> Iterator[tuple[int, dict]]:
       if not isinstance(record, dict):
         raise ValueError(f"{dataset}: {path}:{lineno} is not a JSON object")
       yield lineno, record
+
+
+def load_json(path: str, dataset: str, what: str, pick=lambda obj: obj) -> list:
+  """``pick(the file's JSON)``, which must be a list; errors name the file and format."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      records = pick(json.load(f))
+    if not isinstance(records, list):
+      raise TypeError(f"a {type(records).__name__}, not a list")
+  except (json.JSONDecodeError, KeyError, TypeError) as e:
+    raise ValueError(f"{dataset}: {path} is not {what} ({type(e).__name__}: {e})") from None
+  return records
+
+
+def as_text(value) -> str:
+  """A string field as str (tfds decodes text to bytes)."""
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def field_of(record: dict, name: str, kind, where: str, field: str):
@@ -108,6 +133,43 @@ def vocab_size(cfg: Mapping, dataset: str) -> int:
   return tokenizer_of(cfg, dataset).get_vocab_size(with_added_tokens=True)
 
 
+def file_digest(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    while block := f.read(1 << 20):
+      h.update(block)
+  return h.hexdigest()
+
+
+def source_digest(path: str) -> str:
+  """The content hash of a data file, or of a prepared tfds split (``DIR:SPLIT``)."""
+  if os.path.isfile(path):
+    return file_digest(path)
+  directory, _, split = str(path).rpartition(":")
+  return file_digest(os.path.join(directory, "dataset_info.json")) + ":" + split
+
+
+def tfds_split(spec: str, field: str, dataset: str):
+  """A split of a dataset prepared by tfds itself, named ``DIR:SPLIT`` (DIR holds its
+  dataset_info.json, e.g. ``~/tensorflow_datasets/imdb_reviews/plain_text/1.0.0:test``):
+  a random-access source of decoded examples. Needs array_record files (tfds's
+  ``file_format="array_record"``): other formats need TensorFlow to read."""
+  directory, _, split = str(spec or "").rpartition(":")
+  if not is_tfds_split(spec or ""):
+    raise FileNotFoundError(f"{dataset}: {field}={spec!r} is not DIR:SPLIT of a dataset "
+                            "prepared by tfds (DIR holding dataset_info.json)")
+  builder = tfds.builder_from_directory(directory)
+  if split not in builder.info.splits:
+    raise ValueError(f"{dataset}: {field}: {directory} has the splits "
+                     f"{sorted(builder.info.splits)}, not {split!r}")
+  try:
+    return builder.as_data_source(split=split)
+  except Exception as e:  # noqa: BLE001 - the message says what to do whatever the cause
+    raise ValueError(f"{dataset}: {field}: {directory} cannot be read as a data source "
+                     f"({type(e).__name__}: {e}); prepare it with tfds's "
+                     "file_format='array_record'") from None
+
+
 def config_name(prefix: str, *parts) -> str:
   """A builder-config name from a hash of everything the prepared data depends on."""
   return prefix + "-" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
@@ -145,3 +207,52 @@ class WithWeight:
 
   def __call__(self, feature: dict, weight: float = 1.0) -> dict:
     return dict(feature, weight=np.float32(weight))
+
+
+# ---- tfds builders over the user's files ----------------------------------------------
+
+
+@dataclasses.dataclass
+class SettingsConfig(tfds.core.BuilderConfig):
+  """A builder config named by a hash of what the prepared data depends on; ``settings``
+  holds the data_cfg fields it is built from (JSON)."""
+
+  settings: str = "{}"
+
+
+class FileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A tfds builder over ``data_cfg.files``: a split per file, its examples from
+  ``_generate_examples(settings, path)``; subclasses set ``name`` and ``features()``."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  code_path = None
+
+  def features(self) -> tfds.features.FeaturesDict:
+    raise NotImplementedError
+
+  @property
+  def settings(self) -> dict:
+    return json.loads(self.builder_config.settings)
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, description=(self.__doc__ or "").split("\n")[0],
+                                 features=self.features(), disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    cfg = self.settings
+    return {split: self._generate_examples(cfg, path)
+            for split, path in split_files(cfg, self.name).items()}
+
+
+def file_builder(cls: type, cfg: Mapping, data_dir: str, prefix: str, fields, **extra):
+  """``cls`` set up with the data_cfg ``fields`` (plus ``extra`` settings), named by a
+  hash of them, the tokenizer and the data files' contents."""
+  tokenizer_of(cfg, cls.name)  # raises naming data_cfg.tokenizer
+  settings = {k: cfg.get(k) for k in fields}
+  settings.update(extra, tokenizer=os.fspath(cfg["tokenizer"]))
+  identity = [settings, tokenization.tokenizer_digest(cfg["tokenizer"])]
+  identity += [source_digest(p) for _, p in sorted((cfg.get("files") or {}).items()) if p]
+  config = SettingsConfig(name=config_name(prefix, *identity),
+                          settings=json.dumps(settings, sort_keys=True))
+  return cls(config=config, data_dir=data_dir, file_format="array_record")

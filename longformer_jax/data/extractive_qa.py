@@ -9,7 +9,11 @@
   JSON list of ``{"_id", "question", "answer", "context": [[title, [sentence, ...]],
   ...]}``. A HotpotQA context is ``yes no`` then each paragraph as ``title: sentences``
   (so yes/no answers are spans); its answers are found at every occurrence. Only the
-  answer is trained and scored (EM/F1), not the supporting facts.
+  answer is trained and scored (EM/F1), not the supporting facts. Or
+  ``tfds_trivia_qa``: tfds's own ``trivia_qa`` (e.g. ``rc.wikipedia``) as tfds
+  prepared it, each ``files.SPLIT`` being ``DIR:SPLIT`` (DIR holding its
+  dataset_info.json; array_record files): one example per question and Wikipedia
+  page, the answer's value and aliases found at every occurrence.
 * ``find_all_occurrences``: train on every occurrence of every answer text and
   alias in the context (the paper's TriviaQA setup) rather than the listed
   ``answer_start`` positions only.
@@ -24,31 +28,25 @@ model's length (see that module for the batch fields).
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from longformer_jax import tokenization
-from longformer_jax.data import corpora, documents, pipeline, registry
+from longformer_jax.data import documents, pipeline, registry
 from longformer_jax.tasks import question_answering as qa_lib
 
 NAME = "extractive_qa"
-FORMATS = ("squad", "hotpotqa")
+FORMATS = ("squad", "hotpotqa", "tfds_trivia_qa")
 FIELDS = ("files", "format", "find_all_occurrences", "doc_stride", "max_query_length",
           "max_occurrences", "tokenizer")
 
 
 def read_squad(path: str):
   """(id, question, context, [(text, answer_start or None)], where) of every question."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      articles = json.load(f)["data"]
-  except (json.JSONDecodeError, KeyError, TypeError) as e:
-    raise ValueError(f"{NAME}: {path} is not SQuAD-format JSON with a 'data' list "
-                     f"({type(e).__name__}: {e})") from None
+  articles = documents.load_json(path, NAME, "SQuAD-format JSON with a 'data' list",
+                                 lambda obj: obj["data"])
   for a, article in enumerate(articles):
     for p, para in enumerate(article.get("paragraphs") or ()):
       where = f"{NAME}: {path}, data[{a}].paragraphs[{p}]"
@@ -66,14 +64,7 @@ def read_squad(path: str):
 
 def read_hotpotqa(path: str):
   """HotpotQA questions in :func:`read_squad`'s form (see the module docstring)."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      records = json.load(f)
-    if not isinstance(records, list):
-      raise TypeError("not a list")
-  except (json.JSONDecodeError, TypeError) as e:
-    raise ValueError(f"{NAME}: {path} is not HotpotQA JSON, a list of questions "
-                     f"({type(e).__name__}: {e})") from None
+  records = documents.load_json(path, NAME, "HotpotQA JSON, a list of questions")
   for k, rec in enumerate(records):
     where = f"{NAME}: {path}, record {k}"
     question = documents.field_of(rec, "question", str, where, "HotpotQA format")
@@ -84,6 +75,21 @@ def read_hotpotqa(path: str):
     context = " ".join(["yes no"] + [f"{title}: {''.join(sentences)}"
                                      for title, sentences in paragraphs])
     yield str(rec.get("_id", k)), question, context, [(answer, None)], where
+
+
+def read_tfds_trivia_qa(spec: str, field: str):
+  """tfds ``trivia_qa`` questions in :func:`read_squad`'s form, one per entity page."""
+  source = documents.tfds_split(spec, field, NAME)
+  text = documents.as_text
+  for k in range(len(source)):
+    rec, where = source[k], f"{NAME}: {field}, example {k}"
+    answer = rec["answer"]
+    golds = [text(answer["value"])] + [text(a) for a in answer["aliases"]]
+    pages = rec["entity_pages"]
+    for j, context in enumerate(pages["wiki_context"]):
+      qid = f"{text(rec['question_id'])}--{text(pages['filename'][j])}"
+      yield (qid, text(rec["question"]), text(context),
+             [(g, None) for g in dict.fromkeys(golds)], f"{where}, page {j}")
 
 
 def char_spans(context: str, answers, find_all: bool, where: str) -> list[tuple[int, int]]:
@@ -114,40 +120,26 @@ def token_spans(offsets_Tx2: np.ndarray, spans: list[tuple[int, int]]) -> np.nda
   return np.asarray(sorted(set(out)), np.int32).reshape(-1, 2)
 
 
-@dataclasses.dataclass
-class ExtractiveQAConfig(tfds.core.BuilderConfig):
-  settings: str = "{}"  # the data_cfg fields, JSON
-
-
-class ExtractiveQA(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class ExtractiveQA(documents.FileBuilder, skip_registration=True):
   """Tokenised questions and contexts, with the gold answers' token spans."""
 
-  VERSION = tfds.core.Version("1.0.0")
   name = NAME
-  code_path = None
 
-  def _info(self):
+  def features(self):
     ints = lambda *shape: tfds.features.Tensor(shape=shape, dtype=np.int32)
-    return tfds.core.DatasetInfo(
-        builder=self, description=__doc__.split("\n")[0], disable_shuffling=True,
-        features=tfds.features.FeaturesDict({
-            "id": tfds.features.Text(), "context": tfds.features.Text(),
-            "answers": tfds.features.Text(),  # JSON list of the gold texts
-            "question_ids": ints(None), "context_ids": ints(None),
-            "offsets": ints(None, 2), "spans": ints(None, 2)}))
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    cfg = json.loads(self.builder_config.settings)
-    files = documents.split_files(cfg, NAME)
-    return {split: self._generate_examples(cfg, path) for split, path in files.items()}
+    return tfds.features.FeaturesDict({
+        "id": tfds.features.Text(), "context": tfds.features.Text(),
+        "answers": tfds.features.Text(),  # JSON list of the gold texts
+        "question_ids": ints(None), "context_ids": ints(None),
+        "offsets": ints(None, 2), "spans": ints(None, 2)})
 
   def _generate_examples(self, cfg: dict, path: str):
     tok = tokenization.load_tokenizer(cfg["tokenizer"])
     fmt = cfg.get("format") or "squad"
-    find_all = bool(cfg.get("find_all_occurrences")) or fmt == "hotpotqa"
-    read = read_hotpotqa if fmt == "hotpotqa" else read_squad
-    for qid, question, context, answers, where in read(path):
+    find_all = bool(cfg.get("find_all_occurrences")) or fmt != "squad"
+    read = {"squad": read_squad, "hotpotqa": read_hotpotqa}.get(fmt)
+    records = read(path) if read else read_tfds_trivia_qa(path, "data_cfg.files")
+    for qid, question, context, answers, where in records:
       enc = tok.encode(context, add_special_tokens=False)
       offsets = np.asarray(enc.offsets, np.int32).reshape(-1, 2)
       spans = token_spans(offsets, char_spans(context, answers, find_all, where))
@@ -161,16 +153,10 @@ class ExtractiveQA(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 def _builder(cfg: dict, data_dir: str, seq_len: int | None):
   del seq_len  # examples are stored whole; windows are cut per seq_len
-  documents.tokenizer_of(cfg, NAME)
   if (cfg.get("format") or "squad") not in FORMATS:
     raise ValueError(f"{NAME}: data_cfg.format={cfg['format']!r} is not one of {FORMATS}")
-  settings = {k: cfg.get(k) for k in ("files", "format", "find_all_occurrences", "tokenizer")}
-  settings["tokenizer"] = os.fspath(cfg["tokenizer"])
-  identity = [settings, tokenization.tokenizer_digest(cfg["tokenizer"])]
-  identity += [corpora.file_digest(p) for _, p in sorted((cfg.get("files") or {}).items()) if p]
-  config = ExtractiveQAConfig(name=documents.config_name("qa", *identity),
-                              settings=json.dumps(settings, sort_keys=True))
-  return ExtractiveQA(config=config, data_dir=data_dir, file_format="array_record")
+  return documents.file_builder(ExtractiveQA, cfg, data_dir, "qa",
+                                ("files", "format", "find_all_occurrences"))
 
 
 # ---- elements ------------------------------------------------------------------------

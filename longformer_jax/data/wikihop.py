@@ -17,15 +17,13 @@ The ``candidate_selection`` task cuts stored examples into windows.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from longformer_jax import tokenization
-from longformer_jax.data import corpora, documents, pipeline, registry
+from longformer_jax.data import documents, pipeline, registry
 from longformer_jax.tasks import candidate_selection as cs_lib
 
 NAME = "wikihop"
@@ -34,14 +32,7 @@ FIELDS = ("files", "doc_stride", "max_candidates", "max_prefix_tokens", "tokeniz
 
 def read_wikihop(path: str):
   """(id, query, candidates, answer index, supports, where) of every record."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      records = json.load(f)
-    if not isinstance(records, list):
-      raise TypeError("not a list")
-  except (json.JSONDecodeError, TypeError) as e:
-    raise ValueError(f"{NAME}: {path} is not WikiHop JSON, a list of records "
-                     f"({type(e).__name__}: {e})") from None
+  records = documents.load_json(path, NAME, "WikiHop JSON, a list of records")
   for k, rec in enumerate(records):
     where = f"{NAME}: {path}, record {k} (id {rec.get('id')})"
     query = documents.field_of(rec, "query", str, where, "WikiHop format")
@@ -56,32 +47,17 @@ def read_wikihop(path: str):
            candidates.index(answer), [str(s) for s in supports], where)
 
 
-@dataclasses.dataclass
-class WikiHopConfig(tfds.core.BuilderConfig):
-  settings: str = "{}"
-
-
-class WikiHop(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class WikiHop(documents.FileBuilder, skip_registration=True):
   """Tokenised queries, candidates and supporting documents."""
 
-  VERSION = tfds.core.Version("1.0.0")
   name = NAME
-  code_path = None
 
-  def _info(self):
+  def features(self):
     ints = lambda: tfds.features.Tensor(shape=(None,), dtype=np.int32)
-    return tfds.core.DatasetInfo(
-        builder=self, description=__doc__.split("\n")[0], disable_shuffling=True,
-        features=tfds.features.FeaturesDict({
-            "id": tfds.features.Text(), "candidates": tfds.features.Text(),
-            "question_ids": ints(), "candidate_ids": ints(), "candidate_lengths": ints(),
-            "support_ids": ints(), "label": tfds.features.Scalar(dtype=np.int32)}))
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    cfg = json.loads(self.builder_config.settings)
-    return {split: self._generate_examples(cfg, path)
-            for split, path in documents.split_files(cfg, NAME).items()}
+    return tfds.features.FeaturesDict({
+        "id": tfds.features.Text(), "candidates": tfds.features.Text(),
+        "question_ids": ints(), "candidate_ids": ints(), "candidate_lengths": ints(),
+        "support_ids": ints(), "label": tfds.features.Scalar(dtype=np.int32)})
 
   def _generate_examples(self, cfg: dict, path: str):
     tok = tokenization.load_tokenizer(cfg["tokenizer"])
@@ -99,13 +75,7 @@ class WikiHop(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 def _builder(cfg: dict, data_dir: str, seq_len: int | None):
   del seq_len
-  documents.tokenizer_of(cfg, NAME)
-  settings = {"files": cfg.get("files"), "tokenizer": os.fspath(cfg["tokenizer"])}
-  identity = [settings, tokenization.tokenizer_digest(cfg["tokenizer"])]
-  identity += [corpora.file_digest(p) for _, p in sorted((cfg.get("files") or {}).items()) if p]
-  config = WikiHopConfig(name=documents.config_name("wh", *identity),
-                         settings=json.dumps(settings, sort_keys=True))
-  return WikiHop(config=config, data_dir=data_dir, file_format="array_record")
+  return documents.file_builder(WikiHop, cfg, data_dir, "wh", ("files",))
 
 
 def _lengths(example) -> tuple:

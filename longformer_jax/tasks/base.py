@@ -20,6 +20,9 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from longformer_jax.data.documents import as_text as text  # noqa: F401  (for the tasks)
 
 TASKS: dict[str, type["Task"]] = {}
 
@@ -56,9 +59,15 @@ class Task:
   needs_global_bound: ClassVar[bool] = False
   named_labels: ClassVar[bool] = False  # the data's label names go into exported configs
 
+  def __init__(self, label_names=()):
+    self.label_names = tuple(label_names)
+
   @classmethod
   def from_config(cls, config) -> "Task":
-    del config
+    """The task of an experiment config; tasks with ``named_labels`` get the data's."""
+    if cls.named_labels:
+      from longformer_jax.data import pipeline
+      return cls(pipeline.label_names(config.data))
     return cls()
 
   def check_config(self, config) -> None:
@@ -75,13 +84,19 @@ class Task:
     return {}
 
   def loss_and_metrics(self, model, batch: dict, *, key=None, no_global: bool = False):
-    """(mean loss, {name: (sum, count)}) of one batch; ``key`` for random masking."""
-    raise NotImplementedError
+    """(mean loss, {name: (sum, count)}) of one batch; ``key`` for random masking.
+    Tasks define this or :meth:`sums_and_rows`."""
+    sums, _ = self.sums_and_rows(model, batch, key=key, no_global=no_global)
+    return mean_of(sums["loss"]), sums
+
+  def sums_and_rows(self, model, batch: dict, *, key=None, no_global: bool = False):
+    """(metric sums with ``loss``, rows): ``rows`` are per-example arrays (B, ...)
+    that :meth:`score` turns into metrics and predictions, {} when sums suffice.
+    Under jit the rows cost nothing where only the loss is used (training)."""
+    return self.loss_and_metrics(model, batch, key=key, no_global=no_global)[1], {}
 
   def eval_step(self, model, batch: dict, *, key=None, no_global: bool = False):
-    """(metric sums, rows) of an eval batch: ``rows`` are per-example arrays (B, ...)
-    that :meth:`score` turns into metrics and predictions; {} when sums suffice."""
-    return self.loss_and_metrics(model, batch, key=key, no_global=no_global)[1], {}
+    return self.sums_and_rows(model, batch, key=key, no_global=no_global)
 
   def score(self, rows: dict, examples) -> tuple[dict, list[dict]]:
     """(metrics, predictions ``{id, prediction, gold}``) from the rows of a whole
@@ -130,6 +145,15 @@ def finalize(sums: dict) -> dict:
   return {k: float(s) / max(float(c), 1.0) for k, (s, c) in jax.device_get(sums).items()}
 
 
-def text(value) -> str:
-  """A stored string field (tfds gives bytes) as str."""
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+def eval_rows(batch: dict, **arrays) -> dict:
+  """Per-example rows: ``arrays`` with the batch's ``example_index`` and ``weight``;
+  {} for batches of examples that have no index (generated data, loss-only calls)."""
+  if "example_index" not in batch:
+    return {}
+  return dict(arrays, example_index=batch["example_index"], weight=batch["weight"])
+
+
+def live_rows(rows: dict, *fields):
+  """(example_index, *fields) of each eval row that is not padding (weight > 0)."""
+  for i in np.flatnonzero(np.asarray(rows["weight"]) > 0):
+    yield (int(rows["example_index"][i]), *(rows[f][i] for f in fields))

@@ -32,7 +32,8 @@ import numpy as np
 from longformer_jax import outputs as out_lib
 from longformer_jax.data import documents
 from longformer_jax.tasks import base
-from longformer_jax.tasks.question_answering import windows
+from longformer_jax.tasks import windows as windows_lib
+from longformer_jax.tasks.windows import windows
 
 PAD_SCORE = -1e9  # the score of a candidate slot past an example's candidates
 
@@ -48,15 +49,15 @@ class CandidateWindows:
     return self.seq_len - prefix_len - 1
 
 
-class Features:
-  """Random access to the windows of stored examples, from their lengths
-  (question, candidates' total, number of candidates, documents)."""
+class Features(windows_lib.WindowedFeatures):
+  """The windows of stored examples, from their lengths (question, candidates'
+  total, number of candidates, documents)."""
 
   def __init__(self, examples, lengths_Ex4: np.ndarray, spec: CandidateWindows,
                specials: documents.Specials):
     self.examples, self.spec, self.s = examples, spec, specials
-    table = []
-    for e, (q, c_total, c_count, docs) in enumerate(np.asarray(lengths_Ex4)):
+    counts = []
+    for e, (q, c_total, c_count, docs) in enumerate(np.asarray(lengths_Ex4).reshape(-1, 4)):
       if c_count > spec.max_candidates:
         raise ValueError(f"example {e} has {c_count} candidates, more than "
                          f"data_cfg.max_candidates={spec.max_candidates}")
@@ -69,15 +70,8 @@ class Features:
         raise ValueError(f"example {e}: the question and candidates take {prefix} tokens, "
                          f"leaving {cap} of seq_len={spec.seq_len} for documents; "
                          f"data_cfg.doc_stride={spec.doc_stride} needs more")
-      table += [(e, w) for w in range(len(windows(max(int(docs), 1), cap, spec.doc_stride)))]
-    self.table = np.asarray(table, np.int64).reshape(-1, 2)
-
-  def __len__(self) -> int:
-    return len(self.table)
-
-  def __getitem__(self, k: int) -> dict:
-    e, w = self.table[int(k)]
-    return self.feature(self.examples[int(e)], int(e), int(w))
+      counts.append(len(windows(max(int(docs), 1), cap, spec.doc_stride)))
+    self.table = windows_lib.window_table(counts)
 
   def feature(self, example: dict, example_index: int, window: int) -> dict:
     s, spec = self.s, self.spec
@@ -130,34 +124,23 @@ class CandidateSelection(base.Task):
       raise ValueError(f"config.model.max_global_tokens={bound} must hold the "
                        f"config.data.max_prefix_tokens={prefix} global tokens")
 
-  def _sums_and_scores(self, model, batch, no_global: bool):
+  def sums_and_rows(self, model, batch, *, key=None, no_global=False):
+    del key
     logits = base.forward(model, batch, no_global=no_global).logits[..., 0]
     scores_BxK = candidate_scores(logits, batch["candidate_positions"])
     nll_B, _ = out_lib.nll_terms(scores_BxK, batch["labels"])
     right = (jnp.argmax(scores_BxK, -1) == batch["labels"]).astype(jnp.float32)
     sums = {"loss": base.weighted(nll_B, batch["weight"]),
             "window_accuracy": base.weighted(right, batch["weight"])}
-    return sums, scores_BxK
-
-  def loss_and_metrics(self, model, batch, *, key=None, no_global=False):
-    del key
-    sums, _ = self._sums_and_scores(model, batch, no_global)
-    return base.mean_of(sums["loss"]), sums
-
-  def eval_step(self, model, batch, *, key=None, no_global=False):
-    del key
-    sums, scores = self._sums_and_scores(model, batch, no_global)
-    return sums, dict(scores=scores, example_index=batch["example_index"],
-                      weight=batch["weight"])
+    return sums, base.eval_rows(batch, scores=scores_BxK)
 
   def score(self, rows: dict, examples) -> tuple[dict, list[dict]]:
     """Scores averaged over each example's windows -> ``accuracy`` (percent of
     examples) and predictions by candidate text."""
     totals: dict[int, list] = {}
-    for e, w, scores in zip(rows["example_index"], rows["weight"], rows["scores"]):
-      if w > 0:
-        acc = totals.setdefault(int(e), [0.0, 0])
-        acc[0], acc[1] = acc[0] + np.asarray(scores, np.float64), acc[1] + 1
+    for e, scores in base.live_rows(rows, "scores"):
+      acc = totals.setdefault(e, [0.0, 0])
+      acc[0], acc[1] = acc[0] + np.asarray(scores, np.float64), acc[1] + 1
     right, records = 0, []
     for e in sorted(totals):
       ex = examples[e]

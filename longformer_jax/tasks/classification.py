@@ -44,15 +44,8 @@ class Classification(base.Task):
     return {"problem_type": "multi_label_classification" if multi
             else "single_label_classification"}
 
-  def __init__(self, label_names=()):
-    self.label_names = tuple(label_names)
-
-  @classmethod
-  def from_config(cls, config):
-    from longformer_jax.data import pipeline
-    return cls(pipeline.label_names(config.data))
-
-  def _sums_and_predictions(self, model, batch, no_global: bool):
+  def sums_and_rows(self, model, batch, *, key=None, no_global=False):
+    del key
     logits_BxC = base.forward(model, batch, no_global=no_global).logits
     labels, w_B = batch["labels"], batch["weight"]
     num_classes = logits_BxC.shape[-1]
@@ -74,20 +67,7 @@ class Classification(base.Task):
     tp, fp, fn = class_counts(pred, gold, w_B)
     ones = jnp.ones(())
     sums.update(loss=loss, tp=(tp, ones), fp=(fp, ones), fn=(fn, ones))
-    return sums, predicted
-
-  def loss_and_metrics(self, model, batch, *, key=None, no_global=False):
-    del key
-    sums, _ = self._sums_and_predictions(model, batch, no_global)
-    return base.mean_of(sums["loss"]), sums
-
-  def eval_step(self, model, batch, *, key=None, no_global=False):
-    del key
-    sums, predicted = self._sums_and_predictions(model, batch, no_global)
-    if "example_index" not in batch:  # generated data: nothing to name predictions by
-      return sums, {}
-    return sums, dict(prediction=predicted, example_index=batch["example_index"],
-                      weight=batch["weight"])
+    return sums, base.eval_rows(batch, prediction=predicted)
 
   def score(self, rows: dict, examples) -> tuple[dict, list[dict]]:
     """No metrics beyond the sums; predictions ``{id, prediction, gold}`` by label
@@ -98,11 +78,10 @@ class Classification(base.Task):
         return self._name(int(value))
       return [self._name(i) for i in np.flatnonzero(value > 0.5)]
     records = []
-    for e, w, pred in zip(rows["example_index"], rows["weight"], rows["prediction"]):
-      if w > 0:
-        ex = examples[int(e)]
-        qid = base.text(ex["id"])
-        records.append({"id": qid, "prediction": named(pred), "gold": named(ex["label"])})
+    for e, pred in base.live_rows(rows, "prediction"):
+      ex = examples[e]
+      records.append({"id": base.text(ex["id"]), "prediction": named(pred),
+                      "gold": named(ex["label"])})
     return {}, records
 
   def _name(self, i: int):

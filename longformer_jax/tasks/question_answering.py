@@ -38,6 +38,8 @@ import numpy as np
 from longformer_jax import eval_metrics
 from longformer_jax.data import documents
 from longformer_jax.tasks import base
+from longformer_jax.tasks import windows as windows_lib
+from longformer_jax.tasks.windows import owner_windows, windows
 
 MAX_ANSWER_LENGTH = 30  # tokens, the reference's scripts' default
 
@@ -69,55 +71,17 @@ class WindowSpec:
                        f"must be in [0, {room}) for seq_len={self.seq_len}")
 
 
-def windows(num_context: int, capacity: int, doc_stride: int) -> list[tuple[int, int]]:
-  """(start, length) of the windows covering ``num_context`` tokens; consecutive
-  windows share ``doc_stride`` tokens, the last one ends at the context's end."""
-  out, start = [], 0
-  while True:
-    length = min(capacity, num_context - start)
-    out.append((start, length))
-    if start + length >= num_context:
-      return out
-    start += capacity - doc_stride
-
-
-def owner_windows(spans: list[tuple[int, int]], num_context: int) -> np.ndarray:
-  """For each context token, the window where it has the most context (the
-  smaller of its left and right distances to the window's edges, ties broken
-  towards the longer window, then the first)."""
-  best = np.full(num_context, -1, np.int64)
-  best_score = np.full(num_context, -np.inf)
-  for w, (start, length) in enumerate(spans):
-    t = np.arange(start, start + length)
-    score = np.minimum(t - start, start + length - 1 - t) + 0.01 * length
-    better = score > best_score[t]
-    best[t[better]], best_score[t[better]] = w, score[better]
-  return best
-
-
-class Features:
-  """Random access to the features (windows) of stored examples.
-
-  ``lengths`` holds each example's (question, context) token counts, so the window
-  table is known without decoding the examples.
-  """
+class Features(windows_lib.WindowedFeatures):
+  """The windows of stored examples; ``lengths_Ex2`` holds each example's (question,
+  context) token counts."""
 
   def __init__(self, examples, lengths_Ex2: np.ndarray, spec: WindowSpec,
                specials: documents.Specials):
     spec.check()
     self.examples, self.spec, self.s = examples, spec, specials
-    table = []
-    for e, (q_len, c_len) in enumerate(np.asarray(lengths_Ex2)):
-      cap = spec.capacity(int(q_len))
-      table += [(e, w) for w in range(len(windows(int(c_len), cap, spec.doc_stride)))]
-    self.table = np.asarray(table, np.int64).reshape(-1, 2)
-
-  def __len__(self) -> int:
-    return len(self.table)
-
-  def __getitem__(self, k: int) -> dict:
-    e, w = self.table[int(k)]
-    return self.feature(self.examples[int(e)], int(e), int(w))
+    self.table = windows_lib.window_table(
+        [len(windows(int(c), spec.capacity(int(q)), spec.doc_stride))
+         for q, c in np.asarray(lengths_Ex2).reshape(-1, 2)])
 
   def feature(self, example: dict, example_index: int, window: int) -> dict:
     spec, s = self.spec, self.s
@@ -208,40 +172,32 @@ class QuestionAnswering(base.Task):
       raise ValueError(f"config.model.max_global_tokens={bound} must hold <s> and a "
                        f"config.data.max_query_length={query} question ({query + 1})")
 
-  def _loss(self, out, batch):
+  def sums_and_rows(self, model, batch, *, key=None, no_global=False):
+    del key
+    out = base.forward(model, batch, no_global=no_global)
     pos = {k: jnp.asarray(batch[k]).astype(jnp.int32) for k in ("start_positions",
                                                                 "end_positions")}
     pos = {k: v[:, None] if v.ndim == 1 else v for k, v in pos.items()}
     nll_s, has_s = occurrence_nll(out.start_logits, pos["start_positions"])
     nll_e, has_e = occurrence_nll(out.end_logits, pos["end_positions"])
-    w_B = batch["weight"] * has_s * has_e
-    return base.weighted((nll_s + nll_e) / 2, w_B)
-
-  def loss_and_metrics(self, model, batch, *, key=None, no_global=False):
-    del key
-    loss = self._loss(base.forward(model, batch, no_global=no_global), batch)
-    return base.mean_of(loss), {"loss": loss}
-
-  def eval_step(self, model, batch, *, key=None, no_global=False):
-    del key
-    out = base.forward(model, batch, no_global=no_global)
+    loss = base.weighted((nll_s + nll_e) / 2, batch["weight"] * has_s * has_e)
+    if "start_mask" not in batch:  # a training batch without decoding fields
+      return {"loss": loss}, {}
     score, start, end = best_spans(out.start_logits, out.end_logits, batch["start_mask"],
                                    batch["end_mask"], self.max_answer_length)
     take = lambda i, j: jnp.take_along_axis(batch["offsets"][..., j], i[:, None], 1)[:, 0]
-    rows = dict(example_index=batch["example_index"], weight=batch["weight"], score=score,
-                start_char=take(start, 0), end_char=take(end, 1))
-    return {"loss": self._loss(out, batch)}, rows
+    return {"loss": loss}, base.eval_rows(batch, score=score, start_char=take(start, 0),
+                                          end_char=take(end, 1))
 
   def score(self, rows: dict, examples) -> tuple[dict, list[dict]]:
     """Each example's best span over its windows -> SQuAD EM/F1 (percent) and the
     predictions ``{id, prediction, gold}``."""
     best: dict[int, tuple[float, int, int]] = {}
-    for e, w, sc, a, b in zip(rows["example_index"], rows["weight"], rows["score"],
-                              rows["start_char"], rows["end_char"]):
-      if w > 0 and np.isfinite(sc) and (int(e) not in best or sc > best[int(e)][0]):
-        best[int(e)] = (float(sc), int(a), int(b))
+    for e, sc, a, b in base.live_rows(rows, "score", "start_char", "end_char"):
+      if np.isfinite(sc) and (e not in best or sc > best[e][0]):
+        best[e] = (float(sc), int(a), int(b))
     predictions, golds, records = {}, {}, []
-    for e in sorted({int(e) for e, w in zip(rows["example_index"], rows["weight"]) if w > 0}):
+    for e in sorted({e for e, in base.live_rows(rows)}):
       ex = examples[e]
       qid, answers = base.text(ex["id"]), json.loads(base.text(ex["answers"]))
       text = base.text(ex["context"])[best[e][1]:best[e][2]] if e in best else ""

@@ -30,7 +30,8 @@ from longformer_jax import eval_metrics
 from longformer_jax import outputs as out_lib
 from longformer_jax.data import documents
 from longformer_jax.tasks import base
-from longformer_jax.tasks.question_answering import owner_windows, windows
+from longformer_jax.tasks import windows as windows_lib
+from longformer_jax.tasks.windows import owner_windows, windows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,23 +47,15 @@ class TokenWindows:
                        f"must be in [0, {self.seq_len - 2}) for seq_len={self.seq_len}")
 
 
-class Features:
-  """Random access to the windows of stored examples, from their token counts."""
+class Features(windows_lib.WindowedFeatures):
+  """The windows of stored examples, from their token counts."""
 
   def __init__(self, examples, num_tokens_E, spec: TokenWindows, specials: documents.Specials):
     spec.check()
     self.examples, self.spec, self.s = examples, spec, specials
-    cap = spec.seq_len - 2
-    table = [(e, w) for e, n in enumerate(np.asarray(num_tokens_E))
-             for w in range(len(windows(max(int(n), 1), cap, spec.doc_stride)))]
-    self.table = np.asarray(table, np.int64).reshape(-1, 2)
-
-  def __len__(self) -> int:
-    return len(self.table)
-
-  def __getitem__(self, k: int) -> dict:
-    e, w = self.table[int(k)]
-    return self.feature(self.examples[int(e)], int(e), int(w))
+    self.table = windows_lib.window_table(
+        [len(windows(max(int(n), 1), spec.seq_len - 2, spec.doc_stride))
+         for n in np.asarray(num_tokens_E)])
 
   def feature(self, example: dict, example_index: int, window: int) -> dict:
     s, L = self.s, self.spec.seq_len
@@ -97,15 +90,8 @@ class TokenClassification(base.Task):
   needs_global_bound = True
   named_labels = True
 
-  def __init__(self, label_names=()):
-    self.label_names = tuple(label_names)
-
-  @classmethod
-  def from_config(cls, config):
-    from longformer_jax.data import pipeline
-    return cls(pipeline.label_names(config.data))
-
-  def _sums_and_predictions(self, model, batch, no_global: bool):
+  def sums_and_rows(self, model, batch, *, key=None, no_global=False):
+    del key
     logits_BxLxC = base.forward(model, batch, no_global=no_global).logits
     labels = batch["labels"]
     nll, keep = out_lib.nll_terms(logits_BxLxC, labels)
@@ -113,28 +99,16 @@ class TokenClassification(base.Task):
     w = batch["weight"][:, None] * keep
     sums = {"loss": base.weighted(nll, w),
             "accuracy": base.weighted((pred_BxL == labels).astype(jnp.float32), w)}
-    return sums, pred_BxL
-
-  def loss_and_metrics(self, model, batch, *, key=None, no_global=False):
-    del key
-    sums, _ = self._sums_and_predictions(model, batch, no_global)
-    return base.mean_of(sums["loss"]), sums
-
-  def eval_step(self, model, batch, *, key=None, no_global=False):
-    del key
-    sums, pred_BxL = self._sums_and_predictions(model, batch, no_global)
-    return sums, dict(prediction=pred_BxL, word_index=batch["word_index"],
-                      example_index=batch["example_index"], weight=batch["weight"])
+    if "word_index" not in batch:
+      return sums, {}
+    return sums, base.eval_rows(batch, prediction=pred_BxL, word_index=batch["word_index"])
 
   def score(self, rows: dict, examples) -> tuple[dict, list[dict]]:
     """Each word's predicted tag (from the window that owns its first sub-word) ->
     entity precision/recall/F1 per sentence; predictions are tag lists."""
     predicted: dict[int, np.ndarray] = {}
-    for e, w, words, tags in zip(rows["example_index"], rows["weight"], rows["word_index"],
-                                 rows["prediction"]):
-      if w <= 0:
-        continue
-      ex = predicted.setdefault(int(e), np.full(len(examples[int(e)]["tags"]), -1))
+    for e, words, tags in base.live_rows(rows, "word_index", "prediction"):
+      ex = predicted.setdefault(e, np.full(len(examples[e]["tags"]), -1))
       ex[words[words >= 0]] = tags[words >= 0]
     pred_sentences, gold_sentences, records = [], [], []
     for e in sorted(predicted):
