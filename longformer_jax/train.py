@@ -317,10 +317,13 @@ class Runner:
                                       every=config.checkpoint_every,
                                       async_save=config.get("async_checkpoints", True))
     self._compiled: dict[int, tuple] = {}
+
+  def record(self) -> None:
+    """Writes what the run is (experiment.json, model.json) into the workdir."""
     if jax.process_index() == 0:
-      os.makedirs(workdir, exist_ok=True)
+      os.makedirs(self.workdir, exist_ok=True)
       workdir_lib.record_run(
-          workdir, config, self.model_configs[-1], self.head,
+          self.workdir, self.config, self.model_configs[-1], self.head,
           data_lib.pipeline.label_names(self.data_cfg) if self.task.named_labels else None,
           self.data_cfg.get("tokenizer"))
 
@@ -367,11 +370,15 @@ class Runner:
       log.info("resumed from step %d", step)
       self.writer.truncate_after(step)
       return state, step, it
+    return self.fresh_state(), 0, self.iterator(self.phases[0])
+
+  def fresh_state(self):
+    """The initial state on the mesh: random, with init_from_hf's weights put in."""
     with sh.activation_sharding(self.mesh, self.rules):
       state = jax.jit(self._init, out_shardings=self.state_shardings)()
     if self.config.get("init_from_hf"):
       state["params"] = self.params_from_hf(state["params"])
-    return state, 0, self.iterator(self.phases[0])
+    return state
 
   def params_from_hf(self, params):
     """``params`` with the weights of ``config.init_from_hf`` (an HF Longformer
@@ -401,6 +408,9 @@ class Runner:
     cfg, _, evals = self.functions(phase)
     split = split or self.config.get("eval_split", "validation")
     limit = self.config.get("eval_batches", 0) or None
+    if limit and type(self.task).score is not tasks.Task.score:
+      log.warning("config.eval_batches=%d scores only the examples in those batches; an "
+                  "example cut between windows is scored on the windows seen", limit)
     out = {}
     for name, fn in evals.items():
       totals, rows = None, []
@@ -423,6 +433,7 @@ class Runner:
     return out
 
   def run(self) -> dict:
+    self.record()
     preempt = _Preemption()
     state, step, it = self.init_or_restore()
     progress = metrics_lib.Progress(self.total, step)
@@ -501,10 +512,18 @@ def evaluate(config, workdir: str, split: str | None = None,
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   maybe_initialize_distributed(config)
   runner = Runner(config, workdir)
-  if not runner.ckpt.steps() and not config.get("init_from_hf"):
+  if runner.ckpt.steps():  # the state alone: no train iterator, metrics.jsonl untouched
+    target = ckpt_lib.abstract_with_shardings(runner.abstract_state, runner.state_shardings)
+    restored = runner.ckpt.restore_state(target)
+    if restored is None:
+      raise ValueError(f"no checkpoint in {runner.ckpt.directory} restores into this config's "
+                       "model (failures are logged above)")
+    state, step = restored
+  elif config.get("init_from_hf"):
+    state, step = runner.fresh_state(), 0
+  else:
     raise FileNotFoundError(f"{workdir} holds no checkpoint and config.init_from_hf is not set:"
                             " nothing to evaluate")
-  state, step, _ = runner.init_or_restore()
   split = split or config.get("eval_split", "validation")
   path = predictions_path or os.path.join(workdir, f"predictions-{split}.jsonl")
   metrics = runner.evaluate(state, runner.phases[-1], split, path)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 
@@ -25,6 +26,8 @@ import ml_collections
 from flax import nnx
 
 from longformer_jax.config import LongformerConfig
+
+log = logging.getLogger("longformer_jax")
 
 EXPERIMENT, MODEL = "experiment.json", "model.json"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
@@ -70,13 +73,17 @@ def trained_model(workdir: str):
   cfg = LongformerConfig(**info["config"])
   tx = train.optimizer_of(config, train.resolve_phases(config))[1]
   abstract = jax.eval_shape(lambda: train.init_state(cfg, info["head"], tx, config.seed))
+  # On this host's first device, whatever mesh the run was saved from.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = ckpt_lib.abstract_with_shardings(abstract, jax.tree.map(lambda _: device, abstract))
   ckpt = ckpt_lib.Checkpointer(workdir, keep=1, every=0, async_save=False)
   try:
-    restored = ckpt.restore_state(abstract)
+    restored = ckpt.restore_state(target)
   finally:
     ckpt.close()
   if restored is None:
-    raise FileNotFoundError(f"{workdir} holds no readable checkpoint")
+    raise FileNotFoundError(f"{workdir} holds no checkpoint that restores (any failures are "
+                            "logged above)")
   state, step = restored
   model = model_lib.create_model(cfg, info["head"], config.seed)
   nnx.update(model, state["params"])
@@ -118,6 +125,9 @@ def export_hf(workdir: str, out_dir: str) -> int:
 def _copy_tokenizer(source: str | None, out_dir: str) -> None:
   """The tokenizer's files (a tokenizer.json, or those of a checkpoint directory)."""
   if not source:
+    return
+  if not os.path.exists(source):
+    log.warning("the run's tokenizer %s is gone: the export has no tokenizer files", source)
     return
   if os.path.isfile(source):
     shutil.copy(source, os.path.join(out_dir, "tokenizer.json"))

@@ -225,3 +225,14 @@ def test_finetune_hotpotqa_tiny_trains_and_evaluates(tmp_path, tokenizer_dir):
                validation=hotpot_file(tmp_path / "dev.json", 3, seed=1))
   out = tiny_run(tmp_path, "finetune_hotpotqa", tokenizer_dir, files)
   assert np.isfinite(out["loss"]) and 0 <= out["eval_f1"] <= 100
+
+
+def test_answers_are_found_as_whole_words_and_zero_overlap_is_kept():
+  from longformer_jax.data import extractive_qa
+  context = "no economy is not known , no . yes eyes"
+  spans = extractive_qa.char_spans(context, [("no", None, True), ("yes", None, True)], "x")
+  assert [context[a:b] for a, b in spans] == ["no", "no", "yes"]  # not inside not / eyes
+  assert extractive_qa.char_spans(context, [("no", 0, False)], "x") == [(0, 2)]
+  spec = documents.spec_from(qa_lib.WindowSpec, {"doc_stride": 0, "max_query_length": None},
+                             40, ("doc_stride", "max_query_length"))
+  assert spec.doc_stride == 0 and spec.max_query_length == qa_lib.WindowSpec.max_query_length

@@ -139,7 +139,7 @@ def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
   if split not in builder.info.splits:
     raise ValueError(f"{NAME}: no {split} split; set data_cfg.files.{split}")
   specials = documents.Specials.of(documents.tokenizer_of(cfg, NAME))
-  spec = tc_lib.TokenWindows(seq_len, int(cfg.get("doc_stride") or 128))
+  spec = documents.spec_from(tc_lib.TokenWindows, cfg, seq_len, ("doc_stride",))
   features = tc_lib.Features(builder.as_data_source()[split], num_tokens(builder, split),
                              spec, specials)
   return pipeline.example_dataset(features, documents.WithWeight(), split=split, **shard)

@@ -119,6 +119,12 @@ class Specials:
                tokenization.token_id(tok, "<pad>", field))
 
 
+def spec_from(cls, cfg: Mapping, seq_len: int, fields: tuple[str, ...]):
+  """``cls(seq_len, **fields)`` with each field from data_cfg where set (0 included),
+  else ``cls``'s default."""
+  return cls(seq_len, **{f: int(cfg[f]) for f in fields if cfg.get(f) is not None})
+
+
 def tokenizer_of(cfg: Mapping, dataset: str):
   path = cfg.get("tokenizer")
   if not path:

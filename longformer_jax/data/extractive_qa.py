@@ -14,8 +14,8 @@
   prepared it, each ``files.SPLIT`` being ``DIR:SPLIT`` (DIR holding its
   dataset_info.json; array_record files): one example per question and Wikipedia
   page, the answer's value and aliases found at every occurrence.
-* ``find_all_occurrences``: train on every occurrence of every answer text and
-  alias in the context (the paper's TriviaQA setup) rather than the listed
+* ``find_all_occurrences``: train on every occurrence (as whole words) of every
+  answer text and alias in the context (the paper's TriviaQA setup) rather than the listed
   ``answer_start`` positions only.
 * ``doc_stride`` (overlap of consecutive windows, 128), ``max_query_length`` (64),
   ``max_occurrences`` (8): see :class:`longformer_jax.tasks.question_answering.WindowSpec`.
@@ -29,6 +29,7 @@ model's length (see that module for the batch fields).
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -43,8 +44,9 @@ FIELDS = ("files", "format", "find_all_occurrences", "doc_stride", "max_query_le
           "max_occurrences", "tokenizer")
 
 
-def read_squad(path: str):
-  """(id, question, context, [(text, answer_start or None)], where) of every question."""
+def read_squad(path: str, find_all: bool = False):
+  """(id, question, context, answers, where) of every question; ``answers`` are
+  (text, answer_start or None, found anywhere?) as :func:`char_spans` takes them."""
   articles = documents.load_json(path, NAME, "SQuAD-format JSON with a 'data' list",
                                  lambda obj: obj["data"])
   for a, article in enumerate(articles):
@@ -55,8 +57,9 @@ def read_squad(path: str):
         at = f"{where}.qas[{k}]"
         question = documents.field_of(qa, "question", str, at, "SQuAD format")
         answers = [(documents.field_of(x, "text", str, f"{at}.answers[{j}]", "SQuAD format"),
-                    x.get("answer_start")) for j, x in enumerate(qa.get("answers") or ())]
-        answers += [(alias, None) for alias in qa.get("aliases") or ()]
+                    x.get("answer_start"), find_all)
+                   for j, x in enumerate(qa.get("answers") or ())]
+        answers += [(alias, None, find_all) for alias in qa.get("aliases") or ()]
         if not answers:
           raise ValueError(f"{at} (id {qa.get('id')}) has no answers")
         yield str(qa.get("id", f"{a}.{p}.{k}")), question, context, answers, at
@@ -74,7 +77,10 @@ def read_hotpotqa(path: str):
       raise ValueError(f"{where} has no list field 'context' (HotpotQA format)")
     context = " ".join(["yes no"] + [f"{title}: {''.join(sentences)}"
                                      for title, sentences in paragraphs])
-    yield str(rec.get("_id", k)), question, context, [(answer, None)], where
+    # yes / no: the prefix's word, not every "no" of the paragraphs
+    gold = (answer, "yes no ".index(answer), False) if answer in ("yes", "no") else (
+        answer, None, True)
+    yield str(rec.get("_id", k)), question, context, [gold], where
 
 
 def read_tfds_trivia_qa(spec: str, field: str):
@@ -89,23 +95,23 @@ def read_tfds_trivia_qa(spec: str, field: str):
     for j, context in enumerate(pages["wiki_context"]):
       qid = f"{text(rec['question_id'])}--{text(pages['filename'][j])}"
       yield (qid, text(rec["question"]), text(context),
-             [(g, None) for g in dict.fromkeys(golds)], f"{where}, page {j}")
+             [(g, None, True) for g in dict.fromkeys(golds)], f"{where}, page {j}")
 
 
-def char_spans(context: str, answers, find_all: bool, where: str) -> list[tuple[int, int]]:
-  """Character spans [start, end) of the gold answers in the context."""
+def char_spans(context: str, answers, where: str) -> list[tuple[int, int]]:
+  """Character spans [start, end) of the gold answers in the context: each answer's
+  ``answer_start`` (checked), and with ``anywhere`` every occurrence of its text as
+  whole words ("no" is not found inside "not")."""
   spans = []
-  for j, (text, start) in enumerate(answers):
-    if find_all:
-      at = context.find(text) if text else -1
-      while at >= 0:
-        spans.append((at, at + len(text)))
-        at = context.find(text, at + 1)
-    elif start is not None:
+  for j, (text, start, anywhere) in enumerate(answers):
+    if start is not None:
       if context[start:start + len(text)] != text:
         raise ValueError(f"{where}.answers[{j}]: answer_start {start} does not point at "
                          f"{text!r} in the context")
       spans.append((start, start + len(text)))
+    if anywhere and text:
+      pattern = rf"(?<!\w){re.escape(text)}(?!\w)"
+      spans += [m.span() for m in re.finditer(pattern, context)]
   return sorted(set(spans))
 
 
@@ -136,14 +142,17 @@ class ExtractiveQA(documents.FileBuilder, skip_registration=True):
   def _generate_examples(self, cfg: dict, path: str):
     tok = tokenization.load_tokenizer(cfg["tokenizer"])
     fmt = cfg.get("format") or "squad"
-    find_all = bool(cfg.get("find_all_occurrences")) or fmt != "squad"
-    read = {"squad": read_squad, "hotpotqa": read_hotpotqa}.get(fmt)
-    records = read(path) if read else read_tfds_trivia_qa(path, "data_cfg.files")
+    if fmt == "squad":
+      records = read_squad(path, bool(cfg.get("find_all_occurrences")))
+    elif fmt == "hotpotqa":
+      records = read_hotpotqa(path)
+    else:
+      records = read_tfds_trivia_qa(path, "data_cfg.files")
     for qid, question, context, answers, where in records:
       enc = tok.encode(context, add_special_tokens=False)
       offsets = np.asarray(enc.offsets, np.int32).reshape(-1, 2)
-      spans = token_spans(offsets, char_spans(context, answers, find_all, where))
-      golds = list(dict.fromkeys(text for text, _ in answers))
+      spans = token_spans(offsets, char_spans(context, answers, where))
+      golds = list(dict.fromkeys(text for text, *_ in answers))
       yield qid, {"id": qid, "context": context, "answers": json.dumps(golds),
                   "question_ids": np.asarray(tok.encode(question, add_special_tokens=False).ids,
                                              np.int32),
@@ -163,9 +172,8 @@ def _builder(cfg: dict, data_dir: str, seq_len: int | None):
 
 
 def window_spec(cfg: dict, seq_len: int) -> qa_lib.WindowSpec:
-  defaults = qa_lib.WindowSpec(seq_len)
-  return qa_lib.WindowSpec(seq_len, *(int(cfg.get(f) or getattr(defaults, f)) for f in (
-      "doc_stride", "max_query_length", "max_occurrences")))
+  return documents.spec_from(qa_lib.WindowSpec, cfg, seq_len,
+                             ("doc_stride", "max_query_length", "max_occurrences"))
 
 
 def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):

@@ -87,9 +87,8 @@ def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
   if split not in builder.info.splits:
     raise ValueError(f"{NAME}: no {split} split; set data_cfg.files.{split}")
   specials = documents.Specials.of(documents.tokenizer_of(cfg, NAME))
-  defaults = cs_lib.CandidateWindows(seq_len)
-  spec = cs_lib.CandidateWindows(seq_len, *(int(cfg.get(f) or getattr(defaults, f)) for f in (
-      "doc_stride", "max_candidates", "max_prefix_tokens")))
+  spec = documents.spec_from(cs_lib.CandidateWindows, cfg, seq_len,
+                             ("doc_stride", "max_candidates", "max_prefix_tokens"))
   features = cs_lib.Features(builder.as_data_source()[split],
                              documents.cached_lengths(builder, split, _lengths), spec, specials)
   return pipeline.example_dataset(features, documents.WithWeight(), split=split, **shard)
