@@ -153,14 +153,6 @@ def test_missing_files_name_the_field(tmp_path, tokenizer_dir):
 # ---- the configs ----------------------------------------------------------------------
 
 
-def test_finetune_imdb_tiny_trains_and_evaluates(tmp_path, tokenizer_dir):
-  files = dict(train=write_jsonl(tmp_path / "train.jsonl", documents(16)),
-               validation=write_jsonl(tmp_path / "dev.jsonl", documents(6, seed=1)))
-  out = tiny_run(tmp_path, "finetune_imdb", tokenizer_dir, files)
-  assert np.isfinite(out["loss"]) and 0 <= out["eval_accuracy"] <= 1
-  assert {"eval_macro_f1", "eval_f1"} <= set(out)
-
-
 def test_finetune_hyperpartisan_tiny_trains_and_evaluates(tmp_path, tokenizer_dir):
   articles, truth = write_semeval(tmp_path, documents(60))
   out = tiny_run(tmp_path, "finetune_hyperpartisan", tokenizer_dir,
@@ -169,6 +161,7 @@ def test_finetune_hyperpartisan_tiny_trains_and_evaluates(tmp_path, tokenizer_di
 
 
 # ---- a new user's path: HF directory + JSONL -> fine-tuned, predictions, HF export --------
+# (also configs/finetune_imdb.py:tiny's 2 steps and evaluation)
 
 
 def test_hf_directory_and_jsonl_to_predictions_and_export(tmp_path, tokenizer_dir):
@@ -182,14 +175,17 @@ def test_hf_directory_and_jsonl_to_predictions_and_export(tmp_path, tokenizer_di
   for name in ("tokenizer.json", "vocab.json", "merges.txt"):
     shutil.copy(tokenizer_dir / name, hf_dir / name)
   dev = documents(5, seed=1)
-  c = load_config("finetune_imdb", "")
-  set_fields(c, {"init_from_hf": str(hf_dir), "data.data_dir": str(tmp_path / "data"),
+  # configs/finetune_imdb.py:tiny (2 steps) from the HF directory, its tokenizer included
+  c = load_config("finetune_imdb", "tiny")
+  set_fields(c, {"init_from_hf": str(hf_dir), "data.tokenizer": None,
+                 "data.data_dir": str(tmp_path / "data"),
                  "data.files.train": write_jsonl(tmp_path / "train.jsonl", documents(12)),
                  "data.files.validation": write_jsonl(tmp_path / "dev.jsonl", dev),
-                 "train_steps": 2, "seq_len": 64, "batch_size": 4, "eval_every": 2,
-                 "checkpoint_every": 2, "async_checkpoints": False, "model.dtype": "float32"})
+                 "async_checkpoints": False})
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(c, workdir)
+  trained = train.train_and_evaluate(c, workdir)
+  assert np.isfinite(trained["loss"]) and {"eval_accuracy", "eval_macro_f1", "eval_f1"} <= set(
+      trained)
   metrics = train.evaluate(c, workdir, "validation")
   with open(os.path.join(workdir, "predictions-validation.jsonl")) as f:
     records = [json.loads(line) for line in f]
