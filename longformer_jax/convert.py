@@ -3,11 +3,12 @@
 * :func:`from_hf` loads an HF Longformer directory (``config.json`` + safetensors
   or ``pytorch_model.bin``, sharded or not) into our model.
 * :func:`to_hf` writes a directory that ``transformers`` loads.
-* :func:`roberta_to_longformer` turns a RoBERTa checkpoint into a Longformer one:
-  position embeddings copied up to the new length, global Q/K/V from local ones.
+* :func:`extend_checkpoint` turns a RoBERTa checkpoint into a Longformer one
+  (position embeddings copied up to the new length, global Q/K/V from local ones),
+  or gives a Longformer checkpoint more positions the same way.
 * :func:`save_native` / :func:`load_native`: orbax checkpoint + config.json.
 
-CLI: ``python -m longformer_jax.convert {roberta,to-native,to-hf} ...`` (``--help``).
+CLI: ``python -m longformer_jax.convert {roberta,extend,to-native,to-hf} ...`` (``--help``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -252,36 +254,73 @@ def extend_positions(pos_PxD: np.ndarray, new_positions: int, offset: int = 2) -
   return out
 
 
-def roberta_to_longformer(src: str, dst: str, max_length: int = 4096,
-                          attention_window: int = 512) -> None:
-  """Converts an HF RoBERTa checkpoint directory into an HF Longformer one."""
+def extend_checkpoint(src: str, dst: str, max_length: int = 4096,
+                      attention_window: int | None = None) -> None:
+  """Writes ``src``, an HF RoBERTa or Longformer directory, as a Longformer of
+  ``max_length`` positions (paper section 5): the learned position rows copied over
+  and over; from RoBERTa also the global Q/K/V copied from the local ones and a
+  window of ``attention_window`` (512 if None) on every layer. The tokenizer files
+  come along. ``dst`` is assembled beside itself and renamed in: a failure leaves
+  nothing half-written.
+  """
   with open(os.path.join(src, "config.json")) as f:
     cfg = json.load(f)
-  if cfg.get("model_type") != "roberta":
-    raise ValueError(f"{src}/config.json: model_type={cfg.get('model_type')!r}, expected "
-                     "'roberta'")
-  if attention_window <= 0 or attention_window % 2:
+  kind = cfg.get("model_type")
+  if kind not in ("roberta", "longformer"):
+    raise ValueError(f"{src}/config.json: model_type={kind!r}, expected 'roberta' or "
+                     "'longformer'")
+  if attention_window is not None and (attention_window <= 0 or attention_window % 2):
     raise ValueError(f"attention_window must be a positive even number, got {attention_window}")
   offset = cfg.get("pad_token_id", 1) + 1
+  if max_length + offset < cfg["max_position_embeddings"]:
+    raise ValueError(f"max_length={max_length} would shorten {src}'s "
+                     f"{cfg['max_position_embeddings'] - offset} positions")
   sd = {re.sub(r"^roberta\.", "longformer.", k): v for k, v in load_state_dict(src).items()
         if not k.endswith("position_ids")}
   for k in list(sd):
     if k.endswith("embeddings.position_embeddings.weight"):
       sd[k] = extend_positions(sd[k], max_length + offset, offset)
     m = re.match(r"(.*attention\.self\.)(query|key|value)\.(weight|bias)$", k)
-    if m:
+    if m and kind == "roberta":
       sd[f"{m[1]}{m[2]}_global.{m[3]}"] = sd[k].copy()
+  if kind == "roberta" or attention_window is not None:
+    cfg["attention_window"] = [attention_window or 512] * cfg["num_hidden_layers"]
   archs = [a.replace("Roberta", "Longformer") for a in cfg.get("architectures") or []]
   cfg.update(model_type="longformer", max_position_embeddings=max_length + offset,
-             attention_window=[attention_window] * cfg["num_hidden_layers"],
              architectures=archs or ["LongformerModel"])
   cfg.pop("position_embedding_type", None)
-  os.makedirs(dst, exist_ok=True)
-  with open(os.path.join(dst, "config.json"), "w") as f:
-    json.dump(cfg, f, indent=2, sort_keys=True)
+  _write_hf_dir(dst, cfg, sd, src)
+
+
+def roberta_to_longformer(src: str, dst: str, max_length: int = 4096,
+                          attention_window: int = 512) -> None:
+  """Converts an HF RoBERTa checkpoint directory into an HF Longformer one."""
+  extend_checkpoint(src, dst, max_length, attention_window)
+
+
+def _write_hf_dir(dst: str, cfg: dict, sd: dict[str, np.ndarray], tokenizer_src: str) -> None:
   from safetensors.numpy import save_file
-  save_file({k: np.ascontiguousarray(v) for k, v in sd.items()},
-            os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
+  from longformer_jax import workdir
+  dst = os.path.abspath(dst)
+  if os.path.exists(dst) and os.listdir(dst):
+    raise FileExistsError(f"{dst} exists and is not empty")
+  tmp = f"{dst}.tmp-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  try:
+    os.makedirs(tmp)
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(cfg, f, indent=2, sort_keys=True)
+    save_file({k: np.ascontiguousarray(v) for k, v in sd.items()},
+              os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    for name in workdir.TOKENIZER_FILES:
+      if os.path.isfile(os.path.join(tokenizer_src, name)):
+        shutil.copy(os.path.join(tokenizer_src, name), os.path.join(tmp, name))
+    if os.path.exists(dst):
+      os.rmdir(dst)
+    os.replace(tmp, dst)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
 
 
 # ---- native (orbax) checkpoints ---------------------------------------------
@@ -320,6 +359,10 @@ def main(argv=None):
   p.add_argument("src"), p.add_argument("dst")
   p.add_argument("--max-length", type=int, default=4096)
   p.add_argument("--attention-window", type=int, default=512)
+  p = sub.add_parser("extend", help="HF Longformer checkpoint -> the same with more "
+                     "positions (rows copied)")
+  p.add_argument("src"), p.add_argument("dst")
+  p.add_argument("--max-length", type=int, required=True)
   p = sub.add_parser("to-native", help="HF Longformer checkpoint -> orbax checkpoint")
   p.add_argument("src"), p.add_argument("dst")
   p.add_argument("--task", default=None, choices=sorted(model_lib.TASKS))
@@ -330,6 +373,8 @@ def main(argv=None):
   logging.basicConfig(level=logging.INFO, format="%(message)s")
   if args.cmd == "roberta":
     roberta_to_longformer(args.src, args.dst, args.max_length, args.attention_window)
+  elif args.cmd == "extend":
+    extend_checkpoint(args.src, args.dst, args.max_length)
   elif args.cmd == "to-native":
     save_native(from_hf(args.src, args.task), args.dst)
   else:

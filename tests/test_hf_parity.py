@@ -106,6 +106,31 @@ def test_roberta_to_longformer_matches_roberta_when_window_covers_all(tmp_path):
   assert np.abs(got[valid] - ref[valid]).max() <= 1e-4
 
 
+def test_extend_longformer_checkpoint_copies_positions_and_keeps_short_outputs(tmp_path):
+  hf, path = save_hf("masked_lm", tmp_path, max_position_embeddings=34)  # 32 positions
+  (path / "tokenizer.json").write_text("{}")
+  lj.convert.main(["extend", str(path), str(tmp_path / "long"), "--max-length", "96"])
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["hf_masked_lm", "long"]
+  assert (tmp_path / "long" / "tokenizer.json").read_text() == "{}"
+  long = transformers.LongformerForMaskedLM.from_pretrained(tmp_path / "long").eval()
+  assert long.config.max_position_embeddings == 98
+  assert long.config.attention_window == hf.config.attention_window
+  old = hf.longformer.embeddings.position_embeddings.weight.detach()
+  new = long.longformer.embeddings.position_embeddings.weight.detach()
+  for start in (2, 34, 66):  # the 32 learned rows, again and again
+    assert torch.equal(new[start:start + 32], old[2:34])
+  ids, mask, gmask, _ = batch(np.random.default_rng(6), b=3, n=21)
+  args = dict(attention_mask=torch.tensor(mask), global_attention_mask=torch.tensor(gmask))
+  with torch.no_grad():  # inputs within the old length: the same model
+    np.testing.assert_array_equal(long(torch.tensor(ids), **args).logits.numpy(),
+                                  hf(torch.tensor(ids), **args).logits.numpy())
+  with pytest.raises(FileExistsError, match="not empty"):
+    lj.convert.extend_checkpoint(path, tmp_path / "long", 128)
+  with pytest.raises(ValueError, match="shorten"):
+    lj.convert.extend_checkpoint(path, tmp_path / "short", 16)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["hf_masked_lm", "long"]
+
+
 # ---- errors name the bad field -------------------------------------------------
 def test_bad_checkpoints_are_named(tmp_path):
   _, path = save_hf("base", tmp_path)
