@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -301,26 +300,12 @@ def roberta_to_longformer(src: str, dst: str, max_length: int = 4096,
 def _write_hf_dir(dst: str, cfg: dict, sd: dict[str, np.ndarray], tokenizer_src: str) -> None:
   from safetensors.numpy import save_file
   from longformer_jax import workdir
-  dst = os.path.abspath(dst)
-  if os.path.exists(dst) and os.listdir(dst):
-    raise FileExistsError(f"{dst} exists and is not empty")
-  tmp = f"{dst}.tmp-{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
-  try:
-    os.makedirs(tmp)
+  with workdir.atomic_dir(dst) as tmp:
     with open(os.path.join(tmp, "config.json"), "w") as f:
       json.dump(cfg, f, indent=2, sort_keys=True)
     save_file({k: np.ascontiguousarray(v) for k, v in sd.items()},
               os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-    for name in workdir.TOKENIZER_FILES:
-      if os.path.isfile(os.path.join(tokenizer_src, name)):
-        shutil.copy(os.path.join(tokenizer_src, name), os.path.join(tmp, name))
-    if os.path.exists(dst):
-      os.rmdir(dst)
-    os.replace(tmp, dst)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    workdir.copy_tokenizer(tokenizer_src, tmp)
 
 
 # ---- native (orbax) checkpoints ---------------------------------------------

@@ -15,6 +15,7 @@ model without the data, and :func:`export_hf` writes it as an HF directory
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -105,24 +106,33 @@ def export_hf(workdir: str, out_dir: str) -> int:
                  id2label={str(i): n for i, n in enumerate(names)},
                  label2id={n: i for i, n in enumerate(names)})
     model.config = model.config.replace(extra_json=json.dumps(extra, sort_keys=True))
+  with atomic_dir(out_dir) as tmp:
+    convert.to_hf(model, tmp)
+    copy_tokenizer(info.get("tokenizer"), tmp)
+  return info["step"]
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: str):
+  """Yields a scratch directory beside ``out_dir`` that is renamed to it when the block
+  ends, and removed when the block raises: a failure leaves nothing half-written."""
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir) and os.listdir(out_dir):
     raise FileExistsError(f"{out_dir} exists and is not empty")
   tmp = f"{out_dir}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
   try:
-    convert.to_hf(model, tmp)
-    _copy_tokenizer(info.get("tokenizer"), tmp)
+    yield tmp
     if os.path.exists(out_dir):
       os.rmdir(out_dir)
     os.replace(tmp, out_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  return info["step"]
 
 
-def _copy_tokenizer(source: str | None, out_dir: str) -> None:
+def copy_tokenizer(source: str | None, out_dir: str) -> None:
   """The tokenizer's files (a tokenizer.json, or those of a checkpoint directory)."""
   if not source:
     return
