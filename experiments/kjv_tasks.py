@@ -101,13 +101,28 @@ def take_words(run: list[Verse], start: int, n_words: int) -> list[Verse]:
   return out
 
 
-_COUNTS: dict[int, tuple] = {}  # id(pool) -> (pool, its runs' word counts), pools kept alive
+@dataclasses.dataclass(frozen=True)
+class Pool:
+  """Runs of consecutive verses and their word counts (counted once)."""
+  runs: list
+  counts: list
+
+  @classmethod
+  def of(cls, runs_: list) -> "Pool":
+    return cls(runs_, [words(r) for r in runs_])
 
 
-def _pick_span(rng, runs_, n_words: int, where: str) -> list[Verse]:
+def testament_pools(verses, split: str) -> tuple[Pool, Pool]:
+  """(Old Testament, New Testament) runs of consecutive verses of ``split``."""
+  all_runs = runs(verses, split)
+  old = [r for r in ([v for v in r if not v.new_testament] for r in all_runs) if r]
+  new = [r for r in ([v for v in r if v.new_testament] for r in all_runs) if r]
+  return Pool.of(old), Pool.of(new)
+
+
+def _pick_span(rng, pool: Pool, n_words: int, where: str) -> list[Verse]:
   """A random stretch of consecutive verses with at least ``n_words`` words."""
-  counts = _COUNTS.setdefault(id(runs_), (runs_, [words(r) for r in runs_]))[1]
-  long_enough = [r for r, c in zip(runs_, counts) if c >= n_words + 50]
+  long_enough = [r for r, c in zip(pool.runs, pool.counts) if c >= n_words + 50]
   if not long_enough:
     raise ValueError(f"no run of {where} verses holds {n_words} words")
   sizes = np.array([len(r) for r in long_enough], float)
@@ -123,9 +138,7 @@ def testament_examples(verses, split: str, n: int, seed: int, *, filler_words=(4
                        passage_words=(500, 800)) -> list[dict]:
   """The ``testament`` classification documents (see the module docstring)."""
   rng = np.random.default_rng(seed)
-  all_runs = runs(verses, split)
-  old = [r for r in ([v for v in r if not v.new_testament] for r in all_runs) if r]
-  new = [r for r in ([v for v in r if v.new_testament] for r in all_runs) if r]
+  old, new = testament_pools(verses, split)
   out = []
   for i in range(n):
     label = "new" if i % 2 else "old"
@@ -148,10 +161,8 @@ def intruder_examples(verses, split: str, n: int, seed: int, *, context_words=(1
                       passage_verses: int = 3, answer_words: int = 6) -> list[dict]:
   """The ``intruder`` QA examples as SQuAD-format articles (see the module docstring)."""
   rng = np.random.default_rng(seed)
-  all_runs = runs(verses, split)
-  old = [r for r in ([v for v in r if not v.new_testament] for r in all_runs) if r]
-  new = [r for r in ([v for v in r if v.new_testament] for r in all_runs)
-         if len(r) >= passage_verses]
+  old, new = testament_pools(verses, split)
+  new = [r for r in new.runs if len(r) >= passage_verses]
   articles = []
   for i in range(n):
     span = _pick_span(rng, old, int(rng.integers(*context_words)), "Old Testament")

@@ -116,7 +116,7 @@ def prepare_text(verses, work: str) -> str:
 
 def pretrain(s: Settings, text: str, tokenizer: str, work: str) -> str:
   """MLM at ``short_len``; returns the exported HF directory."""
-  out = os.path.join(work, "mlm-512")
+  out = os.path.join(work, f"mlm-{s.short_len}")
   if os.path.exists(out):
     return out
   c = config_file("mlm.py").get_config("cpu")
@@ -269,6 +269,7 @@ def facts(files: dict, tok, work: str) -> dict:
   unigram = -statistics.fmean(math.log2((counts[i] + 1) / total) for i in stream[cut:])
   with open(files["testament"]["validation"]) as f:
     docs = [json.loads(l) for l in f]
+  doc_tokens = [len(tok.encode(d["text"]).ids) for d in docs]
   evidence = [len(tok.encode(d["text"][:d["evidence_char"]], add_special_tokens=False).ids)
               for d in docs]
   with open(files["intruder"]["validation"]) as f:
@@ -278,8 +279,7 @@ def facts(files: dict, tok, work: str) -> dict:
   context = [len(tok.encode(p["context"], add_special_tokens=False).ids) for p in paras]
   return dict(mlm_eval_bits_per_token=mlm_eval["eval_bits_per_token"],
               unigram_eval_bits_per_token=unigram, testament_first_evidence_token=min(evidence),
-              testament_tokens=[min(len(tok.encode(d["text"]).ids) for d in docs),
-                                max(len(tok.encode(d["text"]).ids) for d in docs)],
+              testament_tokens=[min(doc_tokens), max(doc_tokens)],
               intruder_context_tokens=[min(context), max(context)],
               # past the ~500 context tokens a 512-token window holds after the question
               intruder_answers_past_first_window=sum(a >= 500 for a in answer_at) / len(answer_at))
