@@ -33,6 +33,8 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 import numpy as np
 
+from longformer_jax import relative_position as relpos
+
 # Finite stand-in for -inf: masked scores stay finite, so (masked - max) never
 # becomes inf - inf and gradients never see NaN.
 NEG_INF = -1e30
@@ -182,9 +184,11 @@ class _Step(NamedTuple):
   gk: jax.Array | None  # (H, G, D) this example's global keys / values
   gv: jax.Array | None
   gmask: jax.Array | None  # (Q, G)
+  qr: jax.Array | None  # (H, Q, D) relative-position queries (q + v)
+  rel: jax.Array | None  # (H, W, D) the band's projected sinusoids
 
 
-def _step(band: _Band, t, q, k, v, key_ok, gk, gv, global_ok) -> _Step:
+def _step(band: _Band, t, q, k, v, key_ok, gk, gv, global_ok, qr, rel) -> _Step:
   """Operands of step t = (example b, query block i), by dynamic slicing."""
   _, h, _, d = q.shape
   b, start = t // band.num_blocks, (t % band.num_blocks) * band.q_block
@@ -195,14 +199,18 @@ def _step(band: _Band, t, q, k, v, key_ok, gk, gv, global_ok) -> _Step:
   if gk is not None:
     gks, gvs = gk[b], gv[b]
     gmask = jax.lax.dynamic_slice(global_ok, (b, start, 0), (1, band.q_block, gk.shape[2]))[0]
+  qrs = None if qr is None else take(qr, band.q_block)
   return _Step(start, take(q, band.q_block), take(k, band.span), take(v, band.span), mask,
-               gks, gvs, gmask)
+               gks, gvs, gmask, qrs, rel)
 
 
 def _scores(s: _Step, h: int):
   """Head h's masked fp32 scores against the span and the global keys."""
   f32 = _acc(s.q.dtype)
-  sc = jnp.where(s.mask, jnp.dot(s.q[h], s.k[h].T, preferred_element_type=f32), NEG_INF)
+  sc = jnp.dot(s.q[h], s.k[h].T, preferred_element_type=f32)
+  if s.qr is not None:  # + (q + v) . r(i - j), from the (Q, W) band of distances
+    sc += relpos.skew(jnp.dot(s.qr[h], s.rel[h].T, preferred_element_type=f32), sc.shape[1])
+  sc = jnp.where(s.mask, sc, NEG_INF)
   if s.gk is None:
     return sc, None
   sg = jnp.where(s.gmask, jnp.dot(s.q[h], s.gk[h].T, preferred_element_type=f32), NEG_INF)
@@ -231,7 +239,7 @@ def _widths(band, gk):  # score widths per step: the span, then the global keys
   return (band.span,) + (() if gk is None else (gk.shape[2],))
 
 
-def _band_forward(band: _Band, q, k, v, key_ok, gk, gv, global_ok, rng):
+def _band_forward(band: _Band, q, k, v, key_ok, gk, gv, global_ok, rng, qr, rel):
   """Scan over (example, query block): output (B*Nb, H, Q, D), log-sum-exp (B*Nb, H, Q).
 
   Heads are unrolled inside a step: each head's products are plain 2-D matrix
@@ -241,7 +249,7 @@ def _band_forward(band: _Band, q, k, v, key_ok, gk, gv, global_ok, rng):
   heads = q.shape[1]
 
   def step(_, t):
-    s = _step(band, t, q, k, v, key_ok, gk, gv, global_ok)
+    s = _step(band, t, q, k, v, key_ok, gk, gv, global_ok, qr, rel)
     keep = _keep(band, rng, t, heads, _widths(band, gk))
     outs, lses = [], []
     for h in range(heads):
@@ -266,32 +274,32 @@ def _band_forward(band: _Band, q, k, v, key_ok, gk, gv, global_ok, rng):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _band_core(band, q, k, v, key_ok, gk, gv, global_ok, rng):
-  return _band_forward(band, q, k, v, key_ok, gk, gv, global_ok, rng)[0]
+def _band_core(band, q, k, v, key_ok, gk, gv, global_ok, rng, qr, rel):
+  return _band_forward(band, q, k, v, key_ok, gk, gv, global_ok, rng, qr, rel)[0]
 
 
-def _band_core_fwd(band, q, k, v, key_ok, gk, gv, global_ok, rng):
-  o, lse = _band_forward(band, q, k, v, key_ok, gk, gv, global_ok, rng)
+def _band_core_fwd(band, q, k, v, key_ok, gk, gv, global_ok, rng, qr, rel):
+  o, lse = _band_forward(band, q, k, v, key_ok, gk, gv, global_ok, rng, qr, rel)
   # Named so that a remat policy can keep them instead of re-running the forward scan.
   o, lse = checkpoint_name(o, "attention_core"), checkpoint_name(lse, "attention_core")
-  return o, (q, k, v, key_ok, gk, gv, global_ok, rng, o, lse)
+  return o, (q, k, v, key_ok, gk, gv, global_ok, rng, qr, rel, o, lse)
 
 
 def _band_core_bwd(band, res, do):
   """Flash-attention style: recomputes each step's probabilities from the saved
   log-sum-exp; the key/value gradients of a step's span are added into padded
   accumulators carried through the scan."""
-  q, k, v, key_ok, gk, gv, global_ok, rng, o, lse = res
+  q, k, v, key_ok, gk, gv, global_ok, rng, qr, rel, o, lse = res
   heads, f32 = q.shape[1], _acc(q.dtype)
   dot = functools.partial(jnp.dot, preferred_element_type=f32)
 
   def step(carry, xs):
-    dk, dv, dgk, dgv = carry
+    dk, dv, dgk, dgv, drel = carry
     t, do_t, o_t, lse_t = xs
-    s = _step(band, t, q, k, v, key_ok, gk, gv, global_ok)
+    s = _step(band, t, q, k, v, key_ok, gk, gv, global_ok, qr, rel)
     keep = _keep(band, rng, t, heads, _widths(band, gk))
     delta = jnp.sum(do_t.astype(f32) * o_t.astype(f32), axis=-1)[..., None]  # (H, Q, 1)
-    dq, dks, dvs, dgks, dgvs = [], [], [], [], []
+    dq, dks, dvs, dgks, dgvs, dqr, drels = [], [], [], [], [], [], []
     for h in range(heads):
       sc, sg = _scores(s, h)
       do_h = do_t[h]
@@ -302,6 +310,10 @@ def _band_core_bwd(band, res, do):
       ds = (p * (dp - delta[h])).astype(q.dtype)
       dq_h = dot(ds, s.k[h])
       dks.append(dot(ds.T, s.q[h]))
+      if qr is not None:  # the skewed position scores, back to (Q, W) by distance
+        dp_pos = relpos.unskew(ds, rel.shape[1])
+        dqr.append(dot(dp_pos, s.rel[h]).astype(qr.dtype))
+        drels.append(dot(dp_pos.T, s.qr[h]))
       if sg is not None:
         pg = jnp.exp(sg - lse_t[h][:, None])
         dpg = _apply_keep(keep, h, 1, dot(do_h, s.gv[h].T))
@@ -321,15 +333,19 @@ def _band_core_bwd(band, res, do):
     if gk is not None:
       dgk = dgk.at[b].add(jnp.stack(dgks))
       dgv = dgv.at[b].add(jnp.stack(dgvs))
-    return (dk, dv, dgk, dgv), jnp.stack(dq)
+    if qr is not None:
+      drel = drel + jnp.stack(drels)
+    return (dk, dv, dgk, dgv, drel), (jnp.stack(dq), jnp.stack(dqr) if dqr else None)
 
   zeros = lambda x: None if x is None else jnp.zeros(x.shape, f32)
-  carry = (zeros(k), zeros(v), zeros(gk), zeros(gv))
+  carry = (zeros(k), zeros(v), zeros(gk), zeros(gv), zeros(rel))
   steps = q.shape[0] * band.num_blocks
-  (dk, dv, dgk, dgv), dq = jax.lax.scan(step, carry, (jnp.arange(steps), do, o, lse))
+  (dk, dv, dgk, dgv, drel), (dq, dqr) = jax.lax.scan(step, carry,
+                                                     (jnp.arange(steps), do, o, lse))
   cast = lambda g, x: None if x is None else g.astype(x.dtype)
-  return (_unblock(dq, q.shape[0]).swapaxes(1, 2), cast(dk, k), cast(dv, v), None,
-          cast(dgk, gk), cast(dgv, gv), None, None)
+  heads_major = lambda g: None if g is None else _unblock(g, q.shape[0]).swapaxes(1, 2)
+  return (heads_major(dq), cast(dk, k), cast(dv, v), None, cast(dgk, gk), cast(dgv, gv),
+          None, None, heads_major(dqr), cast(drel, rel))
 
 
 _band_core.defvjp(_band_core_fwd, _band_core_bwd)
@@ -345,12 +361,17 @@ def _unblock(x_BNbxHxQxD, batch: int):
 def banded_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, key_ok_BxN, *, left: int,
                      right: int, block_size: int, global_k_BxGxHxD=None,
                      global_v_BxGxHxD=None, global_ok_BxNxG=None,
-                     dropout_rate: float = 0.0, dropout_rng=None, halo: bool = False):
+                     dropout_rate: float = 0.0, dropout_rng=None, halo: bool = False,
+                     rel_q_BxNxHxD=None, rel_HxWxD=None):
   """Banded attention of one dilation group (positions already contiguous).
 
   Row i attends to keys j with ``i - left <= j <= i + right`` and
   ``key_ok[j]``, plus the extra (global) keys where ``global_ok[i, g]``, all in
   one softmax. ``q`` is pre-scaled. Returns (B, N, H, D) in ``v``'s dtype.
+
+  With ``rel_q`` (pre-scaled) and ``rel`` (row o + left for key j = i + o, W =
+  left + right + 1 rows), the score of (i, j) gains ``rel_q[i] . rel[j - i + left]``
+  (``relative_position.py``).
 
   With ``halo``, ``k``, ``v`` and ``key_ok`` already hold ``left`` positions
   before the N queries and ``right`` after them (a sequence shard plus its
@@ -366,11 +387,18 @@ def banded_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, key_ok_BxN, *, left: int,
   q_block = min(block_size, -(-n // 8) * 8)
   nb = -(-n // q_block)
   pad_n = nb * q_block - n
+  reach = (left, right)
   if not halo:  # nothing lies beyond the ends: reach at most the padded length
     left, right = min(left, nb * q_block - 1), min(right, nb * q_block - 1)
   elif k_BxNxHxD.shape[1] != n + left + right:
     raise ValueError(f"halo keys: expected {n} + {left} + {right} positions, got "
                      f"{k_BxNxHxD.shape[1]}")
+  rel = None
+  if rel_HxWxD is not None:  # the table's rows within the (capped) reach
+    if rel_HxWxD.shape[1] != sum(reach) + 1:
+      raise ValueError(f"rel_HxWxD has {rel_HxWxD.shape[1]} rows for a band of "
+                       f"{reach[0]} + {reach[1]} + 1")
+    rel = rel_HxWxD[:, reach[0] - left:reach[0] + right + 1]
   band = _Band(q_block, nb, left, right, float(dropout_rate))
   before, after = (0, pad_n) if halo else (left, pad_n + right)  # key padding
 
@@ -387,7 +415,8 @@ def banded_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, key_ok_BxN, *, left: int,
     gk, gv = jnp.swapaxes(global_k_BxGxHxD, 1, 2), jnp.swapaxes(global_v_BxGxHxD, 1, 2)
     g_ok = jnp.pad(global_ok_BxNxG, [(0, 0), (0, pad_n), (0, 0)])
   rng = dropout_rng if dropout_rate > 0.0 else None
-  o = _band_core(band, q, k, v, key_ok, gk, gv, g_ok, rng)
+  qr = None if rel is None else heads_major(rel_q_BxNxHxD, 0, pad_n)
+  o = _band_core(band, q, k, v, key_ok, gk, gv, g_ok, rng, qr, rel)
   return _unblock(o, batch)[:, :n]
 
 
@@ -441,11 +470,13 @@ def local_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, is_global_BxN
                     gidx: GlobalIndex | None, window: int,
                     dilation: int | Sequence[int] = 1, causal: bool = False,
                     block_size: int = DEFAULT_BLOCK_SIZE, dropout_rate: float = 0.0,
-                    dropout_rng=None):
+                    dropout_rng=None, relative: relpos.RelativePositions | None = None):
   """Output of the local rows: window (minus global and padded keys) + global keys.
 
   ``q`` is pre-scaled. Rows at global positions are computed too (callers
-  overwrite them with :func:`global_attention`); padded rows are zero.
+  overwrite them with :func:`global_attention`); padded rows are zero. With
+  ``relative``, ``q`` holds the content queries (q + u) and the scores gain the
+  relative-position term (``relative_position.py``; no global tokens then).
   """
   batch, n, heads, _ = q_BxNxHxD.shape
   left, right = window_radii(window, causal)
@@ -454,6 +485,9 @@ def local_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, is_global_BxN
   pos_N = jnp.arange(n, dtype=jnp.int32)
 
   use_global = gidx is not None and gidx.index.shape[1] > 0
+  if use_global and relative is not None:
+    raise ValueError("relative positions are defined for local attention only: "
+                     "global_attention_mask must mark no token (max_global_tokens=0)")
   if use_global:
     gk_BxGxHxD = gather_tokens(k_BxNxHxD, gidx)
     gv_BxGxHxD = gather_tokens(v_BxNxHxD, gidx)
@@ -473,6 +507,11 @@ def local_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, is_global_BxN
     if use_global:
       extra = dict(global_k_BxGxHxD=sel(gk_BxGxHxD), global_v_BxGxHxD=sel(gv_BxGxHxD),
                    global_ok_BxNxG=g_ok_BxNxG)
+    if relative is not None:
+      w_r = relative.w_r_ExHxD[:, np.array(hs)] if len(hs) < heads else relative.w_r_ExHxD
+      extra = dict(rel_q_BxNxHxD=to_strided(sel(relative.q_BxNxHxD), d),
+                   rel_HxWxD=relpos.band_table(w_r, left=left, right=right, dilation=d,
+                                               dtype=k.dtype))
     if d == 1:
       o = banded_attention(q, k, v, key_ok_BxN, left=left, right=right,
                            block_size=block_size, dropout_rate=dropout_rate,
@@ -600,7 +639,7 @@ def longformer_attention(q, k, v, q_global=None, k_global=None, v_global=None, *
                          dilation: int | Sequence[int] = 1, causal: bool = False,
                          block_size: int = DEFAULT_BLOCK_SIZE,
                          max_global: int | None = None, dropout_rate: float = 0.0,
-                         dropout_rng=None):
+                         dropout_rng=None, relative_q=None, relative_w=None):
   """Full Longformer self-attention from per-token projections.
 
   Args:
@@ -616,6 +655,9 @@ def longformer_attention(q, k, v, q_global=None, k_global=None, v_global=None, *
     max_global: static bound G on global tokens per example; None takes the
       count from a concrete ``global_attention_mask``.
     dropout_rate, dropout_rng: dropout on attention probabilities.
+    relative_q, relative_w: Transformer-XL relative positions (no global tokens):
+      ``relative_q`` (B, N, H, D) the position queries q + v (unscaled; ``q`` then
+      holds q + u), ``relative_w`` (E, H, D) the projection W_r of the sinusoids.
 
   Returns:
     (B, N, H, D) in ``v``'s dtype.
@@ -636,10 +678,13 @@ def longformer_attention(q, k, v, q_global=None, k_global=None, v_global=None, *
   rng_local = rng_global = None
   if dropout_rng is not None:
     rng_local, rng_global = jax.random.split(dropout_rng)
+  relative = None
+  if relative_q is not None:
+    relative = relpos.RelativePositions((relative_q * scale).astype(q.dtype), relative_w)
   out = local_attention((q * scale).astype(q.dtype), k, v, valid_BxN=valid_BxN,
                         is_global_BxN=is_global_BxN, gidx=gidx, window=window,
                         dilation=dilation, causal=causal, block_size=block_size,
-                        dropout_rate=dropout_rate, dropout_rng=rng_local)
+                        dropout_rate=dropout_rate, dropout_rng=rng_local, relative=relative)
   if gidx is None:
     return out
   qg = (gather_tokens(q_global, gidx) * scale).astype(q_global.dtype)

@@ -19,6 +19,7 @@ _PASSTHROUGH_KEYS = ("id2label", "label2id", "bos_token_id",
 REMAT_POLICIES = ("none", "full", "dots", "matmuls")
 PROBLEM_TYPES = (None, "regression", "single_label_classification",
                  "multi_label_classification")
+POSITION_EMBEDDING_TYPES = ("absolute", "relative_sinusoidal")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "tanh")
 
 
@@ -58,6 +59,14 @@ class LongformerConfig:
   # Ours (not in HF configs; stored in config.json under the same names).
   attention_dilation: tuple[tuple[int, ...], ...] | None = None  # None: 1 everywhere
   causal: bool = False
+  # "absolute": the learned position table of the reference checkpoints;
+  # "relative_sinusoidal": Transformer-XL's relative positions inside the banded attention
+  # (the paper's character LM; no position table, no global tokens).
+  position_embedding_type: str = "absolute"
+  # LayerNorm before each block (and once after the last layer) instead of after each
+  # residual sum: the paper's character LM. Pre-LN models have no embedding LayerNorm,
+  # and their LM head decodes the final LayerNorm's output directly.
+  pre_layer_norm: bool = False
   # Run fields (``_RUN``): how to compute, not what the model is. config.json does not
   # hold them, and a run sets them on top of a loaded checkpoint's architecture.
   block_size: int = dataclasses.field(default=attn.DEFAULT_BLOCK_SIZE, metadata=_RUN)
@@ -65,6 +74,10 @@ class LongformerConfig:
   max_global_tokens: int | None = dataclasses.field(default=None, metadata=_RUN)
   # compute dtype; params are always float32
   dtype: str = dataclasses.field(default="float32", metadata=_RUN)
+  # dtype of the local attention's q, k, v (scores and softmax are fp32 anyway); None:
+  # the compute dtype. "float32" under bf16 compute keeps the products of the window
+  # attention exact to fp32, as the paper's character LM did.
+  attention_dtype: str | None = dataclasses.field(default=None, metadata=_RUN)
   # Rematerialise each layer in the backward pass: none | full | dots | matmuls. The
   # default keeps the matrix products' outputs: about half the activation memory of
   # "none" at no cost in speed (experiments/benchmark.py); forward-only calls are unaffected.
@@ -104,6 +117,15 @@ class LongformerConfig:
     elif self.scan_layers and not uniform:
       raise ValueError("scan_layers needs the same attention_window and attention_dilation on "
                        f"every layer, got {window} / {self.attention_dilation}")
+    if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
+      raise ValueError(f"position_embedding_type={self.position_embedding_type!r} is not one "
+                       f"of {POSITION_EMBEDDING_TYPES}")
+    if self.relative_positions:
+      if self.max_global_tokens not in (None, 0):
+        raise ValueError(f"max_global_tokens={self.max_global_tokens}: relative positions "
+                         "(position_embedding_type='relative_sinusoidal') have no global "
+                         "tokens; set it to 0")
+      object.__setattr__(self, "max_global_tokens", 0)
     if self.problem_type not in PROBLEM_TYPES:
       raise ValueError(f"problem_type={self.problem_type!r} is not one of {PROBLEM_TYPES}")
     if self.hidden_size % self.num_attention_heads:
@@ -116,6 +138,12 @@ class LongformerConfig:
     if self.block_size < 1:
       raise ValueError(f"block_size must be positive, got {self.block_size}")
     jnp.dtype(self.dtype)  # raises on an unknown dtype name
+    if self.attention_dtype is not None:
+      jnp.dtype(self.attention_dtype)
+
+  @property
+  def relative_positions(self) -> bool:
+    return self.position_embedding_type == "relative_sinusoidal"
 
   @property
   def head_dim(self) -> int:
@@ -188,8 +216,11 @@ class LongformerConfig:
       del d["attention_dilation"]
     else:
       d["attention_dilation"] = [list(x) for x in self.attention_dilation]
-    if not self.causal:
-      del d["causal"]
+    for name in ("causal", "pre_layer_norm"):
+      if not d[name]:
+        del d[name]
+    if not self.relative_positions:
+      del d["position_embedding_type"]
     if self.problem_type is None:
       del d["problem_type"]
     extra = json.loads(self.extra_json)

@@ -225,6 +225,11 @@ def to_hf(model, path: str | os.PathLike, *, allow_unsupported: bool = False) ->
   ``allow_unsupported=True`` is written anyway with a warning.
   """
   from safetensors.numpy import save_file
+  cfg = model.config
+  if cfg.relative_positions or cfg.pre_layer_norm:
+    raise ValueError("transformers' Longformer has no pre-LN layers or relative positions "
+                     f"(pre_layer_norm={cfg.pre_layer_norm}, position_embedding_type="
+                     f"{cfg.position_embedding_type!r}); use save_native")
   bad = _hf_unsupported(model.config)
   if bad and not allow_unsupported:
     raise ValueError(f"transformers cannot run this model as it is: {'; '.join(bad)}. Use "

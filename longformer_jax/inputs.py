@@ -68,6 +68,11 @@ def check_inputs(cfg: LongformerConfig, arrays: dict, lead: int = 1) -> tuple:
   bounds = dict(input_ids=(cfg.vocab_size, "vocab_size"),
                 token_type_ids=(cfg.type_vocab_size, "type_vocab_size"),
                 position_ids=(cfg.max_position_embeddings, "max_position_embeddings"))
+  if cfg.relative_positions:  # positions are the tokens' distances: nothing to look up
+    if arrays.get("position_ids") is not None:
+      raise ValueError("position_ids: a model with position_embedding_type="
+                       "'relative_sinusoidal' takes none (it attends by distance)")
+    del bounds["position_ids"]
   for name, (bound, field) in bounds.items():
     x = arrays.get(name)
     if not is_concrete(x):
@@ -79,7 +84,8 @@ def check_inputs(cfg: LongformerConfig, arrays: dict, lead: int = 1) -> tuple:
       bad = tuple(int(i) for i in np.argwhere((x < 0) | (x >= bound))[0])
       raise ValueError(f"{name}[{', '.join(map(str, bad))}] = {x[bad]} is out of range "
                        f"[0, {bound}) ({field}={bound})")
-  _check_default_positions(cfg, arrays, shape)
+  if not cfg.relative_positions:
+    _check_default_positions(cfg, arrays, shape)
   return shape
 
 

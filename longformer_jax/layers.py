@@ -1,7 +1,9 @@
-"""Flax nnx building blocks of the Longformer encoder (post-LN, RoBERTa-shaped).
+"""Flax nnx building blocks of the Longformer encoder.
 
-Attribute names follow the reference checkpoints' module tree so that
-conversion is a mechanical renaming (see ``convert.py``).
+Post-LN and RoBERTa-shaped by default: attribute names follow the reference
+checkpoints' module tree so that conversion is a mechanical renaming (see
+``convert.py``). ``pre_layer_norm`` and relative positions give the paper's
+character LM instead (:class:`PreLNLayer`, ``relative_position.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from longformer_jax import attention as attn
 from longformer_jax import attention_weights as attn_weights
+from longformer_jax import relative_position as relpos
 from longformer_jax import seqpar
 from longformer_jax import sharding as sh
 from longformer_jax.config import LongformerConfig
@@ -60,10 +63,11 @@ def activation(name: str):
 
 
 def dense(cfg: LongformerConfig, d_in: int, d_out: int, rngs: nnx.Rngs,
-          axes: tuple[str, str] = (sh.EMBED, sh.EMBED_OUT)) -> nnx.Linear:
+          axes: tuple[str, str] = (sh.EMBED, sh.EMBED_OUT), use_bias: bool = True) -> nnx.Linear:
   """Linear layer, fp32 params, compute in the config's dtype; ``axes`` are logical."""
   init = nnx.initializers.normal(cfg.initializer_range)
-  return nnx.Linear(d_in, d_out, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+  return nnx.Linear(d_in, d_out, use_bias=use_bias, dtype=cfg.compute_dtype,
+                    param_dtype=jnp.float32,
                     kernel_init=nnx.with_partitioning(init, axes),
                     bias_init=nnx.with_partitioning(nnx.initializers.zeros, axes[1:]),
                     rngs=rngs)
@@ -109,29 +113,32 @@ class Embeddings(nnx.Module):
   """Word + learned position + token type embeddings, then LayerNorm and dropout.
 
   The word and position rows at ``pad_token_id`` are padding rows, as in the
-  reference: zero at init and never updated through a lookup.
+  reference: zero at init and never updated through a lookup. Relative positions
+  have no position table; pre-LN models no LayerNorm here.
   """
 
   def __init__(self, cfg: LongformerConfig, rngs: nnx.Rngs):
-    self.padding_idx = cfg.pad_token_id
+    self.padding_idx, self.dtype = cfg.pad_token_id, cfg.compute_dtype
     self.word_embeddings = embed(cfg, cfg.vocab_size, rngs, sh.VOCAB, cfg.pad_token_id)
-    self.position_embeddings = embed(cfg, cfg.max_position_embeddings, rngs, sh.POSITIONS,
-                                     cfg.pad_token_id)
+    self.position_embeddings = None if cfg.relative_positions else embed(
+        cfg, cfg.max_position_embeddings, rngs, sh.POSITIONS, cfg.pad_token_id)
     self.token_type_embeddings = embed(cfg, cfg.type_vocab_size, rngs, sh.TYPES)
-    self.LayerNorm = layer_norm(cfg, rngs)
+    self.LayerNorm = None if cfg.pre_layer_norm else layer_norm(cfg, rngs)
     self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
 
   def __call__(self, input_ids_BxN, token_type_ids_BxN, position_ids_BxN, inputs_embeds_BxNxD=None):
     """``inputs_embeds`` replaces the word embeddings of ``input_ids`` when given."""
     words = (lookup(self.word_embeddings, input_ids_BxN, self.padding_idx)
-             if inputs_embeds_BxNxD is None else inputs_embeds_BxNxD.astype(self.LayerNorm.dtype))
-    x = (words + lookup(self.position_embeddings, position_ids_BxN, self.padding_idx)
-         + self.token_type_embeddings(token_type_ids_BxN))
-    return self.dropout(self.LayerNorm(x))
+             if inputs_embeds_BxNxD is None else inputs_embeds_BxNxD.astype(self.dtype))
+    x = words + self.token_type_embeddings(token_type_ids_BxN)
+    if self.position_embeddings is not None:
+      x = x + lookup(self.position_embeddings, position_ids_BxN, self.padding_idx)
+    return self.dropout(x if self.LayerNorm is None else self.LayerNorm(x))
 
 
 class SelfAttention(nnx.Module):
-  """Local Q/K/V and global Q_g/K_g/V_g projections around ``attention.py``."""
+  """Local Q/K/V and global Q_g/K_g/V_g projections around ``attention.py``; with
+  relative positions Q/K/V, W_r (``relative_key``) and the biases u and v instead."""
 
   def __init__(self, cfg: LongformerConfig, layer: int, rngs: nnx.Rngs):
     d = cfg.hidden_size
@@ -139,8 +146,17 @@ class SelfAttention(nnx.Module):
     self.window = cfg.attention_window[layer]
     self.dilation = cfg.layer_dilation(layer)
     self.causal, self.block_size = cfg.causal, cfg.block_size
-    for name in ("query", "key", "value", "query_global", "key_global", "value_global"):
+    self.attention_dtype = jnp.dtype(cfg.attention_dtype or cfg.dtype)
+    self.relative = cfg.relative_positions
+    names = ("query", "key", "value") + (
+        () if self.relative else ("query_global", "key_global", "value_global"))
+    for name in names:
       setattr(self, name, dense(cfg, d, d, rngs, (sh.EMBED, sh.HEADS)))
+    if self.relative:  # Transformer-XL: W_r, u (content bias), v (position bias)
+      self.relative_key = dense(cfg, d, d, rngs, (sh.EMBED, sh.HEADS), use_bias=False)
+      zeros = nnx.with_partitioning(nnx.initializers.zeros, (sh.HEADS,))
+      self.content_bias = nnx.Param(zeros(rngs.params(), (d,), jnp.float32))
+      self.position_bias = nnx.Param(zeros(rngs.params(), (d,), jnp.float32))
     # Holds the dropout rate, the train/eval flag and the rng stream.
     self.dropout = nnx.Dropout(cfg.attention_probs_dropout_prob, rngs=rngs)
 
@@ -156,6 +172,9 @@ class SelfAttention(nnx.Module):
     out = self._attend(x_BxNxD, valid_BxN, is_global_BxN, gidx)
     if not output_attentions:
       return out, None
+    if self.relative:
+      raise ValueError("output_attentions is not available with relative positions "
+                       "(position_embedding_type='relative_sinusoidal')")
     return out, self._probs(x_BxNxD, valid_BxN, is_global_BxN, gidx)
 
   def _heads(self, t):
@@ -183,17 +202,23 @@ class SelfAttention(nnx.Module):
     def heads(t):
       return t.reshape(t.shape[:2] + (self.heads, self.head_dim))
 
-    q_BxNxHxD = checkpoint_name(heads(self.query(x_BxNxD) * scale), "matmul")
     split = sh.sequence_parallel()
+    if self.relative:
+      if split is not None:
+        raise ValueError("sequence parallelism (mesh sequence > 1) does not support relative "
+                         "positions (position_embedding_type='relative_sinusoidal')")
+      return self._attend_relative(x_BxNxD, valid_BxN, is_global_BxN).reshape(b, n, d)
+    q_BxNxHxD = checkpoint_name(heads(self.query(x_BxNxD) * scale), "matmul")
     if split is not None:
       return self._sequence_parallel(x_BxNxD, q_BxNxHxD, valid_BxN, is_global_BxN, gidx,
                                      *split).reshape(b, n, d)
+    cast = lambda t: t.astype(self.attention_dtype)
     out_BxNxHxD = attn.local_attention(
-        q_BxNxHxD, checkpoint_name(heads(self.key(x_BxNxD)), "matmul"),
-        checkpoint_name(heads(self.value(x_BxNxD)), "matmul"),
+        cast(q_BxNxHxD), cast(checkpoint_name(heads(self.key(x_BxNxD)), "matmul")),
+        cast(checkpoint_name(heads(self.value(x_BxNxD)), "matmul")),
         valid_BxN=valid_BxN, is_global_BxN=is_global_BxN, gidx=gidx, window=self.window,
         dilation=self.dilation, causal=self.causal, block_size=self.block_size,
-        **self._dropout_args())
+        **self._dropout_args()).astype(x_BxNxD.dtype)
     if gidx is not None:
       qg_BxGxHxD = heads(self.query_global(attn.gather_tokens(x_BxNxD, gidx)) * scale)
       common = dict(valid_BxN=valid_BxN, gidx=gidx, causal=self.causal, **self._dropout_args())
@@ -207,6 +232,26 @@ class SelfAttention(nnx.Module):
       out_BxNxHxD = attn.scatter_tokens(out_BxNxHxD, og_BxGxHxD, gidx)
     return checkpoint_name(out_BxNxHxD.reshape(b, n, d), "matmul")
 
+
+  def _attend_relative(self, x_BxNxD, valid_BxN, is_global_BxN):
+    """Local attention with Transformer-XL scores: (q + u).k + (q + v).W_r sincos(i - j)."""
+    scale = 1.0 / math.sqrt(self.head_dim)
+    dt = self.attention_dtype
+    q_BxNxE = checkpoint_name(self.query(x_BxNxD), "matmul").astype(dt)
+    content_BxNxHxD = self._heads(((q_BxNxE + self.content_bias[...].astype(dt)) * scale)
+                                  .astype(dt))
+    position_BxNxHxD = self._heads(((q_BxNxE + self.position_bias[...].astype(dt)) * scale)
+                                   .astype(dt))
+    w_r = self.relative_key.kernel[...]
+    relative = relpos.RelativePositions(position_BxNxHxD,
+                                        w_r.reshape(w_r.shape[0], self.heads, self.head_dim))
+    kv = lambda lin: checkpoint_name(self._heads(lin(x_BxNxD)), "matmul").astype(dt)
+    out_BxNxHxD = attn.local_attention(
+        content_BxNxHxD, kv(self.key), kv(self.value),
+        valid_BxN=valid_BxN, is_global_BxN=is_global_BxN, gidx=None, window=self.window,
+        dilation=self.dilation, causal=self.causal, block_size=self.block_size,
+        relative=relative, **self._dropout_args())
+    return checkpoint_name(out_BxNxHxD.astype(x_BxNxD.dtype), "matmul")
 
   def _global_kv_weights(self):
     """(W_kg (E, H, D), b_kg (H, D), W_vg, b_vg): K_g/V_g weights split by head."""
@@ -275,6 +320,27 @@ class Layer(nnx.Module):
     return self.output(self.intermediate(h), h), probs
 
 
+class PreLNLayer(nnx.Module):
+  """One pre-LN layer (the paper's character LM): x + attention(LN(x)), then h + FFN(LN(h))."""
+
+  def __init__(self, cfg: LongformerConfig, layer: int, rngs: nnx.Rngs):
+    self.attention_layer_norm = layer_norm(cfg, rngs)
+    self.self_attn = SelfAttention(cfg, layer, rngs)
+    self.attention_output = dense(cfg, cfg.hidden_size, cfg.hidden_size, rngs,
+                                  (sh.HEADS, sh.EMBED))
+    self.ffn_layer_norm = layer_norm(cfg, rngs)
+    self.intermediate = Intermediate(cfg, rngs)
+    self.output = dense(cfg, cfg.intermediate_size, cfg.hidden_size, rngs, (sh.MLP, sh.EMBED))
+    self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
+
+  def __call__(self, x_BxNxD, valid_BxN, is_global_BxN, gidx, output_attentions=False):
+    a, probs = self.self_attn(self.attention_layer_norm(x_BxNxD), valid_BxN, is_global_BxN,
+                              gidx, output_attentions)
+    h = x_BxNxD + self.dropout(checkpoint_name(self.attention_output(a), "matmul"))
+    f = checkpoint_name(self.output(self.intermediate(self.ffn_layer_norm(h))), "matmul")
+    return h + self.dropout(f), probs
+
+
 ACTIVATION_AXES = (sh.BATCH, sh.LENGTH, sh.ACT_EMBED)
 _REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -299,14 +365,17 @@ class Encoder(nnx.Module):
 
   def __init__(self, cfg: LongformerConfig, rngs: nnx.Rngs):
     self.remat, self.scan = cfg.remat, cfg.scan_layers
+    layer_cls = PreLNLayer if cfg.pre_layer_norm else Layer
     if cfg.scan_layers:
       @nnx.split_rngs(splits=cfg.num_hidden_layers)
       @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: sh.LAYERS})
       def stacked(rngs):
-        return Layer(cfg, 0, rngs)
+        return layer_cls(cfg, 0, rngs)
       self.layers = stacked(rngs)
     else:
-      self.layer = nnx.List([Layer(cfg, i, rngs) for i in range(cfg.num_hidden_layers)])
+      self.layer = nnx.List([layer_cls(cfg, i, rngs) for i in range(cfg.num_hidden_layers)])
+    # Pre-LN: the residual stream is normalised once more at the top.
+    self.final_layer_norm = layer_norm(cfg, rngs) if cfg.pre_layer_norm else None
 
   def __call__(self, x_BxNxD, valid_BxN, is_global_BxN, gidx, *,
                output_hidden_states: bool = False, output_attentions: bool = False):
@@ -342,6 +411,8 @@ class Encoder(nnx.Module):
            if isinstance(m, nnx.Dropout)):
       nnx.update(stack, nnx.state(fresh, nnx.RngState))
     hidden = (x_BxNxD,) + per_layer[0] if output_hidden_states else None
+    if self.final_layer_norm is not None:
+      y = self.final_layer_norm(y)
     return EncoderOutput(y, hidden, per_layer[1], per_layer[2])
 
 

@@ -194,9 +194,13 @@ class LongformerForCausalLM(LongformerForMaskedLM):
 
 
 class LMHead(nnx.Module):
+  """dense, gelu, LayerNorm, then the decoder; a pre-LN model (ending with its own
+  LayerNorm) decodes its last hidden state directly, as Transformer-XL does."""
+
   def __init__(self, cfg: LongformerConfig, rngs: nnx.Rngs):
-    self.dense = layers.dense(cfg, cfg.hidden_size, cfg.hidden_size, rngs)
-    self.layer_norm = layers.layer_norm(cfg, rngs)
+    transform = not cfg.pre_layer_norm
+    self.dense = layers.dense(cfg, cfg.hidden_size, cfg.hidden_size, rngs) if transform else None
+    self.layer_norm = layers.layer_norm(cfg, rngs) if transform else None
     self.bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.float32))
     self.act = layers.activation("gelu")
     # Untied checkpoints carry their own decoder matrix (``lm_head.decoder.weight``).
@@ -206,7 +210,7 @@ class LMHead(nnx.Module):
             nnx.initializers.normal(cfg.initializer_range), (sh.EMBED, sh.VOCAB)))
 
   def __call__(self, h_BxNxD, word_embeddings: nnx.Embed):
-    x = self.layer_norm(self.act(self.dense(h_BxNxD)))
+    x = h_BxNxD if self.dense is None else self.layer_norm(self.act(self.dense(h_BxNxD)))
     logits = word_embeddings.attend(x) if self.decoder is None else self.decoder(x)
     return logits.astype(jnp.float32) + self.bias[...]
 

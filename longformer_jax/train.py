@@ -154,7 +154,8 @@ def validate(config, phases: list[Phase], cfgs: list[LongformerConfig], mesh,
       raise ValueError(f"{where}.batch_size={p.batch_size} must divide by data*fsdp="
                        f"{batch_shards} x grad_accum={accum} and by the process count "
                        f"{jax.process_count()}")
-    if p.seq_len + cfg.pad_token_id + 1 > cfg.max_position_embeddings:
+    if (not cfg.relative_positions
+        and p.seq_len + cfg.pad_token_id + 1 > cfg.max_position_embeddings):
       raise ValueError(f"{where}.seq_len={p.seq_len} needs max_position_embeddings >= "
                        f"{p.seq_len + cfg.pad_token_id + 1}, config.model has "
                        f"{cfg.max_position_embeddings}")
@@ -434,6 +435,8 @@ class Runner:
 
   def run(self) -> dict:
     self.record()
+    count = sum(x.size for x in jax.tree.leaves(self.abstract_state["params"]))
+    log.info("model: %s parameters (%.1fM)", f"{count:,}", count / 1e6)
     preempt = _Preemption()
     state, step, it = self.init_or_restore()
     progress = metrics_lib.Progress(self.total, step)

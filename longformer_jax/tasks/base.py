@@ -124,8 +124,9 @@ def forward(model, batch: dict, *, no_global: bool = False, input_ids=None, **kw
   if no_global and gmask is not None:
     gmask = jnp.zeros_like(gmask)
   ids = batch["input_ids"] if input_ids is None else input_ids
-  return model(ids, batch["attention_mask"], gmask,
-               position_ids=position_ids(batch, model.config.pad_token_id), **kwargs)
+  cfg = model.config
+  positions = None if cfg.relative_positions else position_ids(batch, cfg.pad_token_id)
+  return model(ids, batch["attention_mask"], gmask, position_ids=positions, **kwargs)
 
 
 def weighted(terms, weight):
