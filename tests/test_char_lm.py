@@ -1,0 +1,77 @@
+"""The paper's character LM (section 4): parameter counts of the paper-size configs,
+and every variant of ``configs/char_lm.py`` trained 2 steps on a tiny override."""
+
+import zipfile
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import load_config, losses
+
+VARIANTS = ("text8", "enwik8", "enwik8,large", "text8,window=fixed", "text8,window=decreasing",
+            "text8,dilation=off", "text8,ablation", "text8,hf")
+
+
+def param_count(config) -> int:
+  from longformer_jax import model as model_lib
+  from longformer_jax import train
+  cfg = train.model_config(config, train.resolve_phases(config)[0])
+  abstract = nnx.eval_shape(lambda: model_lib.create_model(cfg, "causal_lm"))
+  return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+
+
+@pytest.mark.parametrize("variant,paper_millions", [("text8", 41), ("enwik8", 41),
+                                                    ("enwik8,large", 102)])
+def test_paper_configs_have_the_papers_parameter_counts(variant, paper_millions):
+  """41M / 102M as the paper writes them (whole millions, truncated): every parameter,
+  the relative-position projections W_r and biases u, v included."""
+  config = load_config("char_lm", variant)
+  count = param_count(config)
+  print(f"char_lm.py:{variant}: {count:,} parameters")
+  assert int(count // 1_000_000) == paper_millions, count
+  assert config.model.position_embedding_type == "relative_sinusoidal"
+  assert config.model.pre_layer_norm and len(config.phases) == 5
+
+
+def test_ablation_windows_and_dilation():
+  from configs import char_lm
+  inc = char_lm.ablation_windows(12, "increasing")
+  assert inc[0] == 32 and inc[-1] == 512 and inc == sorted(inc)
+  assert char_lm.ablation_windows(12, "decreasing") == inc[::-1]
+  assert char_lm.ablation_windows(12, "fixed") == [230] * 12
+  small = [d[0] - 1 for d in char_lm.layer_dilations(12, 8)]
+  assert small == [0] * 6 + [1, 1, 2, 2, 3, 3]
+  large = [d[0] - 1 for d in char_lm.layer_dilations(30, 8)]
+  assert large == [0] * 15 + [1] * 5 + [2] * 5 + [3] * 5
+  assert all(d[2:] == [1] * 6 for d in char_lm.layer_dilations(30, 8))
+  assert char_lm.layer_dilations(12, 8, on=False) == [[1] * 8] * 12
+
+
+@pytest.fixture(scope="module")
+def corpus_zips(tmp_path_factory):
+  root = tmp_path_factory.mktemp("char_corpus")
+  rng = np.random.default_rng(0)
+  text = "".join(rng.choice(list("abcdefgh "), size=40_000))
+  paths = {}
+  for name in ("text8", "enwik8"):
+    paths[name] = root / f"{name}.zip"
+    with zipfile.ZipFile(paths[name], "w") as z:
+      z.writestr(name, text)
+  return root, paths
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_char_lm_variant_trains_two_steps(variant, corpus_zips, tmp_path):
+  from longformer_jax import train
+  root, paths = corpus_zips
+  c = load_config("char_lm", variant + ",tiny")
+  corpus = variant.split(",")[0]
+  c.data.data_dir, c.data.path = str(root / f"data_{corpus}"), str(paths[corpus])
+  c.eval_every, c.eval_batches, c.async_checkpoints, c.log_every = 2, 1, False, 1
+  assert sum(p.steps for p in train.resolve_phases(c)) == 2
+  out = train.train_and_evaluate(c, str(tmp_path / "run"))
+  rows = losses(str(tmp_path / "run"))
+  assert sorted(rows) == [1, 2] and all(np.isfinite(list(rows.values())))
+  assert np.isfinite(out["eval_bpc"]) and out["eval_bpc"] > 0
