@@ -28,8 +28,9 @@ setup(
     extras_require={
         # torch is pinned to the CPU build: it is only the numerical reference.
         # References the metrics are checked against: scikit-learn (F1), seqeval
-        # (conlleval entity F1), torchmetrics (the SQuAD evaluation).
+        # (conlleval entity F1), torchmetrics (the SQuAD evaluation), nltk (the
+        # Kneser-Ney and Witten-Bell n-gram LMs of experiments/ngram.py).
         "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "portpicker>=1.6",
-                 "scikit-learn>=1.5", "seqeval>=1.2.2", "torchmetrics>=1.4"],
+                 "scikit-learn>=1.5", "seqeval>=1.2.2", "torchmetrics>=1.4", "nltk>=3.9"],
     },
 )
