@@ -47,7 +47,8 @@ TARGET_SPEEDUP, TARGET_MEMORY, TARGET_CEILING = 2.5, 0.5, 0.30
 
 
 # ---- measurement helpers (inside a worker process) ---------------------------
-def _peak_rss() -> int:
+def peak_rss() -> int:
+  """This process's peak resident memory so far (VmHWM), in bytes."""
   with open("/proc/self/status") as f:
     for line in f:
       if line.startswith("VmHWM:"):
@@ -55,7 +56,9 @@ def _peak_rss() -> int:
   raise RuntimeError("VmHWM")
 
 
-def _timed(fn, repeats: int) -> dict:
+def timed(fn, repeats: int) -> dict:
+  """One warm-up call of ``fn`` (compiles), then the median wall time of ``repeats``
+  calls, and the process's peak resident memory after them."""
   t0 = time.perf_counter()
   fn()  # warm-up (and compile)
   warm = time.perf_counter() - t0
@@ -65,7 +68,7 @@ def _timed(fn, repeats: int) -> dict:
     fn()
     times.append(time.perf_counter() - t0)
   return dict(step_s=statistics.median(times), times_s=times, warmup_s=warm,
-              peak_bytes=_peak_rss())
+              peak_bytes=peak_rss())
 
 
 def _ceiling(repeats: int) -> dict:
@@ -77,7 +80,7 @@ def _ceiling(repeats: int) -> dict:
     a = jax.random.normal(jax.random.key(0), (m, k), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (k, n), jnp.float32)
     f = jax.jit(lambda a, b: a @ b)
-    r = _timed(lambda: jax.block_until_ready(f(a, b)), repeats)
+    r = timed(lambda: jax.block_until_ready(f(a, b)), repeats)
     best[f"{m}x{k}x{n}"] = 2 * m * k * n / r["step_s"] / 1e9
   return dict(gflops=max(best.values()), shapes=best)
 
@@ -109,7 +112,7 @@ def _ours_model(n: int, variant: str, repeats: int) -> dict:
 
   step = jax.jit(jax.grad(loss), compiler_options=compiler_options())
   plan = step.lower(params, rest).compile().memory_analysis()
-  out = _timed(lambda: jax.block_until_ready(step(params, rest)), repeats)
+  out = timed(lambda: jax.block_until_ready(step(params, rest)), repeats)
   out["xla_temp_bytes"] = plan.temp_size_in_bytes
   return out
 
@@ -136,7 +139,7 @@ def _hf_model(n: int, repeats: int) -> dict:
     (out ** 2).mean().backward()
     model.zero_grad(set_to_none=True)
 
-  return _timed(step, repeats)
+  return timed(step, repeats)
 
 
 def _api_call(n: int, how: str, repeats: int) -> dict:
@@ -169,7 +172,7 @@ def _api_call(n: int, how: str, repeats: int) -> dict:
                    .last_hidden_state)
     args = tuple(jnp.asarray(a) for a in (ids, mask, gmask))
     fn = lambda: call(state, *args)
-  return _timed(lambda: jax.block_until_ready(fn()), repeats)
+  return timed(lambda: jax.block_until_ready(fn()), repeats)
 
 
 def _ours_attention(n: int, what: str, repeats: int) -> dict:
@@ -203,7 +206,7 @@ def _ours_attention(n: int, what: str, repeats: int) -> dict:
         q, k, v, valid_BxN=valid, is_global_BxN=is_global, gidx=gidx, window=WINDOW)
   grad = jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a) ** 2), argnums=tuple(range(len(args)))),
                  compiler_options=compiler_options())
-  return _timed(lambda: jax.block_until_ready(grad(*args)), repeats)
+  return timed(lambda: jax.block_until_ready(grad(*args)), repeats)
 
 
 def _hf_attention(n: int, repeats: int) -> dict:
@@ -227,7 +230,7 @@ def _hf_attention(n: int, repeats: int) -> dict:
     layer.zero_grad(set_to_none=True)
     x.grad = None
 
-  return _timed(step, repeats)
+  return timed(step, repeats)
 
 
 def worker(kind: str, impl: str, n: int, repeats: int) -> dict:
