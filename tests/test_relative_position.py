@@ -69,7 +69,7 @@ def random_case(seed):
               block=block, valid=valid, rng=rng)
 
 
-@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("seed", range(14))
 def test_relative_attention_matches_dense_oracle_values_and_grads(seed):
   c = random_case(seed)
   rng, (b, n, h, d) = c["rng"], c["shape"]
