@@ -11,7 +11,7 @@ from flax import nnx
 from conftest import load_config, losses
 
 VARIANTS = ("text8", "enwik8", "enwik8,large", "text8,window=fixed", "text8,window=decreasing",
-            "text8,dilation=off", "text8,ablation", "text8,hf")
+            "text8,dilation=off", "text8,hf")  # tiny "ablation" is tiny "text8": not rerun
 
 
 def param_count(config) -> int:
@@ -47,6 +47,9 @@ def test_ablation_windows_and_dilation():
   assert large == [0] * 15 + [1] * 5 + [2] * 5 + [3] * 5
   assert all(d[2:] == [1] * 6 for d in char_lm.layer_dilations(30, 8))
   assert char_lm.layer_dilations(12, 8, on=False) == [[1] * 8] * 12
+  ablation = char_lm.get_config("text8,ablation,window=fixed")
+  assert [(p["seq_len"], p["steps"]) for p in ablation.phases] == [(2048, 150_000)]
+  assert ablation.model.attention_window == [230] * 12
 
 
 @pytest.fixture(scope="module")

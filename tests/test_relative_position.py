@@ -69,10 +69,10 @@ def random_case(seed):
               block=block, valid=valid, rng=rng)
 
 
-@pytest.mark.parametrize("seed", range(14))
+@pytest.mark.parametrize("seed", range(10))
 def test_relative_attention_matches_dense_oracle_values_and_grads(seed):
   c = random_case(seed)
-  rng, (b, n, h, d) = c["rng"], c["shape"]
+  rng, (_, _, h, d) = c["rng"], c["shape"]
   arrays = [rng.normal(size=c["shape"]) for _ in range(3)]
   arrays += [rng.normal(size=(h, d)), rng.normal(size=(h, d)),
              rng.normal(size=(c["e"], h, d)) / math.sqrt(c["e"])]
