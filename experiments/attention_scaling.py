@@ -56,7 +56,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark import peak_rss, timed  # noqa: E402
+from benchmark import cpu_name, peak_rss, timed  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "experiments", "results")
@@ -381,16 +381,6 @@ def sweep(args, lengths, impls) -> list[dict]:
 
 
 # ---- report ------------------------------------------------------------------
-def cpu_name() -> str:
-  """The CPU's model name, from lscpu."""
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-  except OSError:
-    return "unknown"
-  return next((l.split(":", 1)[1].strip() for l in out.splitlines()
-               if l.startswith("Model name:")), "unknown")
-
-
 def short_reason(reason: str) -> str:
   """A few words from a skip reason: 'needs ~16 GiB', 'step ~90 s', 'timeout > 300 s'."""
   reason = reason.removeprefix("skipped: ")

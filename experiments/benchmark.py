@@ -56,6 +56,16 @@ def peak_rss() -> int:
   raise RuntimeError("VmHWM")
 
 
+def cpu_name() -> str:
+  """The CPU's model name, from lscpu ("unknown" where it cannot be read)."""
+  try:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+  except OSError:
+    return "unknown"
+  return next((line.split(":", 1)[1].strip() for line in out.splitlines()
+               if line.startswith("Model name:")), "unknown")
+
+
 def timed(fn, repeats: int) -> dict:
   """One warm-up call of ``fn`` (compiles), then the median wall time of ``repeats``
   calls, and the process's peak resident memory after them."""

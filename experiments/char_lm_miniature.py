@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -47,6 +46,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import ngram  # noqa: E402
+from benchmark import cpu_name  # noqa: E402
 import text8_style  # noqa: E402
 from configs import char_lm  # noqa: E402
 from longformer_jax import train  # noqa: E402
@@ -134,13 +134,6 @@ def train_run(config, workdir: str) -> dict:
 
 def curve(rows: list[dict], key: str = "eval_bpc") -> list[tuple[int, float]]:
   return [(r["step"], r[key]) for r in rows if key in r]
-
-
-def cpu_name() -> str:
-  out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-  names = [line.split(":", 1)[1].strip() for line in out.splitlines()
-           if line.startswith("Model name")]
-  return names[0] if names else "unknown CPU"
 
 
 def header(title: str, command: str) -> list[str]:
@@ -311,12 +304,9 @@ def staged(args, mini: Mini) -> None:
 
 
 def param_millions(config) -> float:
-  import jax
-  from flax import nnx
   from longformer_jax import model as model_lib
   cfg = train.model_config(config, train.resolve_phases(config)[0])
-  abstract = nnx.eval_shape(lambda: model_lib.create_model(cfg, "causal_lm"))
-  return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param))) / 1e6
+  return model_lib.param_count(cfg, "causal_lm") / 1e6
 
 
 def main(argv=None) -> None:

@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import kjv_tasks  # noqa: E402
+from benchmark import cpu_name  # noqa: E402
 from longformer_jax import convert, recipes, tokenization, train, workdir  # noqa: E402
 from longformer_jax.data import corpora  # noqa: E402
 
@@ -352,15 +353,6 @@ def elapsed(work: str, seconds: float) -> float:
   return before + seconds
 
 
-def cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
-    return f"{len(names)}-core {names[0]}"
-  except (OSError, IndexError):
-    return "unknown CPU"
-
-
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--kjv", required=True, help="the verses file (see kjv_tasks.py)")
@@ -391,7 +383,7 @@ def main(argv=None) -> None:
       " --quick" if args.quick else "") + (" --windows" if args.windows else "")
   if not (args.quick or args.only):
     known = facts(files, tokenization.load_tokenizer(tok_dir), args.workdir)
-    write_report(s, rows, summarise(rows), command, cpu_name(),
+    write_report(s, rows, summarise(rows), command, f"{os.cpu_count()}-core {cpu_name()}",
                  elapsed(args.workdir, time.time() - t0), known)
   else:
     print(json.dumps(summarise(rows), indent=1))

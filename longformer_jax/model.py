@@ -360,6 +360,12 @@ def task_of_architecture(arch: str) -> str:
                    f"{[name for _, name in TASKS.values()]}")
 
 
+def param_count(cfg: LongformerConfig, task: str = "base") -> int:
+  """Number of parameters of the ``task`` model of ``cfg`` (abstract: nothing allocated)."""
+  abstract = nnx.eval_shape(lambda: create_model(cfg, task))
+  return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+
+
 def create_model(cfg: LongformerConfig, task: str = "base", seed: int = 0):
   """A randomly initialised model for ``task`` (see ``TASKS``)."""
   if task not in TASKS:

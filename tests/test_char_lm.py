@@ -3,10 +3,8 @@ and every variant of ``configs/char_lm.py`` trained 2 steps on a tiny override."
 
 import zipfile
 
-import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from conftest import load_config, losses
 
@@ -17,9 +15,8 @@ VARIANTS = ("text8", "enwik8", "enwik8,large", "text8,window=fixed", "text8,wind
 def param_count(config) -> int:
   from longformer_jax import model as model_lib
   from longformer_jax import train
-  cfg = train.model_config(config, train.resolve_phases(config)[0])
-  abstract = nnx.eval_shape(lambda: model_lib.create_model(cfg, "causal_lm"))
-  return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+  return model_lib.param_count(train.model_config(config, train.resolve_phases(config)[0]),
+                               "causal_lm")
 
 
 @pytest.mark.parametrize("variant,paper_millions", [("text8", 41), ("enwik8", 41),
