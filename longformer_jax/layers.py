@@ -169,12 +169,12 @@ class SelfAttention(nnx.Module):
                output_attentions: bool = False):
     """(B, N, E) output; with ``output_attentions`` also the probabilities (local rows
     (B, H, N, G + w + 1), global rows (B, H, N, G); see ``attention_weights.py``)."""
+    if output_attentions and self.relative:  # before any work is traced
+      raise ValueError("output_attentions is not available with relative positions "
+                       "(position_embedding_type='relative_sinusoidal')")
     out = self._attend(x_BxNxD, valid_BxN, is_global_BxN, gidx)
     if not output_attentions:
       return out, None
-    if self.relative:
-      raise ValueError("output_attentions is not available with relative positions "
-                       "(position_embedding_type='relative_sinusoidal')")
     return out, self._probs(x_BxNxD, valid_BxN, is_global_BxN, gidx)
 
   def _heads(self, t):
