@@ -80,9 +80,8 @@ def local_attention_probs(q_BxNxHxD, k_BxNxHxD, *, valid_BxN, is_global_BxN,
     gk_BxGxHxD = attn.gather_tokens(k_BxNxHxD, gidx)
     sg_BxHxNxG = jnp.einsum("bnhd,bghd->bhng", q_BxNxHxD, gk_BxGxHxD,
                             preferred_element_type=jnp.float32)
-    ok_BxNxG = jnp.broadcast_to(gidx.valid[:, None, :], sg_BxHxNxG.shape[:1] + sg_BxHxNxG.shape[2:])
-    if causal:
-      ok_BxNxG = ok_BxNxG & (gidx.index[:, None, :] <= jnp.arange(n)[None, :, None])
+    ok_BxNxG = attn.global_masks(gidx, valid_BxN, jnp.arange(n, dtype=jnp.int32),
+                                 causal).keys_BxNxG
     s_BxHxNxW = jnp.concatenate(
         [jnp.where(ok_BxNxG[:, None], sg_BxHxNxG, attn.NEG_INF), s_BxHxNxW], axis=-1)
   m = jax.lax.stop_gradient(s_BxHxNxW.max(-1, keepdims=True))

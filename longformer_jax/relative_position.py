@@ -45,13 +45,14 @@ def band_table(w_r_ExHxD, *, left: int, right: int, dilation: int, dtype) -> jax
                     preferred_element_type=jnp.promote_types(dtype, jnp.float32)).astype(dtype)
 
 
-def skew(p_QxW, span: int):
-  """(Q, W) scores by offset -> (Q, S) by key of the span: out[s, t] = p[s, t - s] for
-  0 <= t - s < W (else 0); S = Q + W - 1. Row s of a flat (Q, S + 1) layout starts one
-  column later than row s - 1's, which is exactly the shift."""
-  q, w = p_QxW.shape
-  padded_QxS1 = jnp.pad(p_QxW, ((0, 0), (0, span + 1 - w)))
-  return padded_QxS1.reshape(-1)[:q * span].reshape(q, span)
+def skew(p___xQxW, span: int):
+  """(..., Q, W) scores by offset -> (..., Q, S) by key of the span: out[s, t] =
+  p[s, t - s] for 0 <= t - s < W (else 0); S = Q + W - 1. Row s of a flat (Q, S + 1)
+  layout starts one column later than row s - 1's, which is exactly the shift."""
+  *lead, q, w = p___xQxW.shape
+  padded = jnp.pad(p___xQxW, [(0, 0)] * len(lead) + [(0, 0), (0, span + 1 - w)])
+  flat = padded.reshape(tuple(lead) + (q * (span + 1),))
+  return flat[..., :q * span].reshape(tuple(lead) + (q, span))
 
 
 def unskew(g_QxS, width: int):

@@ -73,8 +73,12 @@ def random_case(seed):
               block=block, valid=valid, is_global=is_global & valid, rng=rng)
 
 
+IMPLS = ("scan", "blocked")  # every backend of attention.attend
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("seed", range(40))
-def test_matches_dense_oracle_values_and_grads(seed):
+def test_matches_dense_oracle_values_and_grads(seed, impl):
   c = random_case(seed)
   rng = c["rng"]
   shape = (c["b"], c["n"], c["h"], c["d"])
@@ -87,7 +91,7 @@ def test_matches_dense_oracle_values_and_grads(seed):
     return attn.longformer_attention(
         q, k, v, qg, kg, vg, attention_mask=c["valid"].astype(np.int32),
         global_attention_mask=gmask, window=c["window"], dilation=c["dilation"],
-        causal=c["causal"], block_size=c["block"], max_global=max_global)
+        causal=c["causal"], block_size=c["block"], max_global=max_global, impl=impl)
 
   out, vjp = jax.vjp(jax.jit(ours), *[jnp.asarray(a, jnp.float32) for a in arrays])
   grads = vjp(jnp.asarray(cot, jnp.float32))
@@ -207,7 +211,7 @@ def test_bad_window_is_named(window, causal):
     attn.window_radii(window, causal)
 
 
-def _attention_layer_memory(n, d_model=512, heads=8, window=512):
+def _attention_layer_memory(n, impl, d_model=512, heads=8, window=512):
   """Temp bytes of a compiled forward+backward of one attention layer at length n."""
   dh = d_model // heads
 
@@ -215,7 +219,8 @@ def _attention_layer_memory(n, d_model=512, heads=8, window=512):
     mask = jnp.ones((1, n), jnp.int32)
     gmask = jnp.zeros((1, n), jnp.int32).at[0, 0].set(1)
     o = attn.longformer_attention(q, k, v, qg, kg, vg, attention_mask=mask,
-                                  global_attention_mask=gmask, window=window, max_global=1)
+                                  global_attention_mask=gmask, window=window, max_global=1,
+                                  impl=impl)
     return jnp.sum(o.astype(jnp.float32) ** 2)
 
   spec = jax.ShapeDtypeStruct((1, n, heads, dh), jnp.float32)
@@ -223,13 +228,15 @@ def _attention_layer_memory(n, d_model=512, heads=8, window=512):
   return compiled.memory_analysis().temp_size_in_bytes
 
 
-def test_memory_grows_linearly():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_memory_grows_linearly(impl):
   sizes = [4096, 16384, 65536]
-  mem = [_attention_layer_memory(n) for n in sizes]
+  mem = [_attention_layer_memory(n, impl) for n in sizes]
   per_token = [m / n for m, n in zip(mem, sizes)]
   # Linear: bytes per token stay flat as n grows 16x (quadratic would grow 16x).
   assert max(per_token) / min(per_token) < 1.25, (sizes, mem)
-  # A handful of banded score arrays (n x heads x (w + block) fp32), not n x n:
+  # A handful of banded score arrays (n x heads x (w + block) fp32), not n x n (blocked:
+  # about 4, the saved probabilities, the gathered keys and values, the backward's scores):
   # one head's dense fp32 score matrix at 64K alone would be 16 GiB.
   n = sizes[-1]
   band_scores = n * 8 * (512 + attn.DEFAULT_BLOCK_SIZE) * 4

@@ -69,8 +69,9 @@ def random_case(seed):
               block=block, valid=valid, rng=rng)
 
 
+@pytest.mark.parametrize("impl", ["scan", "blocked"])
 @pytest.mark.parametrize("seed", range(10))
-def test_relative_attention_matches_dense_oracle_values_and_grads(seed):
+def test_relative_attention_matches_dense_oracle_values_and_grads(seed, impl):
   c = random_case(seed)
   rng, (_, _, h, d) = c["rng"], c["shape"]
   arrays = [rng.normal(size=c["shape"]) for _ in range(3)]
@@ -82,7 +83,7 @@ def test_relative_attention_matches_dense_oracle_values_and_grads(seed):
     return attn.longformer_attention(
         q + u, k, v, attention_mask=c["valid"].astype(np.int32), window=c["window"],
         dilation=c["dilation"], causal=c["causal"], block_size=c["block"],
-        relative_q=q + vb, relative_w=w_r)
+        relative_q=q + vb, relative_w=w_r, impl=impl)
 
   out, vjp = jax.vjp(jax.jit(ours), *[jnp.asarray(a, jnp.float32) for a in arrays])
   grads = vjp(jnp.asarray(cot, jnp.float32))
