@@ -70,6 +70,10 @@ class LongformerConfig:
   # Run fields (``_RUN``): how to compute, not what the model is. config.json does not
   # hold them, and a run sets them on top of a loaded checkpoint's architecture.
   block_size: int = dataclasses.field(default=attn.DEFAULT_BLOCK_SIZE, metadata=_RUN)
+  # How the banded attention runs: "scan" (a loop over query blocks), "blocked" (every
+  # block at once, batched products), or "auto" (scan on CPU, blocked on GPU / TPU). Same
+  # values either way (attention.resolve_impl).
+  attention_impl: str = dataclasses.field(default="auto", metadata=_RUN)
   # static G; None: from concrete inputs
   max_global_tokens: int | None = dataclasses.field(default=None, metadata=_RUN)
   # compute dtype; params are always float32
@@ -135,6 +139,7 @@ class LongformerConfig:
       raise ValueError(f"hidden_act={self.hidden_act!r} is not one of {ACTIVATIONS}")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat={self.remat!r} is not one of {REMAT_POLICIES}")
+    attn.check_impl(self.attention_impl)
     if self.block_size < 1:
       raise ValueError(f"block_size must be positive, got {self.block_size}")
     jnp.dtype(self.dtype)  # raises on an unknown dtype name
@@ -163,8 +168,9 @@ class LongformerConfig:
 
   @classmethod
   def run_fields(cls) -> tuple[str, ...]:
-    """Fields that say how to run the model (dtype, remat, scan, block size, global
-    bound): not in config.json; set by a run on top of a checkpoint's architecture."""
+    """Fields that say how to run the model (dtype, remat, scan, block size, attention
+    backend, global bound): not in config.json; set by a run on top of a checkpoint's
+    architecture."""
     return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("run"))
 
   @classmethod

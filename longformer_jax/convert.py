@@ -192,7 +192,7 @@ def from_hf(path: str | os.PathLike, task: str | None = None, **config_overrides
     task: one of ``model.TASKS`` (``base``, ``masked_lm``, ...); default from the
       config's ``architectures`` (``base`` when absent).
     **config_overrides: fields of :class:`LongformerConfig` to change (``dtype``,
-      ``block_size``, ``max_global_tokens``, dropout rates...).
+      ``block_size``, ``attention_impl``, ``max_global_tokens``, dropout rates...).
   """
   path = os.fspath(path)
   cfg = LongformerConfig.from_json(path, **config_overrides)

@@ -8,6 +8,7 @@ character LM instead (:class:`PreLNLayer`, ``relative_position.py``).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -146,6 +147,7 @@ class SelfAttention(nnx.Module):
     self.window = cfg.attention_window[layer]
     self.dilation = cfg.layer_dilation(layer)
     self.causal, self.block_size = cfg.causal, cfg.block_size
+    self.attention_impl = cfg.attention_impl
     self.attention_dtype = jnp.dtype(cfg.attention_dtype or cfg.dtype)
     self.relative = cfg.relative_positions
     names = ("query", "key", "value") + (
@@ -196,84 +198,47 @@ class SelfAttention(nnx.Module):
     return local_BxHxNxW, global_BxHxNxG
 
   def _attend(self, x_BxNxD, valid_BxN, is_global_BxN, gidx):
+    """(B, N, E) output of ``attention.attend`` (or its sequence-parallel form)."""
     b, n, d = x_BxNxD.shape
-    scale = 1.0 / math.sqrt(self.head_dim)
-
-    def heads(t):
-      return t.reshape(t.shape[:2] + (self.heads, self.head_dim))
-
-    split = sh.sequence_parallel()
-    if self.relative:
-      if split is not None:
-        raise ValueError("sequence parallelism (mesh sequence > 1) does not support relative "
-                         "positions (position_embedding_type='relative_sinusoidal')")
-      return self._attend_relative(x_BxNxD, valid_BxN, is_global_BxN).reshape(b, n, d)
-    q_BxNxHxD = checkpoint_name(heads(self.query(x_BxNxD) * scale), "matmul")
-    if split is not None:
-      return self._sequence_parallel(x_BxNxD, q_BxNxHxD, valid_BxN, is_global_BxN, gidx,
-                                     *split).reshape(b, n, d)
-    cast = lambda t: t.astype(self.attention_dtype)
-    out_BxNxHxD = attn.local_attention(
-        cast(q_BxNxHxD), cast(checkpoint_name(heads(self.key(x_BxNxD)), "matmul")),
-        cast(checkpoint_name(heads(self.value(x_BxNxD)), "matmul")),
-        valid_BxN=valid_BxN, is_global_BxN=is_global_BxN, gidx=gidx, window=self.window,
-        dilation=self.dilation, causal=self.causal, block_size=self.block_size,
-        **self._dropout_args()).astype(x_BxNxD.dtype)
-    if gidx is not None:
-      qg_BxGxHxD = heads(self.query_global(attn.gather_tokens(x_BxNxD, gidx)) * scale)
-      common = dict(valid_BxN=valid_BxN, gidx=gidx, causal=self.causal, **self._dropout_args())
-      if gidx.index.shape[1] * self.heads < d:  # a few global tokens: skip K_g, V_g
-        og_BxGxHxD = attn.global_attention_from_inputs(
-            qg_BxGxHxD, x_BxNxD, *self._global_kv_weights(), **common)
-      else:
-        og_BxGxHxD = attn.global_attention(
-            qg_BxGxHxD, heads(self.key_global(x_BxNxD)), heads(self.value_global(x_BxNxD)),
-            **common)
-      out_BxNxHxD = attn.scatter_tokens(out_BxNxHxD, og_BxGxHxD, gidx)
-    return checkpoint_name(out_BxNxHxD.reshape(b, n, d), "matmul")
-
-
-  def _attend_relative(self, x_BxNxD, valid_BxN, is_global_BxN):
-    """Local attention with Transformer-XL scores: (q + u).k + (q + v).W_r sincos(i - j)."""
-    scale = 1.0 / math.sqrt(self.head_dim)
     dt = self.attention_dtype
+    heads = lambda t: self._heads(checkpoint_name(t, "matmul")).astype(dt)
     q_BxNxE = checkpoint_name(self.query(x_BxNxD), "matmul").astype(dt)
-    content_BxNxHxD = self._heads(((q_BxNxE + self.content_bias[...].astype(dt)) * scale)
-                                  .astype(dt))
-    position_BxNxHxD = self._heads(((q_BxNxE + self.position_bias[...].astype(dt)) * scale)
-                                   .astype(dt))
-    w_r = self.relative_key.kernel[...]
-    relative = relpos.RelativePositions(position_BxNxHxD,
-                                        w_r.reshape(w_r.shape[0], self.heads, self.head_dim))
-    kv = lambda lin: checkpoint_name(self._heads(lin(x_BxNxD)), "matmul").astype(dt)
-    out_BxNxHxD = attn.local_attention(
-        content_BxNxHxD, kv(self.key), kv(self.value),
-        valid_BxN=valid_BxN, is_global_BxN=is_global_BxN, gidx=None, window=self.window,
-        dilation=self.dilation, causal=self.causal, block_size=self.block_size,
+    global_rows = relative = None
+    if self.relative:  # content queries q + u, position queries q + v
+      q_BxNxHxD = self._heads(q_BxNxE + self.content_bias[...].astype(dt))
+      w_r = self.relative_key.kernel[...]
+      relative = relpos.RelativePositions(
+          self._heads(q_BxNxE + self.position_bias[...].astype(dt)),
+          w_r.reshape(w_r.shape[0], self.heads, self.head_dim))
+    else:
+      q_BxNxHxD = self._heads(q_BxNxE)
+      if gidx is not None:
+        global_rows = attn.GlobalWeights(x_BxNxD, *self._global_weights())
+    out_BxNxHxD = self._attention_fn()(
+        q_BxNxHxD, heads(self.key(x_BxNxD)), heads(self.value(x_BxNxD)),
+        valid_BxN=valid_BxN, is_global_BxN=is_global_BxN, gidx=gidx,
+        global_rows=global_rows, window=self.window, dilation=self.dilation,
+        causal=self.causal, block_size=self.block_size, impl=self.attention_impl,
         relative=relative, **self._dropout_args())
-    return checkpoint_name(out_BxNxHxD.astype(x_BxNxD.dtype), "matmul")
+    return checkpoint_name(out_BxNxHxD.astype(x_BxNxD.dtype).reshape(b, n, d), "matmul")
 
-  def _global_kv_weights(self):
-    """(W_kg (E, H, D), b_kg (H, D), W_vg, b_vg): K_g/V_g weights split by head."""
+  @staticmethod
+  def _attention_fn():
+    """``attention.attend``, or its sequence-parallel form while activations are split
+    along the sequence (``sharding.sequence_parallel``): same arguments."""
+    split = sh.sequence_parallel()
+    if split is None:
+      return attn.attend
+    mesh, batch_axes = split
+    return functools.partial(seqpar.self_attention, mesh=mesh, batch_axes=batch_axes)
+
+  def _global_weights(self):
+    """(W_qg (E, H, D), b_qg (H, D), W_kg, b_kg, W_vg, b_vg): the global projections'
+    weights split by head."""
     per_head = (self.heads, self.head_dim)
     return tuple(w.reshape(w.shape[:-1] + per_head)
-                 for lin in (self.key_global, self.value_global)
+                 for lin in (self.query_global, self.key_global, self.value_global)
                  for w in (lin.kernel[...], lin.bias[...]))
-
-  def _sequence_parallel(self, x_BxNxD, q_BxNxHxD, valid_BxN, is_global_BxN, gidx, mesh,
-                         batch_axes):
-    """Attention with the sequence split over the mesh's ``sequence`` axis (seqpar.py)."""
-    if any(dil != 1 for dil in self.dilation):
-      raise ValueError("sequence parallelism needs attention_dilation 1, got "
-                       f"{self.dilation}")
-    heads = lambda t: t.reshape(t.shape[:2] + (self.heads, self.head_dim))
-    qg = self.query_global
-    params = (qg.kernel[...], qg.bias[...]) + self._global_kv_weights()
-    return seqpar.self_attention(
-        q_BxNxHxD, heads(self.key(x_BxNxD)), heads(self.value(x_BxNxD)), x_BxNxD, params,
-        valid_BxN=valid_BxN, is_global_BxN=is_global_BxN, gidx=gidx, window=self.window,
-        causal=self.causal, block_size=self.block_size, mesh=mesh, batch_axes=batch_axes,
-        **self._dropout_args())
 
 
 class DenseLayerNorm(nnx.Module):

@@ -13,10 +13,11 @@ Each device holds a contiguous chunk of C = N / P positions. Under
   partials across devices by log-sum-exp (``pmax`` of the row maxima, ``psum``
   of the rescaled numerators and denominators).
 
-Nothing of length N is materialised on a device: memory per device is that of
-an N / P sequence plus the halos. Gradients come from autodiff through the
-collectives. Requires C >= the window reach (one neighbour per side) and
-dilation 1.
+The composition is :func:`attention.attend`'s, run inside ``shard_map`` with
+:class:`SequenceShard` saying where the keys live. Nothing of length N is
+materialised on a device: memory per device is that of an N / P sequence plus
+the halos. Gradients come from autodiff through the collectives. Requires C >=
+the window reach (one neighbour per side) and dilation 1.
 """
 
 from __future__ import annotations
@@ -68,19 +69,43 @@ def _merge(part: attn.GlobalPartial) -> attn.GlobalPartial:
                             jax.lax.psum(part.p * w, AXIS))
 
 
-def self_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, x_BxNxE, global_params, *, valid_BxN,
-                   is_global_BxN, gidx: attn.GlobalIndex | None, window: int, causal: bool,
-                   block_size: int, mesh: Mesh, batch_axes, dropout_rate: float = 0.0,
-                   dropout_rng=None):
-  """Longformer self-attention with the sequence split over ``mesh``'s ``sequence`` axis.
+class SequenceShard(attn.WholeSequence):
+  """Where the keys live inside ``shard_map``: this device's chunk of C positions,
+  its neighbours' edge rows, and the global rows held on every device."""
 
-  ``q`` is pre-scaled; ``global_params`` = (W_qg (E, H*D), b_qg, W_kg (E, H, D),
-  b_kg (H, D), W_vg, b_vg), used only when ``gidx`` is given. ``batch_axes``:
-  the mesh axes of the batch dimension. Returns (B, N, H, D), sequence-sharded.
-  """
-  size = mesh.shape[AXIS]
-  n, heads, dim = q_BxNxHxD.shape[1:]
-  left, right = attn.window_radii(window, causal)
+  halo = True
+
+  def __init__(self, size: int, chunk: int):
+    self.size, self.chunk = size, chunk
+    self.index = jax.lax.axis_index(AXIS)
+    self.offset = self.index * chunk
+
+  def positions(self, n: int):
+    return self.offset + jnp.arange(n, dtype=jnp.int32)
+
+  def extend(self, x_BxCx___, left: int, right: int):
+    return _halo(x_BxCx___, left, right, self.size)
+
+  def gather(self, x_BxCx___, gidx: attn.GlobalIndex):
+    return _gather_global(x_BxCx___, self.here(gidx))
+
+  def here(self, gidx: attn.GlobalIndex) -> attn.GlobalIndex:
+    return _local_index(gidx, self.offset, self.chunk)
+
+  def merge(self, part: attn.GlobalPartial) -> attn.GlobalPartial:
+    return _merge(part)
+
+  def rng(self, key):
+    return jax.random.fold_in(key, self.index)
+
+
+def _check_split(n: int, size: int, left: int, right: int, dilation, relative) -> int:
+  """The tokens per device; raises for what the split cannot run."""
+  if relative is not None:
+    raise ValueError("sequence parallelism (mesh sequence > 1) does not support relative "
+                     "positions (position_embedding_type='relative_sinusoidal')")
+  if any(d != 1 for d in dilation):
+    raise ValueError(f"sequence parallelism needs attention_dilation 1, got {dilation}")
   if n % size:
     raise ValueError(f"sequence parallelism: {n} tokens do not split over {size} devices "
                      "(mesh axis 'sequence')")
@@ -89,53 +114,45 @@ def self_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, x_BxNxE, global_params, *, v
     raise ValueError(f"sequence parallelism: window reach {max(left, right)} exceeds the "
                      f"{chunk} tokens per device; use fewer 'sequence' devices or a longer "
                      "sequence")
-  scale = 1.0 / (dim ** 0.5)
-  use_global = gidx is not None and gidx.index.shape[1] > 0
+  return chunk
+
+
+def self_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, is_global_BxN,
+                   gidx: attn.GlobalIndex | None, global_rows: attn.GlobalWeights | None,
+                   window: int, dilation=1, causal: bool = False,
+                   block_size: int = attn.DEFAULT_BLOCK_SIZE, impl: str = "auto",
+                   dropout_rate: float = 0.0, dropout_rng=None, relative=None, mesh: Mesh,
+                   batch_axes):
+  """:func:`attention.attend` with the sequence split over ``mesh``'s ``sequence`` axis.
+
+  Same arguments (``global_rows`` as weights: each device sees its own tokens
+  only), plus ``batch_axes``, the mesh axes of the batch dimension. Returns
+  (B, N, H, D), sequence-sharded.
+  """
+  size = mesh.shape[AXIS]
+  n, heads = q_BxNxHxD.shape[1:3]
+  left, right = attn.window_radii(window, causal)
+  chunk = _check_split(n, size, left, right, attn.normalize_dilation(dilation, heads),
+                       relative)
+  rows = P(batch_axes, AXIS, None, None)
   seq = P(batch_axes, AXIS)
-  specs = (P(batch_axes, AXIS, None, None),) * 3 + (P(batch_axes, AXIS, None), seq, seq)
-  glob_specs = (P(batch_axes, None), P(batch_axes, None)) if use_global else (None, None)
+  gidx_spec = rows_spec = None
+  if gidx is not None and gidx.index.shape[1] > 0:
+    if not isinstance(global_rows, attn.GlobalWeights):
+      raise TypeError("sequence parallelism takes the global rows as attention.GlobalWeights")
+    gidx_spec = attn.GlobalIndex(P(batch_axes, None), P(batch_axes, None))
+    rows_spec = attn.GlobalWeights(P(batch_axes, AXIS, None), *(P(),) * 6)
+  else:
+    gidx = global_rows = None
   rng_spec = P() if dropout_rng is not None else None
 
-  def local(q, k, v, x, valid, is_global, gindex, gvalid, params, rng):
-    i = jax.lax.axis_index(AXIS)
-    offset = i * chunk
-    pos_C = offset + jnp.arange(chunk, dtype=jnp.int32)
-    rng_band = rng_rows = None
-    if rng is not None:
-      rng_band, rng_rows = jax.random.split(jax.random.fold_in(rng, i))
-    key_ok = valid & ~is_global
-    extra = {}
-    if use_global:
-      g = attn.GlobalIndex(gindex, gvalid)
-      mine = _local_index(g, offset, chunk)
-      g_ok = jnp.broadcast_to(gvalid[:, None, :], (q.shape[0], chunk, gvalid.shape[1]))
-      if causal:
-        g_ok = g_ok & (gindex[:, None, :] <= pos_C[None, :, None])
-      extra = dict(global_k_BxGxHxD=_gather_global(k, mine),
-                   global_v_BxGxHxD=_gather_global(v, mine), global_ok_BxNxG=g_ok)
-    out = attn.banded_attention(
-        q, _halo(k, left, right, size), _halo(v, left, right, size),
-        _halo(key_ok, left, right, size), left=left, right=right, block_size=block_size,
-        dropout_rate=dropout_rate, dropout_rng=rng_band, halo=True, **extra)
-    out = jnp.where(valid[:, :, None, None], out, 0).astype(v.dtype)
-    if not use_global:
-      return out
-    wq, bq, wk, bk, wv, bv = params
-    x_g = _gather_global(x, mine)
-    qg = ((jnp.einsum("bge,ef->bgf", x_g, wq.astype(x.dtype)) + bq.astype(x.dtype)) * scale)
-    qg = qg.reshape(qg.shape[:2] + (heads, dim)).astype(x.dtype)
-    part = attn.global_partial_from_inputs(qg, x, wk, bk, valid_BxN=valid, gidx=g,
-                                           causal=causal, pos_N=pos_C,
-                                           dropout_rate=dropout_rate, dropout_rng=rng_rows)
-    og = attn.global_output_from_inputs(_merge(part), wv, bv, x.dtype)
-    return attn.scatter_tokens(out, og, mine)
+  def local(q, k, v, valid, is_global, gidx, global_rows, rng):
+    return attn.attend(q, k, v, valid_BxN=valid, is_global_BxN=is_global, gidx=gidx,
+                       global_rows=global_rows, window=window, causal=causal,
+                       block_size=block_size, impl=impl, dropout_rate=dropout_rate,
+                       dropout_rng=rng, seq=SequenceShard(size, chunk))
 
-  gindex = gvalid = None
-  if use_global:
-    gindex, gvalid = gidx.index, gidx.valid
-  params = tuple(global_params) if use_global else None
-  param_specs = (P(),) * 6 if use_global else None
-  fn = jax.shard_map(local, mesh=mesh, out_specs=P(batch_axes, AXIS, None, None),
-                     in_specs=specs + glob_specs + (param_specs, rng_spec), check_vma=False)
-  return fn(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, x_BxNxE, valid_BxN, is_global_BxN, gindex,
-            gvalid, params, dropout_rng)
+  fn = jax.shard_map(local, mesh=mesh, out_specs=rows, check_vma=False,
+                     in_specs=(rows,) * 3 + (seq, seq, gidx_spec, rows_spec, rng_spec))
+  return fn(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, valid_BxN, is_global_BxN, gidx, global_rows,
+            dropout_rng)

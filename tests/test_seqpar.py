@@ -6,11 +6,14 @@ import pytest
 from conftest import run_program
 
 
-# Each mode on one layout (both layouts are covered; the training test in
-# test_train.py also runs data 2 x sequence 4, symmetric).
-@pytest.mark.parametrize("layout,causal", [("sequence=8", False), ("data=2,sequence=4", True)])
-def test_sequence_parallel_matches_one_device(layout, causal):
-  result = run_program("seqpar_match.py", layout, *(["--causal"] if causal else []), devices=8)
+# Each mode on one layout and one attention backend (both layouts and both backends are
+# covered; the training test in test_train.py also runs data 2 x sequence 4, symmetric).
+# The one-device reference runs the scan backend.
+@pytest.mark.parametrize("layout,causal,impl", [("sequence=8", False, "scan"),
+                                                ("data=2,sequence=4", True, "blocked")])
+def test_sequence_parallel_matches_one_device(layout, causal, impl):
+  result = run_program("seqpar_match.py", layout, *(["--causal"] if causal else []),
+                       f"--impl={impl}", devices=8)
   for layout, r in result.items():
     assert r["shard_map"] and r["ppermute"], (layout, r)  # the split path really ran
     assert r["out"] <= 1e-5, (layout, r)

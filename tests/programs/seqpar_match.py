@@ -1,7 +1,8 @@
 """Sequence-parallel forward and gradients against one device; prints a JSON line.
 
-Arguments: LAYOUT (e.g. ``sequence=8`` or ``data=2,sequence=4``) [--causal]. Run with
-8 (fake CPU) devices.
+Arguments: LAYOUT (e.g. ``sequence=8`` or ``data=2,sequence=4``) [--causal]
+[--impl=NAME] (the split run's attention backend; the reference runs ``scan``). Run
+with 8 (fake CPU) devices.
 """
 
 import json
@@ -13,27 +14,31 @@ from longformer_jax import model as M, sharding as sh
 from longformer_jax.config import LongformerConfig
 
 layout = {k: int(v) for k, v in (kv.split("=") for kv in sys.argv[1].split(","))}
-causal = sys.argv[2:] == ["--causal"]
+causal = "--causal" in sys.argv[2:]
+impl = next((a.split("=", 1)[1] for a in sys.argv[2:] if a.startswith("--impl=")), "scan")
 cfg = LongformerConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                        intermediate_size=48, attention_window=[8, 12], max_position_embeddings=200,
                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                        max_global_tokens=4, block_size=4, causal=causal)
 graphdef, params, rest = nnx.split(M.create_model(cfg, seed=0), nnx.Param, ...)
+split_model = nnx.split(M.create_model(cfg.replace(attention_impl=impl), seed=0), nnx.Param, ...)
 rng = np.random.default_rng(0)
 b, n = 2, 192
 ids = rng.integers(3, 50, (b, n)).astype(np.int32)
 mask = np.ones((b, n), np.int32); mask[1, 150:] = 0
 gmask = np.zeros((b, n), np.int32); gmask[0, [0, 37, 90]] = 1; gmask[1, 100] = 1
 
-def hidden(params, ids, mask, gmask):
-  model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
-  return model(ids, mask, gmask, max_global_tokens=4).last_hidden_state
+def fns(graphdef, rest):
+  def hidden(params, ids, mask, gmask):
+    model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
+    return model(ids, mask, gmask, max_global_tokens=4).last_hidden_state
 
-def loss(params, ids, mask, gmask):
-  return jnp.sum(jnp.sin(hidden(params, ids, mask, gmask)) * mask[..., None])
+  def loss(params, ids, mask, gmask):
+    return jnp.sum(jnp.sin(hidden(params, ids, mask, gmask)) * mask[..., None])
 
-fns = lambda: (jax.jit(hidden), jax.jit(jax.grad(loss)))
-f, g = fns()
+  return jax.jit(hidden), jax.jit(jax.grad(loss))
+
+f, g = fns(graphdef, rest)
 ref_out, ref_grads = f(params, ids, mask, gmask), g(params, ids, mask, gmask)
 result = {}
 for layout in (layout,):
@@ -41,7 +46,7 @@ for layout in (layout,):
   batch = NamedSharding(mesh, P(("data", "fsdp"), "sequence"))
   args = [jax.device_put(a, batch) for a in (ids, mask, gmask)]
   with sh.activation_sharding(mesh, sh.DEFAULT_RULES):
-    f, g = fns()
+    f, g = fns(split_model[0], split_model[2])
     text = f.lower(params, *args).as_text()
     out, grads = f(params, *args), g(params, *args)
   # gradient error, relative where a parameter's gradient is larger than 1 (some,
