@@ -24,6 +24,7 @@ setup(
         "absl-py>=2.0",
         "numpy>=2.0",
         "matplotlib>=3.9",
+        "flatbuffers>=24.3",  # jax.export serialisation (longformer_jax.export)
     ],
     extras_require={
         # torch is pinned to the CPU build: it is only the numerical reference.

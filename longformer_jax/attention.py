@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from longformer_jax import attention_blocked
+from longformer_jax import attention_pallas
 from longformer_jax import attention_scan
 from longformer_jax import relative_position as relpos
 from longformer_jax.attention_band import NEG_INF, Band, unblock  # noqa: F401
@@ -61,15 +62,13 @@ def window_radii(window: int, causal: bool) -> tuple[int, int]:
 
 # The backends of the banded part, by name: same operands, same result
 # (``attention_band.py``), checked against one float64 oracle.
-_BACKENDS = {"scan": attention_scan.scan_core, "blocked": attention_blocked.blocked_core}
+_BACKENDS = {"scan": attention_scan.scan_core, "blocked": attention_blocked.blocked_core,
+             "pallas": attention_pallas.pallas_core}
 ATTENTION_IMPLS = ("auto", "scan", "blocked", "pallas")
 
 
 def check_impl(impl: str) -> None:
   """Raises unless ``impl`` names an available backend ("auto" is not resolved here)."""
-  if impl == "pallas":
-    raise NotImplementedError("attention_impl='pallas' is not implemented yet; use "
-                              "'auto', 'scan' or 'blocked'")
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"attention_impl={impl!r} is not one of {ATTENTION_IMPLS}")
 

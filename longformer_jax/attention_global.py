@@ -13,6 +13,8 @@ Shape suffixes as in ``attention.py``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from typing import NamedTuple
 
@@ -66,6 +68,21 @@ def _raise_global_overflow(count, max_global: int):
   raise _global_overflow_error(int(count), max_global)
 
 
+# Off only while tracing a program that can hold no host callback (a serialised
+# export); that program returns its global counts for its caller to check instead.
+_RUNTIME_CHECKS = contextvars.ContextVar("runtime_global_checks", default=True)
+
+
+@contextlib.contextmanager
+def counts_checked_by_caller():
+  """Traced code here leaves the run-time global-bound check to its caller."""
+  token = _RUNTIME_CHECKS.set(False)
+  try:
+    yield
+  finally:
+    _RUNTIME_CHECKS.reset(token)
+
+
 def check_global_bound(count_B, max_global: int) -> None:
   """Raises when some example has more than ``max_global`` global tokens: eagerly
   for concrete counts, else when the compiled computation runs."""
@@ -73,6 +90,8 @@ def check_global_bound(count_B, max_global: int) -> None:
     worst = int(np.max(np.asarray(count_B), initial=0))
     if worst > max_global:
       raise _global_overflow_error(worst, max_global)
+    return
+  if not _RUNTIME_CHECKS.get():
     return
   worst = jnp.max(count_B, initial=0)
   jax.lax.cond(worst > max_global,

@@ -73,11 +73,19 @@ def random_case(seed):
               block=block, valid=valid, is_global=is_global & valid, rng=rng)
 
 
-IMPLS = ("scan", "blocked")  # every backend of attention.attend
+IMPLS = ("scan", "blocked", "pallas")  # every backend of attention.attend
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("seed", range(40))
+def _oracle_cases():
+  """Every backend on the 40 random cases; Pallas (interpret mode on CPU, a few
+  seconds a case) on every 4th by default, on all with ``-m exhaustive``."""
+  for impl in IMPLS:
+    for seed in range(40):
+      marks = [pytest.mark.exhaustive] if impl == "pallas" and seed % 4 else []
+      yield pytest.param(seed, impl, marks=marks, id=f"{seed}-{impl}")
+
+
+@pytest.mark.parametrize("seed,impl", _oracle_cases())
 def test_matches_dense_oracle_values_and_grads(seed, impl):
   c = random_case(seed)
   rng = c["rng"]
@@ -122,14 +130,16 @@ def test_padded_and_isolated_rows_are_zero_not_nan():
   np.testing.assert_array_equal(np.asarray(out)[0, 5:], 0.0)
 
 
-def test_bf16_inputs_keep_fp32_softmax():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bf16_inputs_keep_fp32_softmax(impl):
   rng = np.random.default_rng(0)
   b, n, h, d = 1, 64, 2, 16
   arrays = [rng.normal(size=(b, n, h, d)) for _ in range(6)]
   mask = np.ones((b, n), np.int32)
   gmask = np.zeros((b, n), np.int32)
   gmask[0, 3] = 1
-  kw = dict(attention_mask=mask, global_attention_mask=gmask, window=8, max_global=1)
+  kw = dict(attention_mask=mask, global_attention_mask=gmask, window=8, max_global=1,
+            impl=impl)
   hi = attn.longformer_attention(*[jnp.asarray(a, jnp.float32) for a in arrays], **kw)
   lo = attn.longformer_attention(*[jnp.asarray(a, jnp.bfloat16) for a in arrays], **kw)
   assert lo.dtype == jnp.bfloat16
@@ -228,7 +238,7 @@ def _attention_layer_memory(n, impl, d_model=512, heads=8, window=512):
   return compiled.memory_analysis().temp_size_in_bytes
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", ["scan", "blocked"])  # pallas: its interpret mode
 def test_memory_grows_linearly(impl):
   sizes = [4096, 16384, 65536]
   mem = [_attention_layer_memory(n, impl) for n in sizes]

@@ -1,6 +1,7 @@
 """The attention backends (``attention_impl``) agree with each other through the whole
 model, and the field is a run field: named in errors, kept out of config.json."""
 
+import functools
 import json
 
 import jax
@@ -11,6 +12,7 @@ from flax import nnx
 
 import longformer_jax as lj
 from longformer_jax import attention as attn
+from longformer_jax import attention_band, attention_pallas
 from longformer_jax import model as model_lib
 from longformer_jax.config import LongformerConfig
 
@@ -37,6 +39,7 @@ def _inputs():
   return ids, mask, gmask
 
 
+@functools.lru_cache(maxsize=None)  # the scan reference serves every comparison
 def _outputs_and_grads(impl: str, dropout: float):
   cfg = tiny_config(attention_impl=impl, attention_probs_dropout_prob=dropout)
   model = model_lib.create_model(cfg, seed=0)
@@ -54,12 +57,12 @@ def _outputs_and_grads(impl: str, dropout: float):
   return hidden, grads
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_model_scan_and_blocked_agree(dropout):
+@pytest.mark.parametrize("impl,dropout", [("blocked", 0.0), ("blocked", 0.3), ("pallas", 0.0)])
+def test_model_backends_agree_with_scan(impl, dropout):
   """Same outputs and gradients in fp32 with global tokens, padding, dilation and
   (same rng, so the same masks) attention dropout."""
   out_scan, grads_scan = _outputs_and_grads("scan", dropout)
-  out_blocked, grads_blocked = _outputs_and_grads("blocked", dropout)
+  out_blocked, grads_blocked = _outputs_and_grads(impl, dropout)
   np.testing.assert_allclose(np.asarray(out_blocked), np.asarray(out_scan), atol=1e-5, rtol=0)
   flat_scan = dict(nnx.to_flat_state(grads_scan))
   for path, g in nnx.to_flat_state(grads_blocked):
@@ -98,8 +101,7 @@ def test_banded_dropout_masks_are_the_scans():
       np.testing.assert_allclose(a, r, atol=1e-12, err_msg=name)
 
 
-@pytest.mark.parametrize("impl,error", [("flash", ValueError), ("Blocked", ValueError),
-                                        ("pallas", NotImplementedError)])
+@pytest.mark.parametrize("impl,error", [("flash", ValueError), ("Blocked", ValueError)])
 def test_unavailable_attention_impl_is_named(impl, error):
   with pytest.raises(error, match="attention_impl"):
     tiny_config(attention_impl=impl)
@@ -127,3 +129,29 @@ def test_attention_impl_is_a_run_field(tmp_path):
   np.testing.assert_allclose(np.asarray(loaded(ids, mask, gmask).last_hidden_state),
                              np.asarray(model(ids, mask, gmask).last_hidden_state),
                              atol=1e-5, rtol=0)
+
+
+def test_pallas_refuses_dropout_under_jit():
+  """Training with attention dropout has no Pallas kernel: an error naming the field,
+  raised while tracing (the model in eval mode runs: dropout is then off)."""
+  with pytest.raises(NotImplementedError, match="attention_probs_dropout_prob"):
+    _outputs_and_grads("pallas", 0.3)
+
+
+def test_pallas_refuses_relative_positions():
+  cfg = tiny_config(attention_impl="pallas", position_embedding_type="relative_sinusoidal",
+                    max_global_tokens=0, attention_dilation=None)
+  model = model_lib.create_model(cfg, seed=0)
+  ids, mask, _ = _inputs()
+  with pytest.raises(NotImplementedError, match="position_embedding_type"):
+    jax.jit(lambda ids, mask: model(ids, mask).last_hidden_state)(ids, mask)
+
+
+@pytest.mark.parametrize("q_block,head_dim,field", [(40, 64, "block_size"),
+                                                    (64, 8, "head dimension")])
+def test_pallas_gpu_tiles_are_checked(q_block, head_dim, field):
+  band = attention_band.Band(q_block, 4, 8, 8, 0.0)
+  attention_pallas.check_shapes(band, 64, "cpu")  # interpret mode takes any tile
+  attention_pallas.check_shapes(attention_band.Band(64, 4, 8, 8, 0.0), 64, "cuda")
+  with pytest.raises(ValueError, match=field):
+    attention_pallas.check_shapes(band, head_dim, "cuda")

@@ -1,0 +1,146 @@
+"""A model's forward as a serialised ``jax.export`` artifact: weights included,
+reloaded and run without this package's model code.
+
+    exported = export.export_model(model, seq_len=4096)            # batch dynamic
+    export.save(exported, "model.jax_exported")
+    out = export.load("model.jax_exported")(input_ids, attention_mask,
+                                            global_attention_mask)
+
+The exported function takes ``input_ids``, ``attention_mask`` and
+``global_attention_mask``, (B, ``seq_len``) int32, and returns the model's output
+fields as a dict (``last_hidden_state``, ``logits``, ...); an example with more
+global tokens than ``max_global_tokens`` raises, as in the model. The batch is symbolic
+unless ``batch`` is given. ``platforms`` lists where the artifact may run; it is
+lowered for each of them here, none needs to be present. The attention backend is
+the model's ``attention_impl`` as resolved on this host ("auto" becomes "scan" on a
+CPU host: name "blocked" or "pallas" to export for an accelerator). With
+``pallas``, GPU artifacts hold Triton kernels, which are tied to this jaxlib's
+version (``jax.export`` gives them no compatibility guarantee).
+
+    python -m longformer_jax.export CHECKPOINT OUT --seq-len 4096 \\
+        --platforms cpu,cuda,tpu --attention-impl blocked
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import export as jax_export
+
+from longformer_jax import attention, attention_global
+from longformer_jax import inputs as inputs_lib
+
+# Pallas on GPU lowers to Triton calls, which jax.export does not promise to keep
+# loadable across versions; the artifact is still valid for this jaxlib.
+_UNSTABLE_KERNELS = [jax_export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+FORMAT = "longformer_jax.export/1"
+
+
+def export_model(model, *, seq_len: int, batch: int | None = None,
+                 platforms: Sequence[str] = ("cpu",)) -> ExportedModel:
+  """The model's forward at ``seq_len`` tokens (see the module docstring).
+
+  ``model.config.max_global_tokens`` bounds the global tokens per example (the
+  program's shapes depend on it); it must be set. The program cannot raise, so it
+  also returns each example's global count, which :class:`ExportedModel` checks.
+  """
+  bound = model.config.max_global_tokens
+  if not bound:
+    raise ValueError("export needs config.max_global_tokens (a static bound on global "
+                     "tokens per example); pass it to from_hf / the config")
+  impl = attention.resolve_impl(model.config.attention_impl)
+  if impl == "pallas" and len(set(platforms)) > 1:
+    raise ValueError(f"attention_impl='pallas' exports for one platform at a time (its "
+                     f"kernels are compiled per platform), got platforms={tuple(platforms)}")
+  if impl == "pallas" and batch is None and set(platforms) & {"cuda", "rocm"}:
+    raise ValueError("attention_impl='pallas' on GPU needs a static batch (Triton grids "
+                     "have static bounds): pass batch=")
+  model.eval()
+
+  def forward(input_ids, attention_mask, global_attention_mask):
+    with attention_global.counts_checked_by_caller():
+      out = model(input_ids, attention_mask, global_attention_mask,
+                  max_global_tokens=bound)
+    merged = inputs_lib.merged_mask(attention_mask, global_attention_mask)
+    return dict(out.items(), global_tokens=(merged > 1).sum(-1, dtype=jnp.int32))
+
+  b = jax_export.symbolic_shape("batch")[0] if batch is None else batch
+  spec = jax.ShapeDtypeStruct((b, seq_len), jnp.int32)
+  exported = jax_export.export(jax.jit(forward), platforms=tuple(platforms),
+                               disabled_checks=_UNSTABLE_KERNELS)(spec, spec, spec)
+  return ExportedModel(exported, bound)
+
+
+class ExportedModel:
+  """An exported forward and its global-token bound. Calling it runs the program and
+  raises (eagerly, or under ``jit`` when it runs) if an example had more global
+  tokens than the bound; it returns the model's output fields."""
+
+  def __init__(self, exported: jax_export.Exported, max_global_tokens: int):
+    self.exported, self.max_global_tokens = exported, int(max_global_tokens)
+
+  def __call__(self, input_ids, attention_mask, global_attention_mask):
+    out = dict(self.exported.call(input_ids, attention_mask, global_attention_mask))
+    attention_global.check_global_bound(out.pop("global_tokens"), self.max_global_tokens)
+    return out
+
+
+def save(model: ExportedModel, path: str | os.PathLike) -> None:
+  """Writes the artifact atomically (never a half-written file): one JSON line, then
+  the serialised ``jax.export`` program."""
+  path = os.fspath(path)
+  header = dict(format=FORMAT, max_global_tokens=model.max_global_tokens,
+                platforms=list(model.exported.platforms))
+  tmp = f"{path}.tmp{os.getpid()}"
+  try:
+    with open(tmp, "wb") as f:
+      f.write(json.dumps(header).encode() + b"\n")
+      f.write(model.exported.serialize())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def load(path: str | os.PathLike) -> ExportedModel:
+  """The artifact :func:`save` wrote, ready to call."""
+  with open(path, "rb") as f:
+    header, program = f.read().split(b"\n", 1)
+  meta = json.loads(header)
+  if meta.get("format") != FORMAT:
+    raise ValueError(f"{path} is not a {FORMAT} artifact (header {header[:80]!r})")
+  return ExportedModel(jax_export.deserialize(bytearray(program)), meta["max_global_tokens"])
+
+
+def main(argv=None) -> None:
+  from longformer_jax import convert
+  p = argparse.ArgumentParser(prog="python -m longformer_jax.export",
+                              description="HF Longformer checkpoint -> a serialised "
+                              "jax.export artifact of its forward")
+  p.add_argument("checkpoint"), p.add_argument("out")
+  p.add_argument("--seq-len", type=int, required=True)
+  p.add_argument("--batch", type=int, default=None, help="static batch (default: dynamic)")
+  p.add_argument("--platforms", default="cpu", help="comma-separated: cpu,cuda,rocm,tpu")
+  p.add_argument("--attention-impl", default="auto")
+  p.add_argument("--max-global-tokens", type=int, default=None)
+  p.add_argument("--task", default=None)
+  args = p.parse_args(argv)
+  overrides = dict(attention_impl=args.attention_impl)
+  if args.max_global_tokens is not None:
+    overrides["max_global_tokens"] = args.max_global_tokens
+  model = convert.from_hf(args.checkpoint, args.task, **overrides)
+  exported = export_model(model, seq_len=args.seq_len, batch=args.batch,
+                          platforms=args.platforms.split(","))
+  save(exported, args.out)
+  program = exported.exported
+  print(f"wrote {args.out}: for {', '.join(program.platforms)}, inputs "
+        f"{[str(a.shape) for a in program.in_avals]}")
+
+
+if __name__ == "__main__":
+  main()
