@@ -410,6 +410,9 @@ def plot(results: list[dict], path: str) -> None:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="4K tokens only")
+  parser.add_argument("--accelerator", action="store_true",
+                      help="bf16 backends on this process's GPU / TPU "
+                      "(accelerator_benchmark.py); with --quick, 1K on any device")
   parser.add_argument("--sizes", default="4096,8192,16384,32768",
                       help="model-level lengths for ours (defaults)")
   parser.add_argument("--hf-sizes", default="4096,8192", help="model-level lengths for HF")
@@ -421,6 +424,10 @@ def main():
   if args.worker:
     kind, impl, n, repeats = args.worker
     print(json.dumps(worker(kind, impl, int(n), int(repeats))))
+    return
+  if args.accelerator:
+    import accelerator_benchmark
+    accelerator_benchmark.main(quick=args.quick)
     return
 
   try:
