@@ -161,6 +161,7 @@ class SelfAttention(nnx.Module):
       self.position_bias = nnx.Param(zeros(rngs.params(), (d,), jnp.float32))
     # Holds the dropout rate, the train/eval flag and the rng stream.
     self.dropout = nnx.Dropout(cfg.attention_probs_dropout_prob, rngs=rngs)
+    self.partitioning: sh.Partitioning | None = None  # model_lib.create_model sets it
 
   def _dropout_args(self):
     if self.dropout.deterministic or self.dropout.rate == 0.0:
@@ -222,11 +223,10 @@ class SelfAttention(nnx.Module):
         relative=relative, **self._dropout_args())
     return checkpoint_name(out_BxNxHxD.astype(x_BxNxD.dtype).reshape(b, n, d), "matmul")
 
-  @staticmethod
-  def _attention_fn():
-    """``attention.attend``, or its sequence-parallel form while activations are split
-    along the sequence (``sharding.sequence_parallel``): same arguments."""
-    split = sh.sequence_parallel()
+  def _attention_fn(self):
+    """``attention.attend``, or its sequence-parallel form when the model's
+    partitioning splits activations along the sequence: same arguments."""
+    split = sh.sequence_parallel(self.partitioning)
     if split is None:
       return attn.attend
     mesh, batch_axes = split
@@ -341,12 +341,13 @@ class Encoder(nnx.Module):
       self.layer = nnx.List([layer_cls(cfg, i, rngs) for i in range(cfg.num_hidden_layers)])
     # Pre-LN: the residual stream is normalised once more at the top.
     self.final_layer_norm = layer_norm(cfg, rngs) if cfg.pre_layer_norm else None
+    self.partitioning: sh.Partitioning | None = None  # model_lib.create_model sets it
 
   def __call__(self, x_BxNxD, valid_BxN, is_global_BxN, gidx, *,
                output_hidden_states: bool = False, output_attentions: bool = False):
     def apply(layer, x):
       y, probs = layer(x, valid_BxN, is_global_BxN, gidx, output_attentions)
-      y = sh.constrain(y, ACTIVATION_AXES)
+      y = sh.constrain(y, ACTIVATION_AXES, self.partitioning)
       return y, (y if output_hidden_states else None, probs)
 
     if self.remat != "none":

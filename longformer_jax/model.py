@@ -366,9 +366,15 @@ def param_count(cfg: LongformerConfig, task: str = "base") -> int:
   return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
 
 
-def create_model(cfg: LongformerConfig, task: str = "base", seed: int = 0):
-  """A randomly initialised model for ``task`` (see ``TASKS``)."""
+def create_model(cfg: LongformerConfig, task: str = "base", seed: int = 0,
+                 partitioning: sh.Partitioning | None = None):
+  """A randomly initialised model for ``task`` (see ``TASKS``). With ``partitioning``
+  its activations are pinned to that mesh at layer boundaries, and its attention runs
+  sequence-parallel where the rules split the sequence (``sharding.Partitioning``)."""
   if task not in TASKS:
     raise ValueError(f"task={task!r} is not one of {sorted(TASKS)}")
   with nnx.use_eager_sharding(False):  # shardings are applied by the caller (train.py)
-    return TASKS[task][0](cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+    model = TASKS[task][0](cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+  if partitioning is not None:
+    model.set_attributes(partitioning=partitioning)
+  return model

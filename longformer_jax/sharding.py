@@ -9,9 +9,8 @@ changing the mesh shape alone.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -97,34 +96,32 @@ def state_shardings(abstract_state, mesh: Mesh, rules):
                       abstract_state, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
-_ACTIVE: list[tuple[Mesh, tuple]] = []
+class Partitioning(NamedTuple):
+  """Where a model's activations live: the mesh and the logical-name rules. Passed to
+  the model (``model_lib.create_model(..., partitioning=)``), it pins activations at
+  layer boundaries and, when the rules split ``length`` over a ``sequence`` axis of
+  more than one device, runs attention sequence-parallel (``seqpar.py``)."""
+
+  mesh: Mesh
+  rules: tuple
 
 
-@contextlib.contextmanager
-def activation_sharding(mesh: Mesh, rules):
-  """While tracing under this context, :func:`constrain` pins activations."""
-  _ACTIVE.append((mesh, rules))
-  try:
-    yield
-  finally:
-    _ACTIVE.pop()
-
-
-def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
-  """``with_sharding_constraint`` by logical names; a no-op outside a mesh context."""
-  if not _ACTIVE:
+def constrain(x: jax.Array, logical: Sequence[str | None],
+              partitioning: Partitioning | None) -> jax.Array:
+  """``with_sharding_constraint`` by logical names; a no-op without a partitioning."""
+  if partitioning is None:
     return x
-  mesh, rules = _ACTIVE[-1]
+  mesh, rules = partitioning
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(logical, rules)))
 
 
-def sequence_parallel():
-  """(mesh, batch mesh axes) when activations are being split along the sequence
-  (an active :func:`activation_sharding` context whose ``sequence`` axis has more
-  than one device and whose rules map ``length`` onto it); None otherwise."""
-  if not _ACTIVE:
+def sequence_parallel(partitioning: Partitioning | None):
+  """(mesh, batch mesh axes) when ``partitioning`` splits activations along the
+  sequence (its ``sequence`` axis has more than one device and its rules map
+  ``length`` onto it); None otherwise."""
+  if partitioning is None:
     return None
-  mesh, rules = _ACTIVE[-1]
+  mesh, rules = partitioning
   table = dict(rules)
   if mesh.shape.get("sequence", 1) == 1 or table.get(LENGTH) not in ("sequence", ("sequence",)):
     return None

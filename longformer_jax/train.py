@@ -187,9 +187,11 @@ def init_state(cfg: LongformerConfig, head: str, tx, seed: int):
   return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
-def split_model(cfg: LongformerConfig, head: str, seed: int):
-  """(graphdef, non-parameter state) of the model, the params being carried apart."""
-  abstract = nnx.eval_shape(lambda: model_lib.create_model(cfg, head, seed))
+def split_model(cfg: LongformerConfig, head: str, seed: int,
+                partitioning: sh.Partitioning | None = None):
+  """(graphdef, non-parameter state) of the model, the params being carried apart;
+  the graphdef holds ``partitioning`` (activation layout, sequence parallelism)."""
+  abstract = nnx.eval_shape(lambda: model_lib.create_model(cfg, head, seed, partitioning))
   graphdef = nnx.split(abstract, nnx.Param, ...)[0]
   rest = jax.jit(lambda: nnx.split(model_lib.create_model(cfg, head, seed), nnx.Param, ...)[2])()
   return graphdef, rest
@@ -344,7 +346,8 @@ class Runner:
   def functions(self, phase: Phase):
     if phase.index not in self._compiled:
       cfg = self.model_configs[phase.index]
-      graphdef, rest = split_model(cfg, self.head, self.config.seed)
+      graphdef, rest = split_model(cfg, self.head, self.config.seed,
+                                   sh.Partitioning(self.mesh, self.rules))
       step = make_train_step(self.task, graphdef, rest, self.tx, self.schedule, self.accum,
                              self.config.seed)
       # in_shardings: (state: the param/optimizer layout, batch: split over data*fsdp)
@@ -375,8 +378,7 @@ class Runner:
 
   def fresh_state(self):
     """The initial state on the mesh: random, with init_from_hf's weights put in."""
-    with sh.activation_sharding(self.mesh, self.rules):
-      state = jax.jit(self._init, out_shardings=self.state_shardings)()
+    state = jax.jit(self._init, out_shardings=self.state_shardings)()
     if self.config.get("init_from_hf"):
       state["params"] = self.params_from_hf(state["params"])
     return state
@@ -450,8 +452,7 @@ class Runner:
       batch = next(it)
       if step == 0 or step == phase.start:
         check_batch(batch, cfg)
-      with sh.activation_sharding(self.mesh, self.rules):
-        state, m = jstep(state, self.to_global(batch))
+      state, m = jstep(state, self.to_global(batch))
       step += 1
       if pending is not None:  # read step-1's metrics while step runs
         last = self.report(*pending, progress)

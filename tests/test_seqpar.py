@@ -6,11 +6,12 @@ import pytest
 from conftest import run_program
 
 
-# Each mode on one layout and one attention backend (both layouts and both backends are
+# Each mode on one layout and one attention backend (both layouts and every backend are
 # covered; the training test in test_train.py also runs data 2 x sequence 4, symmetric).
 # The one-device reference runs the scan backend.
 @pytest.mark.parametrize("layout,causal,impl", [("sequence=8", False, "scan"),
-                                                ("data=2,sequence=4", True, "blocked")])
+                                                ("data=2,sequence=4", True, "blocked"),
+                                                ("data=2,sequence=4", False, "pallas")])
 def test_sequence_parallel_matches_one_device(layout, causal, impl):
   result = run_program("seqpar_match.py", layout, *(["--causal"] if causal else []),
                        f"--impl={impl}", devices=8)

@@ -18,7 +18,7 @@ ids = (np.arange(n, dtype=np.int32) % 60 + 3)[None]
 mask, gmask = np.ones_like(ids), np.zeros_like(ids)
 gmask[0, 0] = 1
 
-def loss(params, ids, mask, gmask):
+def loss(params, ids, mask, gmask, graphdef=graphdef):
   model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
   return jnp.mean(model(ids, mask, gmask, max_global_tokens=1).last_hidden_state ** 2)
 
@@ -26,13 +26,15 @@ step = jax.jit(jax.value_and_grad(loss))
 whole = step.lower(params, ids, mask, gmask).compile().memory_analysis().temp_size_in_bytes
 mesh = sh.make_mesh({"sequence": 8})
 args = [jax.device_put(a, NamedSharding(mesh, P(None, "sequence"))) for a in (ids, mask, gmask)]
-with sh.activation_sharding(mesh, sh.DEFAULT_RULES):
-  step = jax.jit(jax.value_and_grad(loss))
-  compiled = step.lower(params, *args).compile()
-  split = compiled.memory_analysis().temp_size_in_bytes
-  t0 = time.time()
-  value, grads = step(params, *args)
-  value = float(value)
-  seconds = time.time() - t0
+split_graphdef = nnx.split(M.create_model(cfg, seed=0,
+                                          partitioning=sh.Partitioning(mesh, sh.DEFAULT_RULES)),
+                           nnx.Param, ...)[0]
+step = jax.jit(jax.value_and_grad(lambda *a: loss(*a, graphdef=split_graphdef)))
+compiled = step.lower(params, *args).compile()
+split = compiled.memory_analysis().temp_size_in_bytes
+t0 = time.time()
+value, grads = step(params, *args)
+value = float(value)
+seconds = time.time() - t0
 finite = all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(grads))
 print(json.dumps(dict(whole=whole, split=split, loss=value, finite=finite, seconds=seconds)))

@@ -21,7 +21,6 @@ cfg = LongformerConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_a
                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                        max_global_tokens=4, block_size=4, causal=causal)
 graphdef, params, rest = nnx.split(M.create_model(cfg, seed=0), nnx.Param, ...)
-split_model = nnx.split(M.create_model(cfg.replace(attention_impl=impl), seed=0), nnx.Param, ...)
 rng = np.random.default_rng(0)
 b, n = 2, 192
 ids = rng.integers(3, 50, (b, n)).astype(np.int32)
@@ -45,10 +44,12 @@ for layout in (layout,):
   mesh = sh.make_mesh(layout)
   batch = NamedSharding(mesh, P(("data", "fsdp"), "sequence"))
   args = [jax.device_put(a, batch) for a in (ids, mask, gmask)]
-  with sh.activation_sharding(mesh, sh.DEFAULT_RULES):
-    f, g = fns(split_model[0], split_model[2])
-    text = f.lower(params, *args).as_text()
-    out, grads = f(params, *args), g(params, *args)
+  split_model = nnx.split(M.create_model(cfg.replace(attention_impl=impl), seed=0,
+                                         partitioning=sh.Partitioning(mesh, sh.DEFAULT_RULES)),
+                          nnx.Param, ...)
+  f, g = fns(split_model[0], split_model[2])
+  text = f.lower(params, *args).as_text()
+  out, grads = f(params, *args), g(params, *args)
   # gradient error, relative where a parameter's gradient is larger than 1 (some,
   # like the key biases, are exactly 0 in exact arithmetic: rounding noise there)
   diffs = jax.tree.leaves(jax.tree.map(
