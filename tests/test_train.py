@@ -142,6 +142,8 @@ def test_nan_loss_stops_and_names_the_step(tmp_path):
     ({"model.max_global_tokens": None}, "max_global_tokens"),
     ({"optim.schedule": "cosine"}, "config.optim.schedule"),
     ({"model.attention_window": 7}, "attention_window"),
+    ({"optim.trainable": "no_such_parameter"}, "config.optim.trainable"),
+    ({"optim.trainable": "(unclosed"}, "config.optim.trainable"),
 ])
 def test_bad_configs_are_named_before_compiling(tmp_path, overrides, match):
   from longformer_jax import train
@@ -247,3 +249,25 @@ def test_rerunning_a_finished_run_reports_its_eval(tmp_path):
   again = train.train_and_evaluate(c, str(tmp_path / "run"))
   assert again["eval_accuracy"] == first["eval_accuracy"]
   assert len(losses(str(tmp_path / "run"))) == 5  # nothing retrained or logged twice
+
+
+def test_trainable_pattern_freezes_the_other_parameters(tmp_path):
+  """optim.trainable="position_embeddings": after 3 steps every other parameter equals
+  its initial value bit for bit, the position table moved, and the checkpoint (with
+  its masked optimizer state) restores."""
+  import jax
+  from flax import nnx
+  from longformer_jax import checkpoint as ckpt_lib, train
+  config = tiny_config(tmp_path, train_steps=3, eval_every=1000, checkpoint_every=3,
+                       **{"optim.trainable": "position_embeddings", "optim.warmup_steps": 0})
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  runner = train.Runner(config, workdir)
+  target = ckpt_lib.abstract_with_shardings(runner.abstract_state, runner.state_shardings)
+  (state, step), fresh = runner.ckpt.restore_state(target), runner.fresh_state()
+  assert step == 3
+  after = dict(nnx.to_flat_state(state["params"]))
+  before = dict(nnx.to_flat_state(fresh["params"]))
+  moved = [k for k in after if not np.array_equal(jax.device_get(after[k][...]),
+                                                  jax.device_get(before[k][...]))]
+  assert moved == [("longformer", "embeddings", "position_embeddings", "embedding")], moved
