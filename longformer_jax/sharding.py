@@ -94,9 +94,12 @@ def state_shardings(abstract_state, mesh: Mesh, rules):
   """
   with nnx.logical_axis_rules(rules):
     specs = nnx.get_partition_spec(abstract_state)
-  return jax.tree.map(
-      lambda p, x: NamedSharding(mesh, _fit(p, x.shape, mesh)) if hasattr(x, "shape") else x,
-      specs, abstract_state, is_leaf=lambda x: isinstance(x, PartitionSpec))
+  def sharding(spec, x):
+    if not hasattr(x, "shape"):  # a placeholder (the spec may be None there)
+      return x
+    return NamedSharding(mesh, _fit(spec or PartitionSpec(), x.shape, mesh))
+  return jax.tree.map(sharding, specs, abstract_state,
+                      is_leaf=lambda x: x is None or isinstance(x, PartitionSpec))
 
 
 _ACTIVE: list[tuple[Mesh, tuple]] = []

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import (losses, program_command, program_env, run_program, tiny_config,
-                      train_in_subprocess)
+from conftest import (losses, program_command, program_env, run_program, set_fields,
+                      tiny_config, train_in_subprocess)
 
 
 def test_golden_one_step(tmp_path):
@@ -252,14 +252,20 @@ def test_rerunning_a_finished_run_reports_its_eval(tmp_path):
 
 
 def test_trainable_pattern_freezes_the_other_parameters(tmp_path):
-  """optim.trainable="position_embeddings": after 3 steps every other parameter equals
-  its initial value bit for bit, the position table moved, and the checkpoint (with
-  its masked optimizer state) restores."""
+  """optim.trainable="position_embeddings" on the MLM (whose LM-head bias carries no
+  axis names): after 3 steps every other parameter equals its initial value bit for
+  bit, the position table moved, and the checkpoint (masked optimizer state) restores."""
   import jax
   from flax import nnx
+  from configs import mlm
   from longformer_jax import checkpoint as ckpt_lib, train
-  config = tiny_config(tmp_path, train_steps=3, eval_every=1000, checkpoint_every=3,
-                       **{"optim.trainable": "position_embeddings", "optim.warmup_steps": 0})
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+  config = set_fields(mlm.get_config("cpu"), {
+      "data.path": str(corpus), "data.data_dir": str(tmp_path / "data"), "seq_len": 128,
+      "train_steps": 3, "checkpoint_every": 3, "eval_every": 1000, "log_every": 1,
+      "async_checkpoints": False, "optim.warmup_steps": 0,
+      "optim.trainable": "position_embeddings"})
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(config, workdir)
   runner = train.Runner(config, workdir)

@@ -1,0 +1,249 @@
+"""Table 5 in miniature (paper section 5): a masked LM pretrained at 128 positions,
+extended to 1,024, offline on the King James Bible.
+
+1. A byte-level BPE (4,096 tokens) and a small Longformer MLM pretrained at 128
+   tokens with a window of 128 (full attention at that length: the "RoBERTa").
+2. Its position table extended to 1,024 positions (``convert.extend_checkpoint``):
+   the new rows drawn at random, or the 128 learned rows copied over and over.
+3. From the copied checkpoint, MLM training continues at 1,024 tokens for a few
+   steps and for more (the paper's +2K and +65K updates), or with every weight but
+   the position table frozen (``optim.trainable``: the paper's "only new positions
+   trained").
+
+Every row is scored in bits per masked token on the whole validation split, the 128
+model on sequences of 128 and the others on sequences of 1,024, each averaged over
+``eval_seeds`` draws of the masks (the 1,024 rows share their masks).
+
+    python experiments/position_extension.py --kjv kjv.txt          # about 20 min
+    python experiments/position_extension.py --kjv kjv.txt --quick  # plumbing only
+
+(``kjv_tasks.py`` has the corpus recipe.) Writes
+experiments/results/position_extension.{json,md,png}; runs under ``--workdir``,
+where a finished stage is not redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+import kjv_tasks  # noqa: E402
+import long_document_recipe as recipe  # noqa: E402
+from benchmark import cpu_name  # noqa: E402
+from longformer_jax import convert, tokenization, train  # noqa: E402
+
+RESULTS = os.path.join(HERE, "results")
+log = logging.getLogger("position_extension")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  vocab_size: int = 4096
+  hidden_size: int = 128
+  layers: int = 2
+  heads: int = 4
+  window: int = 128
+  short_len: int = 128
+  long_len: int = 1024
+  mlm_steps: int = 2000  # pretraining at short_len
+  mlm_batch: int = 32
+  mlm_lr: float = 1e-3
+  lr: float = 2e-4  # continued training at long_len (poly3 after 10% warm-up)
+  batch: int = 4  # the same tokens per step as pretraining
+  few_steps: int = 100
+  more_steps: int = 500
+  eval_every: int = 50
+  eval_seeds: int = 4
+
+  def quick(self) -> "Settings":
+    return dataclasses.replace(self, mlm_steps=20, few_steps=2, more_steps=4, eval_every=2,
+                               eval_seeds=1)
+
+  def pretraining(self) -> recipe.Settings:
+    """``long_document_recipe``'s pretraining stage at these sizes."""
+    return recipe.Settings(vocab_size=self.vocab_size, hidden_size=self.hidden_size,
+                           layers=self.layers, heads=self.heads, window=self.window,
+                           short_len=self.short_len, mlm_steps=self.mlm_steps,
+                           mlm_batch=self.mlm_batch, mlm_lr=self.mlm_lr)
+
+
+def mlm_config(s: Settings, checkpoint: str, text: str, tokenizer: str, work: str, *,
+               seq_len: int, steps: int = 0, trainable: str = "", seed: int = 0):
+  """``configs/mlm.py`` from ``checkpoint``: its architecture, this corpus."""
+  c = recipe.config_file("mlm.py").get_config("cpu")
+  c.init_from_hf = checkpoint
+  c.model.update(dtype="float32", remat="none", block_size=64, max_global_tokens=0)
+  c.data.update(path=text, tokenizer=tokenizer, data_dir=os.path.join(work, "data"))
+  c.mlm.mask_token_id = tokenization.token_id(tokenization.load_tokenizer(tokenizer),
+                                              "<mask>", "mlm.mask_token_id")
+  c.seq_len, c.batch_size, c.seed = seq_len, s.batch * s.long_len // seq_len, seed
+  c.train_steps = max(steps, 1)
+  c.optim.update(lr=s.lr, warmup_steps=max(1, steps // 10), schedule="poly3",
+                 trainable=trainable)
+  c.eval_every = c.checkpoint_every = s.eval_every
+  c.log_every, c.eval_batches, c.async_checkpoints = s.eval_every, 0, False
+  return c
+
+
+def score(config, workdir: str, seeds: int) -> dict:
+  """Bits per masked token on the whole validation split, one value per mask draw."""
+  values = []
+  for seed in range(seeds):
+    c = config.copy_and_resolve_references()
+    c.seed = seed
+    values.append(train.evaluate(c, workdir, "validation")["eval_bits_per_token"])
+  return dict(values=values, mean=statistics.mean(values))
+
+
+def continued(s: Settings, name: str, config, work: str) -> dict:
+  """Trains ``config`` (once) in ``work/runs/name``: its validation curve."""
+  run_dir = os.path.join(work, "runs", name)
+  done = os.path.join(run_dir, "finished.json")
+  if not os.path.exists(done):
+    t0 = time.time()
+    train.train_and_evaluate(config, run_dir)
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+      rows = [json.loads(line) for line in f]
+    curve = [(r["step"], r["eval_bits_per_token"]) for r in rows if "eval_bits_per_token" in r]
+    with open(done, "w") as f:
+      json.dump(dict(curve=curve, seconds=time.time() - t0), f)
+  with open(done) as f:
+    return dict(json.load(f), workdir=run_dir)
+
+
+PAPER = {"128 positions (the \"RoBERTa\")": (1.846, 1.496),
+         "random new positions": (10.299, 8.738), "copied positions": (1.957, 1.597),
+         "copied + few steps": (1.753, 1.414), "copied + more steps": (1.705, 1.358),
+         "only the positions trained": (1.850, 1.504)}
+
+
+def run(s: Settings, kjv: str, work: str) -> dict:
+  os.makedirs(work, exist_ok=True)
+  text = recipe.prepare_text(kjv_tasks.read_verses(kjv), work)
+  tok_dir = os.path.join(work, "tokenizer")
+  if not os.path.exists(tok_dir):
+    tokenization.train_bpe([text], tok_dir, vocab_size=s.vocab_size)
+  tokenizer = os.path.join(tok_dir, "tokenizer.json")
+  short = recipe.pretrain(s.pretraining(), text, tokenizer, work)
+  extended = {}
+  for init in convert.NEW_POSITIONS:
+    extended[init] = os.path.join(work, f"mlm-{s.long_len}-{init}")
+    if not os.path.exists(extended[init]):
+      convert.extend_checkpoint(short, extended[init], s.long_len, new_positions=init)
+  at = lambda ckpt, **kw: mlm_config(s, ckpt, text, tokenizer, work, **kw)
+  rows, curves = {}, {}
+  for name, ckpt, seq_len in (("128 positions (the \"RoBERTa\")", short, s.short_len),
+                              ("random new positions", extended["random"], s.long_len),
+                              ("copied positions", extended["copy"], s.long_len)):
+    # a workdir without checkpoints: the init_from_hf model is scored
+    empty = os.path.join(work, "runs", "untrained-" + os.path.basename(ckpt))
+    rows[name] = score(at(ckpt, seq_len=seq_len), empty, s.eval_seeds)
+  for name, steps, trainable in (("copied + few steps", s.few_steps, ""),
+                                 ("copied + more steps", s.more_steps, ""),
+                                 ("only the positions trained", s.more_steps,
+                                  "position_embeddings")):
+    config = at(extended["copy"], seq_len=s.long_len, steps=steps, trainable=trainable)
+    result = continued(s, name.replace(" ", "-"), config, work)
+    rows[name] = dict(score(config, result["workdir"], s.eval_seeds), steps=steps,
+                      seconds=result["seconds"])
+    curves[name] = result["curve"]
+  for name, row in rows.items():
+    log.info("%s: %.3f bits per token %s", name, row["mean"], row["values"])
+  return dict(rows=rows, curves=curves)
+
+
+def report(s: Settings, out: dict, command: str, seconds: float) -> None:
+  rows, curves = out["rows"], out["curves"]
+  tokens = s.batch * s.long_len
+  lines = [f"# Table 5 in miniature: extending a 128-position MLM to {s.long_len:,}", "",
+           f"Command: `{command}` ({seconds / 60:.0f} min on {os.cpu_count()}-core "
+           f"{cpu_name()})", "",
+           f"Model: {s.layers} layers, d {s.hidden_size}, {s.heads} heads, BPE {s.vocab_size:,}, "
+           f"window {s.window}; pretrained {s.mlm_steps} steps of {s.mlm_batch} x "
+           f"{s.short_len} tokens on the KJV train chapters. Continued training: batches of "
+           f"{s.batch} x {s.long_len} ({tokens:,} tokens, as in pretraining), LR {s.lr:g}, "
+           f"poly3 after 10% warm-up. Bits per masked token on the validation split, "
+           f"mean over {s.eval_seeds} mask draws.", "",
+           "| model | positions | bits per token (mean) | per mask draw | paper base / "
+           "large |", "|---|---:|---:|---|---|"]
+  for name, row in rows.items():
+    n = s.short_len if name.startswith("128") else s.long_len
+    paper = "{:.3f} / {:.3f}".format(*PAPER[name])
+    lines.append(f"| {name}{' (' + str(row['steps']) + ' steps)' if 'steps' in row else ''} "
+                 f"| {n:,} | {row['mean']:.3f} | "
+                 f"{', '.join(f'{v:.3f}' for v in row['values'])} | {paper} |")
+  order = sorted(rows, key=lambda k: rows[k]["mean"], reverse=True)
+  paper_order = sorted(PAPER, key=lambda k: PAPER[k][0], reverse=True)
+  lines += ["", "Worst to best here: " + " > ".join(order) + ".",
+            "Paper's order: " + " > ".join(paper_order) + ".",
+            "Same order as the paper." if order == paper_order else
+            "The order differs from the paper's where the two lines differ.", "",
+            "![Table 5](position_extension.png)"]
+  with open(os.path.join(RESULTS, "position_extension.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  with open(os.path.join(RESULTS, "position_extension.json"), "w") as f:
+    json.dump(dict(command=command, settings=dataclasses.asdict(s), seconds=seconds, **out),
+              f, indent=1)
+  plot(rows, curves, os.path.join(RESULTS, "position_extension.png"))
+  print("\n".join(lines))
+
+
+def plot(rows: dict, curves: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, (bars, lines) = plt.subplots(1, 2, figsize=(12, 4.5))
+  names = list(rows)
+  bars.barh(range(len(names)), [rows[n]["mean"] for n in names], color="tab:blue")
+  bars.set_yticks(range(len(names)), names)
+  bars.invert_yaxis()
+  bars.set_xscale("log")
+  bars.set_xlabel("validation bits per masked token (log scale)")
+  for i, n in enumerate(names):
+    bars.text(rows[n]["mean"], i, f" {rows[n]['mean']:.3f}", va="center")
+  for name, pts in curves.items():
+    if pts:
+      lines.plot(*zip(*pts), "o-", label=name, markersize=3)
+  for name, style in (("copied positions", ":"), ("128 positions (the \"RoBERTa\")", "--")):
+    lines.axhline(rows[name]["mean"], ls=style, color="gray", label=name)
+  lines.set(xlabel="continued training step", ylabel="bits per masked token (first draw)",
+            title="Training from the copied positions")
+  lines.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--kjv", required=True, help="the verses file (see kjv_tasks.py)")
+  p.add_argument("--workdir", default="/tmp/position_extension")
+  p.add_argument("--quick", action="store_true")
+  args = p.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+  import jax  # the scoring programs repeat across checkpoints: compile each once
+  jax.config.update("jax_compilation_cache_dir", os.path.join(args.workdir, "jit_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  s = Settings().quick() if args.quick else Settings()
+  work = os.path.join(args.workdir, "quick") if args.quick else args.workdir
+  t0 = time.time()
+  out = run(s, args.kjv, work)
+  command = "python experiments/position_extension.py --kjv kjv.txt" + (
+      " --quick" if args.quick else "")
+  if args.quick:
+    print(json.dumps(out["rows"], indent=1))
+  else:
+    report(s, out, command, time.time() - t0)
+
+
+if __name__ == "__main__":
+  main()
