@@ -58,7 +58,7 @@ class Settings:
   mlm_steps: int = 1200  # pretraining at short_len
   mlm_lr: float = 1e-3  # linear decay after 10% warm-up
   lr: float = 2e-4  # continued training at long_len: poly3 after 10% warm-up
-  tokens_per_step: int = 8192  # batches of 64 x 128, then 8 x 1,024
+  tokens_per_step: int = 4096  # batches of 32 x 128, then 4 x 1,024
   few_steps: int = 100
   more_steps: int = 500
   eval_every: int = 100

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import (losses, program_command, program_env, run_program, set_fields,
-                      tiny_config, train_in_subprocess)
+from conftest import (losses, program_command, program_env, run_program, tiny_config,
+                      train_in_subprocess)
 
 
 def test_golden_one_step(tmp_path):
@@ -212,8 +212,9 @@ def test_mlm_continues_from_an_hf_checkpoint(tmp_path):
   import jax
   import torch
   import transformers
+  from flax import nnx
   from configs import mlm
-  from longformer_jax import train
+  from longformer_jax import checkpoint as ckpt_lib, train
   torch.manual_seed(0)
   hf = transformers.LongformerForMaskedLM(transformers.LongformerConfig(
       vocab_size=257, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -233,8 +234,20 @@ def test_mlm_continues_from_an_hf_checkpoint(tmp_path):
       state["params"]["longformer"]["embeddings"]["word_embeddings"]["embedding"][...]))
   want = hf.longformer.embeddings.word_embeddings.weight.detach().numpy()
   np.testing.assert_array_equal(got, want)
+  # Continued with only the position table trainable (optim.trainable, paper section 5):
+  # every other parameter, the LM-head bias without axis names included, keeps the
+  # checkpoint's value bit for bit; the checkpoint with its masked optimizer restores.
+  c.optim.trainable = "position_embeddings"
   out = train.train_and_evaluate(c, str(tmp_path / "run2"))
   assert np.isfinite(out["eval_bits_per_token"]) and out["eval_bits_per_token"] > 0
+  trained = train.Runner(c, str(tmp_path / "run2"))
+  target = ckpt_lib.abstract_with_shardings(trained.abstract_state, trained.state_shardings)
+  after, step = trained.ckpt.restore_state(target)
+  assert step == 3
+  before, after = (dict(nnx.to_flat_state(s["params"])) for s in (state, after))
+  moved = [k for k in after if not np.array_equal(jax.device_get(after[k][...]),
+                                                  jax.device_get(before[k][...]))]
+  assert moved == [("longformer", "embeddings", "position_embeddings", "embedding")], moved
   # Over 4 devices with parameters split (fsdp): loaded shard by shard, same values.
   r = run_program("init_from_hf_sharded.py", tmp_path / "init", corpus, tmp_path / "data",
                   tmp_path / "sharded", devices=4)
@@ -249,31 +262,3 @@ def test_rerunning_a_finished_run_reports_its_eval(tmp_path):
   again = train.train_and_evaluate(c, str(tmp_path / "run"))
   assert again["eval_accuracy"] == first["eval_accuracy"]
   assert len(losses(str(tmp_path / "run"))) == 5  # nothing retrained or logged twice
-
-
-def test_trainable_pattern_freezes_the_other_parameters(tmp_path):
-  """optim.trainable="position_embeddings" on the MLM (whose LM-head bias carries no
-  axis names): after 3 steps every other parameter equals its initial value bit for
-  bit, the position table moved, and the checkpoint (masked optimizer state) restores."""
-  import jax
-  from flax import nnx
-  from configs import mlm
-  from longformer_jax import checkpoint as ckpt_lib, train
-  corpus = tmp_path / "corpus.txt"
-  corpus.write_text("the quick brown fox jumps over the lazy dog. " * 200)
-  config = set_fields(mlm.get_config("cpu"), {
-      "data.path": str(corpus), "data.data_dir": str(tmp_path / "data"), "seq_len": 128,
-      "train_steps": 3, "checkpoint_every": 3, "eval_every": 1000, "log_every": 1,
-      "async_checkpoints": False, "optim.warmup_steps": 0,
-      "optim.trainable": "position_embeddings"})
-  workdir = str(tmp_path / "run")
-  train.train_and_evaluate(config, workdir)
-  runner = train.Runner(config, workdir)
-  target = ckpt_lib.abstract_with_shardings(runner.abstract_state, runner.state_shardings)
-  (state, step), fresh = runner.ckpt.restore_state(target), runner.fresh_state()
-  assert step == 3
-  after = dict(nnx.to_flat_state(state["params"]))
-  before = dict(nnx.to_flat_state(fresh["params"]))
-  moved = [k for k in after if not np.array_equal(jax.device_get(after[k][...]),
-                                                  jax.device_get(before[k][...]))]
-  assert moved == [("longformer", "embeddings", "position_embeddings", "embedding")], moved
