@@ -38,6 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
+import char_lm_miniature  # noqa: E402
 import kjv_tasks  # noqa: E402
 import long_document_recipe as recipe  # noqa: E402
 from benchmark import cpu_name  # noqa: E402
@@ -104,17 +105,9 @@ def score(config, workdir: str, seeds: int) -> dict:
 def train_once(name: str, config, work: str) -> dict:
   """Trains ``config`` (once) in ``work/runs/name``: its validation curve and time."""
   run_dir = os.path.join(work, "runs", name)
-  done = os.path.join(run_dir, "finished.json")
-  if not os.path.exists(done):
-    t0 = time.time()
-    train.train_and_evaluate(config, run_dir)
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-      rows = [json.loads(line) for line in f]
-    curve = [(r["step"], r["eval_bits_per_token"]) for r in rows if "eval_bits_per_token" in r]
-    with open(done, "w") as f:
-      json.dump(dict(curve=curve, seconds=time.time() - t0), f)
-  with open(done) as f:
-    return dict(json.load(f), workdir=run_dir)
+  run = char_lm_miniature.train_run(config, run_dir)
+  return dict(curve=char_lm_miniature.curve(run["rows"], "eval_bits_per_token"),
+              seconds=run["seconds"], workdir=run_dir)
 
 
 SHORT = "128 positions (the \"RoBERTa\")"
