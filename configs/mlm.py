@@ -44,6 +44,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.batch_size = 8 if cpu else 64
   c.train_steps = 300 if cpu else 65_000
   c.optim = dict(lr=1e-3 if cpu else 3e-5, warmup_steps=30 if cpu else 500, schedule="poly3",
+                 trainable="",  # a regex: train only the matching params (paper: positions)
                  end_lr_frac=0.0, weight_decay=0.01, clip_norm=1.0, b1=0.9, b2=0.98,
                  eps=1e-6, grad_accum=1)
   return c

@@ -246,23 +246,36 @@ def to_hf(model, path: str | os.PathLike, *, allow_unsupported: bool = False) ->
 
 
 # ---- RoBERTa -> Longformer ---------------------------------------------------
-def extend_positions(pos_PxD: np.ndarray, new_positions: int, offset: int = 2) -> np.ndarray:
-  """Position table of ``new_positions`` rows: the first ``offset`` rows kept,
-  the learned rows after them copied over and over (the paper's initialisation)."""
+NEW_POSITIONS = ("copy", "random")
+
+
+def extend_positions(pos_PxD: np.ndarray, new_positions: int, offset: int = 2, *,
+                     init: str = "copy", std: float = 0.02, seed: int = 0) -> np.ndarray:
+  """Position table of ``new_positions`` rows: the first ``offset`` rows and the
+  learned rows kept; the rows after them the learned ones copied over and over
+  (``init="copy"``, the paper's initialisation) or drawn from N(0, ``std``²)
+  (``"random"``, the paper's ablation)."""
+  if init not in NEW_POSITIONS:
+    raise ValueError(f"new positions init={init!r} is not one of {NEW_POSITIONS}")
   learned = pos_PxD[offset:]
   out = np.empty((new_positions, pos_PxD.shape[1]), pos_PxD.dtype)
   out[:offset] = pos_PxD[:offset]
   for start in range(offset, new_positions, len(learned)):
     take = min(len(learned), new_positions - start)
     out[start:start + take] = learned[:take]
+  if init == "random":
+    fresh = out[len(pos_PxD):]
+    fresh[...] = np.random.default_rng(seed).normal(0.0, std, fresh.shape)
   return out
 
 
 def extend_checkpoint(src: str, dst: str, max_length: int = 4096,
-                      attention_window: int | None = None) -> None:
+                      attention_window: int | None = None, new_positions: str = "copy",
+                      seed: int = 0) -> None:
   """Writes ``src``, an HF RoBERTa or Longformer directory, as a Longformer of
   ``max_length`` positions (paper section 5): the learned position rows copied over
-  and over; from RoBERTa also the global Q/K/V copied from the local ones and a
+  and over (``new_positions="random"``: drawn at the checkpoint's initializer_range
+  with ``seed``); from RoBERTa also the global Q/K/V copied from the local ones and a
   window of ``attention_window`` (512 if None) on every layer. The tokenizer files
   come along. ``dst`` is assembled beside itself and renamed in: a failure leaves
   nothing half-written.
@@ -283,7 +296,8 @@ def extend_checkpoint(src: str, dst: str, max_length: int = 4096,
         if not k.endswith("position_ids")}
   for k in list(sd):
     if k.endswith("embeddings.position_embeddings.weight"):
-      sd[k] = extend_positions(sd[k], max_length + offset, offset)
+      sd[k] = extend_positions(sd[k], max_length + offset, offset, init=new_positions,
+                               std=cfg.get("initializer_range", 0.02), seed=seed)
     m = re.match(r"(.*attention\.self\.)(query|key|value)\.(weight|bias)$", k)
     if m and kind == "roberta":
       sd[f"{m[1]}{m[2]}_global.{m[3]}"] = sd[k].copy()
@@ -353,6 +367,8 @@ def main(argv=None):
                      "positions (rows copied)")
   p.add_argument("src"), p.add_argument("dst")
   p.add_argument("--max-length", type=int, required=True)
+  p.add_argument("--new-positions", choices=NEW_POSITIONS, default="copy",
+                 help="copy the learned rows (default, the paper's) or draw them at random")
   p = sub.add_parser("to-native", help="HF Longformer checkpoint -> orbax checkpoint")
   p.add_argument("src"), p.add_argument("dst")
   p.add_argument("--task", default=None, choices=sorted(model_lib.TASKS))
@@ -364,7 +380,7 @@ def main(argv=None):
   if args.cmd == "roberta":
     roberta_to_longformer(args.src, args.dst, args.max_length, args.attention_window)
   elif args.cmd == "extend":
-    extend_checkpoint(args.src, args.dst, args.max_length)
+    extend_checkpoint(args.src, args.dst, args.max_length, new_positions=args.new_positions)
   elif args.cmd == "to-native":
     save_native(from_hf(args.src, args.task), args.dst)
   else:

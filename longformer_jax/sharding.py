@@ -88,12 +88,17 @@ def _fit(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSp
 def state_shardings(abstract_state, mesh: Mesh, rules):
   """NamedShardings for a pytree of (abstract) nnx Variables / arrays.
 
-  A dimension that its mesh axes do not divide is replicated instead.
+  A dimension that its mesh axes do not divide is replicated instead. Leafless
+  placeholders (optax's ``MaskedNode`` for frozen parameters) stay as they are.
   """
   with nnx.logical_axis_rules(rules):
     specs = nnx.get_partition_spec(abstract_state)
-  return jax.tree.map(lambda p, x: NamedSharding(mesh, _fit(p, x.shape, mesh)), specs,
-                      abstract_state, is_leaf=lambda x: isinstance(x, PartitionSpec))
+  def sharding(spec, x):
+    if not hasattr(x, "shape"):  # a placeholder (the spec may be None there)
+      return x
+    return NamedSharding(mesh, _fit(spec or PartitionSpec(), x.shape, mesh))
+  return jax.tree.map(sharding, specs, abstract_state,
+                      is_leaf=lambda x: x is None or isinstance(x, PartitionSpec))
 
 
 class Partitioning(NamedTuple):

@@ -128,7 +128,20 @@ def test_extend_longformer_checkpoint_copies_positions_and_keeps_short_outputs(t
     lj.convert.extend_checkpoint(path, tmp_path / "long", 128)
   with pytest.raises(ValueError, match="shorten"):
     lj.convert.extend_checkpoint(path, tmp_path / "short", 16)
+  with pytest.raises(ValueError, match="'zeros'"):
+    lj.convert.extend_checkpoint(path, tmp_path / "zeros", 96, new_positions="zeros")
   assert sorted(p.name for p in tmp_path.iterdir()) == ["hf_masked_lm", "long"]
+
+
+def test_extend_with_random_new_positions():
+  """The paper's ablation: the learned rows kept, the new ones N(0, std^2), not copies."""
+  old_PxD = np.random.default_rng(0).normal(size=(34, 64)).astype(np.float32)
+  new_PxD = lj.convert.extend_positions(old_PxD, 4098, 2, init="random", std=0.02, seed=1)
+  np.testing.assert_array_equal(new_PxD[:34], old_PxD)
+  fresh = new_PxD[34:].astype(np.float64)  # 4064 x 64 draws: std within 2% of 0.02
+  assert abs(fresh.std() - 0.02) < 4e-4 and abs(fresh.mean()) < 4e-4
+  copied = lj.convert.extend_positions(old_PxD, 4098, 2)
+  assert not (new_PxD[34:] == copied[34:]).all(axis=1).any()
 
 
 # ---- errors name the bad field -------------------------------------------------

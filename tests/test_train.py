@@ -142,6 +142,8 @@ def test_nan_loss_stops_and_names_the_step(tmp_path):
     ({"model.max_global_tokens": None}, "max_global_tokens"),
     ({"optim.schedule": "cosine"}, "config.optim.schedule"),
     ({"model.attention_window": 7}, "attention_window"),
+    ({"optim.trainable": "no_such_parameter"}, "config.optim.trainable"),
+    ({"optim.trainable": "(unclosed"}, "config.optim.trainable"),
 ])
 def test_bad_configs_are_named_before_compiling(tmp_path, overrides, match):
   from longformer_jax import train
@@ -210,8 +212,9 @@ def test_mlm_continues_from_an_hf_checkpoint(tmp_path):
   import jax
   import torch
   import transformers
+  from flax import nnx
   from configs import mlm
-  from longformer_jax import train
+  from longformer_jax import checkpoint as ckpt_lib, train
   torch.manual_seed(0)
   hf = transformers.LongformerForMaskedLM(transformers.LongformerConfig(
       vocab_size=257, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -231,8 +234,20 @@ def test_mlm_continues_from_an_hf_checkpoint(tmp_path):
       state["params"]["longformer"]["embeddings"]["word_embeddings"]["embedding"][...]))
   want = hf.longformer.embeddings.word_embeddings.weight.detach().numpy()
   np.testing.assert_array_equal(got, want)
+  # Continued with only the position table trainable (optim.trainable, paper section 5):
+  # every other parameter, the LM-head bias without axis names included, keeps the
+  # checkpoint's value bit for bit; the checkpoint with its masked optimizer restores.
+  c.optim.trainable = "position_embeddings"
   out = train.train_and_evaluate(c, str(tmp_path / "run2"))
   assert np.isfinite(out["eval_bits_per_token"]) and out["eval_bits_per_token"] > 0
+  trained = train.Runner(c, str(tmp_path / "run2"))
+  target = ckpt_lib.abstract_with_shardings(trained.abstract_state, trained.state_shardings)
+  after, step = trained.ckpt.restore_state(target)
+  assert step == 3
+  before, after = (dict(nnx.to_flat_state(s["params"])) for s in (state, after))
+  moved = [k for k in after if not np.array_equal(jax.device_get(after[k][...]),
+                                                  jax.device_get(before[k][...]))]
+  assert moved == [("longformer", "embeddings", "position_embeddings", "embedding")], moved
   # Over 4 devices with parameters split (fsdp): loaded shard by shard, same values.
   r = run_program("init_from_hf_sharded.py", tmp_path / "init", corpus, tmp_path / "data",
                   tmp_path / "sharded", devices=4)
