@@ -185,7 +185,8 @@ def load_hf_weights(model, sd: dict[str, np.ndarray]) -> None:
 
 
 def from_hf(path: str | os.PathLike, task: str | None = None, **config_overrides):
-  """Loads an HF Longformer checkpoint directory and returns our model (eval mode).
+  """Loads an HF Longformer (or LED) checkpoint directory and returns our model (eval
+  mode).
 
   Args:
     path: directory with ``config.json`` and the weights.
@@ -193,8 +194,17 @@ def from_hf(path: str | os.PathLike, task: str | None = None, **config_overrides
       config's ``architectures`` (``base`` when absent).
     **config_overrides: fields of :class:`LongformerConfig` to change (``dtype``,
       ``block_size``, ``attention_impl``, ``max_global_tokens``, dropout rates...).
+
+  A checkpoint whose ``model_type`` is ``led`` loads as ``led.LEDModel`` or
+  ``led.LEDForConditionalGeneration`` (``led_convert.from_hf``).
   """
   path = os.fspath(path)
+  config_json = os.path.join(path, "config.json")
+  if os.path.exists(config_json):
+    with open(config_json) as f:
+      if json.load(f).get("model_type") == "led":
+        from longformer_jax import led_convert
+        return led_convert.from_hf(path, task, **config_overrides)
   cfg = LongformerConfig.from_json(path, **config_overrides)
   if task is None:
     with open(os.path.join(path, "config.json")) as f:
