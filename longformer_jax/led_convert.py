@@ -130,6 +130,9 @@ def from_hf(path: str | os.PathLike, task: str | None = None, **config_overrides
   cfg = LEDConfig.from_hf_dict(d, **config_overrides)
   model = led_lib.create_model(cfg, task or task_of_architectures(d))
   load_hf_weights(model, convert.load_state_dict(path))
+  if os.path.exists(os.path.join(path, "generation_config.json")):
+    from longformer_jax import generation
+    model.generation_config = generation.GenerationConfig.of_checkpoint(path)
   model.eval()
   return model
 

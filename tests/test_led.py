@@ -3,6 +3,7 @@ decoder outputs, the cached decoder, and the checkpoint round trip."""
 
 import numpy as np
 import pytest
+import jax
 import jax.numpy as jnp
 
 transformers = pytest.importorskip("transformers")
@@ -10,6 +11,7 @@ torch = pytest.importorskip("torch")
 
 import longformer_jax as lj  # noqa: E402
 from longformer_jax import led as led_lib  # noqa: E402
+from longformer_jax import generation  # noqa: E402
 from longformer_jax import led_convert  # noqa: E402
 
 
@@ -114,3 +116,65 @@ def test_unknown_or_missing_weights_are_named(tmp_path):
   sd.pop("led.decoder.layers.1.fc2.weight")
   with pytest.raises(ValueError, match="fc2"):
     led_convert.load_hf_weights(model, sd)
+
+
+def _generating_led(tmp_path):
+  """A random LED whose greedy outputs vary (wider init, EOS made unlikely)."""
+  hf = hf_led(tmp_path, init_std=0.3, max_encoder_position_embeddings=4200,
+              max_decoder_position_embeddings=64)
+  with torch.no_grad():
+    hf.final_logits_bias[0, 2] = -4.0
+  hf.save_pretrained(tmp_path / "hf")
+  return hf, lj.from_hf(tmp_path / "hf")
+
+
+@pytest.mark.parametrize("n", [45, 4100])
+def test_greedy_generation_matches_hf(tmp_path, n):
+  """Same token ids as HF generate, with per-example global masks and padding, plain
+  and with min_length, no_repeat_ngram_size 3 and forced BOS / EOS."""
+  hf, ours = _generating_led(tmp_path)
+  rng = np.random.default_rng(1)
+  ids = rng.integers(3, 60, (2, n))
+  mask = np.ones((2, n), np.int64)
+  mask[1, n * 2 // 3:] = 0
+  gmask = np.zeros((2, n), np.int64)
+  gmask[:, 0] = 1
+  gmask[1, 7] = 1
+  for settings in (dict(max_length=30),
+                   dict(max_length=30, min_length=12, no_repeat_ngram_size=3,
+                        forced_bos_token_id=0, forced_eos_token_id=2)):
+    with torch.no_grad():
+      ref = hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                        global_attention_mask=torch.tensor(gmask), num_beams=1,
+                        do_sample=False, **settings).numpy()
+    got = np.asarray(generation.generate(ours, ids, mask, gmask, **settings))
+    np.testing.assert_array_equal(got[:, :ref.shape[1]], ref, err_msg=str(settings))
+    assert (got[:, ref.shape[1]:] == 1).all()
+    assert len(np.unique(ref[:, 1:])) > 2  # varied outputs, not one repeated token
+
+
+def test_sampling_needs_a_key_and_top_k_1_is_greedy(tmp_path):
+  _, ours = _generating_led(tmp_path)
+  ids = np.random.default_rng(2).integers(3, 60, (2, 20))
+  with pytest.raises(ValueError, match="key"):
+    generation.generate(ours, ids, do_sample=True)
+  greedy = generation.generate(ours, ids, max_length=16)
+  top1 = generation.generate(ours, ids, max_length=16, do_sample=True, top_k=1,
+                             key=jax.random.key(3))
+  np.testing.assert_array_equal(np.asarray(top1), np.asarray(greedy))
+  a, b = (generation.generate(ours, ids, max_length=16, do_sample=True, temperature=2.0,
+                              key=jax.random.key(k)) for k in (4, 5))
+  assert not np.array_equal(np.asarray(a), np.asarray(b))  # the key drives the draw
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+  """Closed form: probabilities 0.5, 0.3, 0.2; top_p 0.7 keeps the first two."""
+  scores = jnp.log(jnp.asarray([[0.2, 0.5, 0.3]]))
+  kept = generation.warp(generation.GenerationConfig(top_k=0, top_p=0.7), scores)
+  np.testing.assert_array_equal(np.isfinite(np.asarray(kept)), [[False, True, True]])
+
+
+def test_beam_search_is_refused_by_name(tmp_path):
+  _, ours = _generating_led(tmp_path)
+  with pytest.raises(NotImplementedError, match="num_beams"):
+    generation.generate(ours, np.ones((1, 8), np.int64) * 5, num_beams=4)
