@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -150,9 +151,101 @@ def _decode(model, gen: GenerationConfig, input_ids, attention_mask, global_atte
   return jax.lax.while_loop(cond, body, state)[0]
 
 
+_BIG = 1.0e9  # HF's stand-in for excluded beams' scores
+
+
+class _Beams(NamedTuple):
+  """Beam search state, (B, K, ...) per example and beam (HF's vectorised form)."""
+
+  running: jax.Array  # (B, K, L) live sequences
+  running_scores: jax.Array  # (B, K) their summed log-probabilities
+  sequences: jax.Array  # (B, K, L) finished hypotheses, best first
+  scores: jax.Array  # (B, K) their length-normalised scores
+  finished: jax.Array  # (B, K) slot holds a finished hypothesis
+  improvable: jax.Array  # (B, 1) the early-stopping heuristic still says go on
+  hits: jax.Array  # (B, 2K) the last step's candidates that stopped
+  cur_len: jax.Array
+  cache: Any
+
+
+def _gather(x_BxKx___, idx_BxJ):
+  return jnp.take_along_axis(x_BxKx___, idx_BxJ.reshape(idx_BxJ.shape + (1,) * (
+      x_BxKx___.ndim - 2)), axis=1)
+
+
+def _beam_step(model, gen: GenerationConfig, st: _Beams) -> _Beams:
+  led, (b, k, length) = model.led, st.running.shape
+  keep, lp = 2 * k, gen.length_penalty
+  flat = st.running.reshape(b * k, length)
+  h, cache = led.decoder.step(led.shared, jax.lax.dynamic_slice_in_dim(
+      flat, st.cur_len - 1, 1, axis=1), st.cache)
+  logp = process_logits(gen, flat, st.cur_len,
+                        jax.nn.log_softmax(model.logits(h)[:, 0], axis=-1))
+  v = logp.shape[-1]
+  total = (logp.reshape(b, k, v) + st.running_scores[:, :, None]).reshape(b, k * v)
+  top_lp, top_idx = jax.lax.top_k(total, keep)
+  source, token = top_idx // v, (top_idx % v).astype(jnp.int32)
+  top_seqs = jax.lax.dynamic_update_slice_in_dim(_gather(st.running, source), token[..., None],
+                                                 st.cur_len, axis=2)
+  hits = (token == gen.eos_token_id) | (st.cur_len + 1 >= gen.max_length)
+  # the best K candidates that go on
+  live_lp = top_lp - hits * _BIG
+  nxt = jax.lax.top_k(live_lp, k)[1]
+  beam_of = (jnp.arange(b)[:, None] * k + _gather(source, nxt)).reshape(-1)
+  cache = cache._replace(self_k=tuple(x[beam_of] for x in cache.self_k),
+                         self_v=tuple(x[beam_of] for x in cache.self_v))
+  # the candidates that stopped among the top K join the finished hypotheses
+  just = hits & (jnp.arange(keep) < k)[None]
+  norm = top_lp / (st.cur_len.astype(jnp.float32) ** lp)
+  full = st.finished.all(-1, keepdims=True) & (gen.early_stopping is True)
+  norm = norm - full * _BIG - (~st.improvable) * _BIG - (~just) * _BIG
+  merged = jnp.concatenate([st.scores, norm], 1)
+  best = jax.lax.top_k(merged, k)[1]
+  sequences = _gather(jnp.concatenate([st.sequences, top_seqs], 1), best)
+  scores = _gather(merged, best)
+  finished = _gather(jnp.concatenate([st.finished, just], 1), best)
+  running_scores = _gather(live_lp, nxt)
+  cur_len = st.cur_len + 1
+  # HF's early-stopping heuristic: can a live beam still beat the worst finished one?
+  if gen.early_stopping == "never" and lp > 0.0:
+    best_len = jnp.asarray(gen.max_length - 1, jnp.float32)
+  else:
+    best_len = (cur_len - 1).astype(jnp.float32)
+  best_live = running_scores[:, :1] / best_len ** lp
+  worst = jnp.where(finished, scores.min(1, keepdims=True), -_BIG)
+  improvable = st.improvable & (best_live > worst).any(-1, keepdims=True)
+  return _Beams(_gather(top_seqs, nxt), running_scores, sequences, scores, finished,
+                improvable, hits, cur_len, cache)
+
+
+def _beam_decode(model, gen: GenerationConfig, input_ids, attention_mask,
+                 global_attention_mask, max_global_tokens):
+  led, k = model.led, gen.num_beams
+  enc, enc_ok = led.encode(input_ids, attention_mask, global_attention_mask,
+                           max_global_tokens=max_global_tokens)
+  b = enc.shape[0]
+  cache = led.decoder.init_cache(jnp.repeat(enc, k, 0), jnp.repeat(enc_ok, k, 0),
+                                 gen.max_length)
+  running = jnp.full((b, k, gen.max_length), gen.pad_token_id, jnp.int32)
+  running = running.at[:, :, 0].set(gen.decoder_start_token_id)
+  st = _Beams(running, jnp.zeros((b, k)).at[:, 1:].set(-_BIG), running,
+              jnp.full((b, k), -_BIG), jnp.zeros((b, k), bool), jnp.ones((b, 1), bool),
+              jnp.zeros((b, 2 * k), bool), jnp.asarray(1, jnp.int32), cache)
+
+  def cond(st):
+    open_beam = ~(st.finished.all() & (gen.early_stopping is True))
+    return (st.cur_len < gen.max_length) & st.improvable.any() & open_beam & ~st.hits.all()
+
+  st = jax.lax.while_loop(cond, lambda st: _beam_step(model, gen, st), st)
+  return st.sequences[:, 0]
+
+
 @nnx.jit(static_argnames=("gen", "max_global_tokens"))
 def _decode_jit(model, gen, input_ids, attention_mask, global_attention_mask, key,
                 max_global_tokens):
+  if gen.num_beams > 1:
+    return _beam_decode(model, gen, input_ids, attention_mask, global_attention_mask,
+                        max_global_tokens)
   return _decode(model, gen, input_ids, attention_mask, global_attention_mask, key,
                  max_global_tokens)
 
@@ -168,9 +261,11 @@ def generate(model, input_ids, attention_mask=None, global_attention_mask=None, 
   attention on the first token.
   """
   gen = dataclasses.replace(default_config(model), **settings)
-  if gen.num_beams != 1:
-    raise NotImplementedError(f"num_beams={gen.num_beams}: beam search is not implemented "
-                              "yet; use num_beams=1")
+  if gen.num_beams > 1 and gen.do_sample:
+    raise NotImplementedError("do_sample=True with num_beams > 1 (beam sampling) is not "
+                              "implemented; use one of them")
+  if gen.num_beams < 1:
+    raise ValueError(f"num_beams={gen.num_beams} must be at least 1")
   if gen.do_sample and key is None:
     raise ValueError("do_sample=True needs an explicit key (jax.random.key(...))")
   if gen.max_length < 2:

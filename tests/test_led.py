@@ -44,11 +44,10 @@ def inputs(b=2, n=45, t=7, seed=0):
   return ids, mask, gmask, dec, dmask
 
 
-@pytest.mark.parametrize("scan_layers", [False, True])
-def test_encoder_and_decoder_match_hf(tmp_path, scan_layers):
+def test_encoder_and_decoder_match_hf(tmp_path):
   """fp32, per-example global masks, encoder padding, decoder padding."""
   hf = hf_led(tmp_path)
-  ours = lj.from_hf(tmp_path / "hf", max_global_tokens=3, scan_layers=scan_layers)
+  ours = lj.from_hf(tmp_path / "hf", max_global_tokens=3)
   assert isinstance(ours, led_lib.LEDForConditionalGeneration)  # picked by model_type
   ids, mask, gmask, dec, dmask = inputs()
   with torch.no_grad():
@@ -118,18 +117,17 @@ def test_unknown_or_missing_weights_are_named(tmp_path):
     led_convert.load_hf_weights(model, sd)
 
 
-def _generating_led(tmp_path):
-  """A random LED whose greedy outputs vary (wider init, EOS made unlikely)."""
+def _generating_led(tmp_path, eos_bias=-4.0):
+  """A random LED whose outputs vary (a wider init; EOS made less or more likely)."""
   hf = hf_led(tmp_path, init_std=0.3, max_encoder_position_embeddings=4200,
               max_decoder_position_embeddings=64)
   with torch.no_grad():
-    hf.final_logits_bias[0, 2] = -4.0
+    hf.final_logits_bias[0, 2] = eos_bias
   hf.save_pretrained(tmp_path / "hf")
   return hf, lj.from_hf(tmp_path / "hf")
 
 
-@pytest.mark.parametrize("n", [45, 4100])
-def test_greedy_generation_matches_hf(tmp_path, n):
+def test_greedy_generation_matches_hf(tmp_path, n=45):
   """Same token ids as HF generate, with per-example global masks and padding, plain
   and with min_length, no_repeat_ngram_size 3 and forced BOS / EOS."""
   hf, ours = _generating_led(tmp_path)
@@ -174,7 +172,41 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
   np.testing.assert_array_equal(np.isfinite(np.asarray(kept)), [[False, True, True]])
 
 
-def test_beam_search_is_refused_by_name(tmp_path):
+def _long_inputs(n):
+  rng = np.random.default_rng(1)
+  ids = rng.integers(3, 60, (2, n))
+  mask = np.ones((2, n), np.int64)
+  mask[1, n * 2 // 3:] = 0
+  gmask = np.zeros((2, n), np.int64)
+  gmask[:, 0] = 1
+  gmask[1, 7] = 1
+  return ids, mask, gmask
+
+
+def test_beam_search_matches_hf(tmp_path, n=4100):
+  """Same ids as HF's beam search: 4 beams; with length_penalty 2, no_repeat_ngram_size
+  3, min_length 10 and early stopping; 3 beams, length_penalty 0.5, "never". EOS is
+  likely enough that hypotheses end at different lengths."""
+  hf, ours = _generating_led(tmp_path, eos_bias=1.0)
+  ids, mask, gmask = _long_inputs(n)
+  lengths = set()
+  for settings in (dict(max_length=30, num_beams=4),
+                   dict(max_length=30, num_beams=4, length_penalty=2.0, no_repeat_ngram_size=3,
+                        min_length=10, early_stopping=True),
+                   dict(max_length=24, num_beams=3, length_penalty=0.5, early_stopping="never")):
+    with torch.no_grad():
+      ref = hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                        global_attention_mask=torch.tensor(gmask), do_sample=False,
+                        **settings).numpy()
+    got = np.asarray(generation.generate(ours, ids, mask, gmask, **settings))
+    np.testing.assert_array_equal(got[:, :ref.shape[1]], ref, err_msg=str(settings))
+    assert (got[:, ref.shape[1]:] == 1).all()
+    lengths.add(ref.shape[1])
+  assert len(lengths) > 1  # EOS ended some searches early
+
+
+def test_beam_sampling_is_refused_by_name(tmp_path):
   _, ours = _generating_led(tmp_path)
   with pytest.raises(NotImplementedError, match="num_beams"):
-    generation.generate(ours, np.ones((1, 8), np.int64) * 5, num_beams=4)
+    generation.generate(ours, np.ones((1, 8), np.int64) * 5, num_beams=4, do_sample=True,
+                        key=jax.random.key(0))
