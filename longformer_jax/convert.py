@@ -8,7 +8,8 @@
   or gives a Longformer checkpoint more positions the same way.
 * :func:`save_native` / :func:`load_native`: orbax checkpoint + config.json.
 
-CLI: ``python -m longformer_jax.convert {roberta,extend,to-native,to-hf} ...`` (``--help``).
+CLI: ``python -m longformer_jax.convert {roberta,extend,bart-to-led,to-native,to-hf} ...``
+(``--help``).
 """
 
 from __future__ import annotations
@@ -379,6 +380,11 @@ def main(argv=None):
   p.add_argument("--max-length", type=int, required=True)
   p.add_argument("--new-positions", choices=NEW_POSITIONS, default="copy",
                  help="copy the learned rows (default, the paper's) or draw them at random")
+  p = sub.add_parser("bart-to-led", help="BART HF checkpoint -> LED HF checkpoint "
+                     "(positions copied, global Q/K/V from the local ones)")
+  p.add_argument("src"), p.add_argument("dst")
+  p.add_argument("--max-length", type=int, default=16384)
+  p.add_argument("--attention-window", type=int, default=1024)
   p = sub.add_parser("to-native", help="HF Longformer checkpoint -> orbax checkpoint")
   p.add_argument("src"), p.add_argument("dst")
   p.add_argument("--task", default=None, choices=sorted(model_lib.TASKS))
@@ -391,6 +397,10 @@ def main(argv=None):
     roberta_to_longformer(args.src, args.dst, args.max_length, args.attention_window)
   elif args.cmd == "extend":
     extend_checkpoint(args.src, args.dst, args.max_length, new_positions=args.new_positions)
+  elif args.cmd == "bart-to-led":
+    from longformer_jax import led_convert
+    led_convert.bart_to_led(args.src, args.dst, max_encoder_positions=args.max_length,
+                            attention_window=args.attention_window)
   elif args.cmd == "to-native":
     save_native(from_hf(args.src, args.task), args.dst)
   else:

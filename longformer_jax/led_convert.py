@@ -1,4 +1,5 @@
-"""HF LED checkpoints in and out: ``from_hf`` / ``to_hf`` for ``led.py``'s models.
+"""HF LED checkpoints in and out: ``from_hf`` / ``to_hf`` for ``led.py``'s models, and
+``bart_to_led`` (BART -> LED, paper section 7).
 
 Our parameter paths follow HF's names except inside the encoder's layers, which are
 this package's Longformer layers (``layers.Encoder``): :data:`_ENCODER_LAYER` maps
@@ -147,3 +148,60 @@ def to_hf(model, path: str | os.PathLike) -> None:
     json.dump(model.config.to_hf_dict([arch]), f, indent=2, sort_keys=True)
   save_file(hf_state_dict(model), os.path.join(path, "model.safetensors"),
             metadata={"format": "pt"})
+
+
+# ---- BART -> LED (paper section 7) ------------------------------------------------
+_BART_OFFSET = 2  # BART's learned positions start at row 2
+_BART_KEEP = ("vocab_size", "d_model", "encoder_layers", "decoder_layers",
+              "encoder_attention_heads", "decoder_attention_heads", "encoder_ffn_dim",
+              "decoder_ffn_dim", "activation_function", "dropout", "attention_dropout",
+              "init_std", "pad_token_id", "bos_token_id", "eos_token_id",
+              "decoder_start_token_id")
+
+
+def _bart_key_to_led(key: str) -> list[str]:
+  """The LED keys a BART key's tensor goes to (encoder self-attention: the local and
+  the global projections)."""
+  key = key.removeprefix("model.")
+  m = re.match(r"encoder\.layers\.(\d+)\.self_attn\.(q|k|v|out)_proj\.(weight|bias)$", key)
+  if not m:
+    return [key]
+  layer, proj, leaf = m.groups()
+  base = f"encoder.layers.{layer}.self_attn."
+  if proj == "out":
+    return [base + f"output.{leaf}"]
+  name = {"q": "query", "k": "key", "v": "value"}[proj]
+  return [base + f"longformer_self_attn.{name}.{leaf}",
+          base + f"longformer_self_attn.{name}_global.{leaf}"]
+
+
+def bart_to_led(src: str | os.PathLike, dst: str | os.PathLike, *,
+                max_encoder_positions: int = 16384, attention_window: int = 1024) -> None:
+  """A BART checkpoint as an LED one, the paper's way: the encoder's position table
+  copied over and over up to ``max_encoder_positions``, the self-attention weights
+  copied into the Longformer attention, the global Q/K/V from the local ones; the
+  decoder unchanged."""
+  src, dst = os.fspath(src), os.fspath(dst)
+  with open(os.path.join(src, "config.json")) as f:
+    d = json.load(f)
+  if d.get("model_type") != "bart":
+    raise ValueError(f"{src}: model_type={d.get('model_type')!r}, expected 'bart'")
+  for name in ("scale_embedding", "add_final_layer_norm", "normalize_before"):
+    if d.get(name):
+      raise ValueError(f"{src}: {name}=True has no LED counterpart")
+  positions = d.get("max_position_embeddings", 1024)
+  cfg = LEDConfig(**{k: d[k] for k in _BART_KEEP if d.get(k) is not None},
+                  max_encoder_position_embeddings=max_encoder_positions,
+                  max_decoder_position_embeddings=positions,
+                  attention_window=(attention_window,) * d["encoder_layers"])
+  sd = {}
+  for key, value in convert.load_state_dict(src).items():
+    for led_key in _bart_key_to_led(key):
+      sd[led_key] = value
+  for side, rows in (("encoder", max_encoder_positions), ("decoder", positions)):
+    learned = sd[f"{side}.embed_positions.weight"][_BART_OFFSET:]
+    reps = -(-rows // len(learned))
+    sd[f"{side}.embed_positions.weight"] = np.concatenate([learned] * reps)[:rows]
+  model = led_lib.create_model(cfg, "conditional_generation")
+  load_hf_weights(model, sd)
+  to_hf(model, dst)

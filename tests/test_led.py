@@ -210,3 +210,31 @@ def test_beam_sampling_is_refused_by_name(tmp_path):
   with pytest.raises(NotImplementedError, match="num_beams"):
     generation.generate(ours, np.ones((1, 8), np.int64) * 5, num_beams=4, do_sample=True,
                         key=jax.random.key(0))
+
+
+def test_bart_to_led_is_bart_while_the_window_covers_the_input(tmp_path):
+  """Closed form: with a window wider than the input every token sees every other, so
+  the converted LED computes BART's logits (global or not: global Q/K/V are copies)."""
+  torch.manual_seed(0)
+  bart = transformers.BartForConditionalGeneration(transformers.BartConfig(
+      vocab_size=60, d_model=32, encoder_layers=2, decoder_layers=2,
+      encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48,
+      decoder_ffn_dim=48, max_position_embeddings=64, dropout=0.0)).eval()
+  bart.save_pretrained(tmp_path / "bart")
+  led_convert.convert.main(["bart-to-led", str(tmp_path / "bart"), str(tmp_path / "led"),
+                            "--max-length", "200", "--attention-window", "128"])
+  ours = lj.from_hf(tmp_path / "led")
+  assert ours.config.max_encoder_position_embeddings == 200
+  table = np.asarray(ours.led.encoder.embed_positions.embedding[...])
+  np.testing.assert_array_equal(table[64:128], table[:64])  # learned rows, copied
+  ids, mask, _, dec, _ = inputs(n=40)
+  with torch.no_grad():
+    ref = bart(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+               decoder_input_ids=torch.tensor(dec)).logits.numpy()
+  np.testing.assert_allclose(np.asarray(ours(ids, mask, None, dec).logits), ref, atol=1e-4,
+                             rtol=0)
+  hf_led_model = transformers.LEDForConditionalGeneration.from_pretrained(tmp_path / "led")
+  with torch.no_grad():
+    theirs = hf_led_model.eval()(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                                 decoder_input_ids=torch.tensor(dec)).logits.numpy()
+  np.testing.assert_allclose(theirs, ref, atol=1e-4, rtol=0)
