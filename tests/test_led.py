@@ -127,10 +127,8 @@ def _generating_led(tmp_path, eos_bias=-4.0):
   return hf, lj.from_hf(tmp_path / "hf")
 
 
-def test_greedy_generation_matches_hf(tmp_path, n=45):
-  """Same token ids as HF generate, with per-example global masks and padding, plain
-  and with min_length, no_repeat_ngram_size 3 and forced BOS / EOS."""
-  hf, ours = _generating_led(tmp_path)
+def _generation_inputs(n):
+  """Two inputs of ``n`` tokens, the second padded after 2/3; global tokens per example."""
   rng = np.random.default_rng(1)
   ids = rng.integers(3, 60, (2, n))
   mask = np.ones((2, n), np.int64)
@@ -138,16 +136,30 @@ def test_greedy_generation_matches_hf(tmp_path, n=45):
   gmask = np.zeros((2, n), np.int64)
   gmask[:, 0] = 1
   gmask[1, 7] = 1
-  for settings in (dict(max_length=30),
-                   dict(max_length=30, min_length=12, no_repeat_ngram_size=3,
+  return ids, mask, gmask
+
+
+def _same_ids_as_hf(hf, ours, inputs_, settings) -> np.ndarray:
+  """HF generate's ids, after checking ours equal them (then pad to max_length)."""
+  ids, mask, gmask = inputs_
+  with torch.no_grad():
+    ref = hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                      global_attention_mask=torch.tensor(gmask), do_sample=False,
+                      **settings).numpy()
+  got = np.asarray(generation.generate(ours, ids, mask, gmask, **settings))
+  np.testing.assert_array_equal(got[:, :ref.shape[1]], ref, err_msg=str(settings))
+  assert (got[:, ref.shape[1]:] == 1).all()
+  return ref
+
+
+def test_greedy_generation_matches_hf(tmp_path):
+  """Same token ids as HF generate, with per-example global masks and padding, plain
+  and with min_length, no_repeat_ngram_size 3 and forced BOS / EOS."""
+  hf, ours = _generating_led(tmp_path)
+  for settings in (dict(max_length=30, num_beams=1),
+                   dict(max_length=30, num_beams=1, min_length=12, no_repeat_ngram_size=3,
                         forced_bos_token_id=0, forced_eos_token_id=2)):
-    with torch.no_grad():
-      ref = hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask),
-                        global_attention_mask=torch.tensor(gmask), num_beams=1,
-                        do_sample=False, **settings).numpy()
-    got = np.asarray(generation.generate(ours, ids, mask, gmask, **settings))
-    np.testing.assert_array_equal(got[:, :ref.shape[1]], ref, err_msg=str(settings))
-    assert (got[:, ref.shape[1]:] == 1).all()
+    ref = _same_ids_as_hf(hf, ours, _generation_inputs(45), settings)
     assert len(np.unique(ref[:, 1:])) > 2  # varied outputs, not one repeated token
 
 
@@ -172,36 +184,17 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
   np.testing.assert_array_equal(np.isfinite(np.asarray(kept)), [[False, True, True]])
 
 
-def _long_inputs(n):
-  rng = np.random.default_rng(1)
-  ids = rng.integers(3, 60, (2, n))
-  mask = np.ones((2, n), np.int64)
-  mask[1, n * 2 // 3:] = 0
-  gmask = np.zeros((2, n), np.int64)
-  gmask[:, 0] = 1
-  gmask[1, 7] = 1
-  return ids, mask, gmask
-
-
 def test_beam_search_matches_hf(tmp_path, n=4100):
   """Same ids as HF's beam search: 4 beams; with length_penalty 2, no_repeat_ngram_size
   3, min_length 10 and early stopping; 3 beams, length_penalty 0.5, "never". EOS is
   likely enough that hypotheses end at different lengths."""
   hf, ours = _generating_led(tmp_path, eos_bias=1.0)
-  ids, mask, gmask = _long_inputs(n)
   lengths = set()
   for settings in (dict(max_length=30, num_beams=4),
                    dict(max_length=30, num_beams=4, length_penalty=2.0, no_repeat_ngram_size=3,
                         min_length=10, early_stopping=True),
                    dict(max_length=24, num_beams=3, length_penalty=0.5, early_stopping="never")):
-    with torch.no_grad():
-      ref = hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask),
-                        global_attention_mask=torch.tensor(gmask), do_sample=False,
-                        **settings).numpy()
-    got = np.asarray(generation.generate(ours, ids, mask, gmask, **settings))
-    np.testing.assert_array_equal(got[:, :ref.shape[1]], ref, err_msg=str(settings))
-    assert (got[:, ref.shape[1]:] == 1).all()
-    lengths.add(ref.shape[1])
+    lengths.add(_same_ids_as_hf(hf, ours, _generation_inputs(n), settings).shape[1])
   assert len(lengths) > 1  # EOS ended some searches early
 
 
