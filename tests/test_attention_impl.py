@@ -57,7 +57,8 @@ def _outputs_and_grads(impl: str, dropout: float):
   return hidden, grads
 
 
-@pytest.mark.parametrize("impl,dropout", [("blocked", 0.0), ("blocked", 0.3), ("pallas", 0.0)])
+# blocked without dropout is the oracle suite's case; with dropout it also checks the masks
+@pytest.mark.parametrize("impl,dropout", [("blocked", 0.3), ("pallas", 0.0)])
 def test_model_backends_agree_with_scan(impl, dropout):
   """Same outputs and gradients in fp32 with global tokens, padding, dilation and
   (same rng, so the same masks) attention dropout."""
