@@ -62,16 +62,32 @@ class GenerationConfig:
     return cls()
 
 
-def default_config(model) -> GenerationConfig:
-  """The model's generation settings: its checkpoint's, else its config's tokens."""
-  cfg = model.config
-  base = getattr(model, "generation_config", None) or GenerationConfig.from_dict(
-      json.loads(cfg.extra_json))
+def defaults(cfg, base: GenerationConfig | None = None) -> GenerationConfig:
+  """``base`` (else the generation keys of ``cfg``'s config.json) with the token ids
+  it leaves unset taken from the model config ``cfg``."""
+  base = base or GenerationConfig.from_dict(json.loads(cfg.extra_json))
   return dataclasses.replace(
       base, pad_token_id=cfg.pad_token_id if base.pad_token_id is None else base.pad_token_id,
       eos_token_id=cfg.eos_token_id if base.eos_token_id is None else base.eos_token_id,
       decoder_start_token_id=(cfg.decoder_start_token_id if base.decoder_start_token_id is None
                               else base.decoder_start_token_id))
+
+
+def default_config(model) -> GenerationConfig:
+  """The model's generation settings: its checkpoint's, else its config's tokens."""
+  return defaults(model.config, getattr(model, "generation_config", None))
+
+
+def checked(gen: GenerationConfig) -> GenerationConfig:
+  """``gen``, raising on the combinations the generator does not run."""
+  if gen.num_beams > 1 and gen.do_sample:
+    raise NotImplementedError("do_sample=True with num_beams > 1 (beam sampling) is not "
+                              "implemented; use one of them")
+  if gen.num_beams < 1:
+    raise ValueError(f"num_beams={gen.num_beams} must be at least 1")
+  if gen.max_length < 2:
+    raise ValueError(f"max_length={gen.max_length} leaves no token to generate")
+  return gen
 
 
 def process_logits(gen: GenerationConfig, ids_BxL, cur_len, scores_BxV):
@@ -240,9 +256,10 @@ def _beam_decode(model, gen: GenerationConfig, input_ids, attention_mask,
   return st.sequences[:, 0]
 
 
-@nnx.jit(static_argnames=("gen", "max_global_tokens"))
-def _decode_jit(model, gen, input_ids, attention_mask, global_attention_mask, key,
-                max_global_tokens):
+def decode(model, gen: GenerationConfig, input_ids, attention_mask, global_attention_mask,
+           key, max_global_tokens: int):
+  """Token ids (B, max_length) of ``gen`` (beam search when ``num_beams`` > 1): traceable,
+  for callers that jit it with more around it (evaluation)."""
   if gen.num_beams > 1:
     return _beam_decode(model, gen, input_ids, attention_mask, global_attention_mask,
                         max_global_tokens)
@@ -250,26 +267,27 @@ def _decode_jit(model, gen, input_ids, attention_mask, global_attention_mask, ke
                  max_global_tokens)
 
 
+_decode_jit = nnx.jit(decode, static_argnames=("gen", "max_global_tokens"))
+
+
+def settings(model, **overrides) -> GenerationConfig:
+  """The model's generation config with HF-named ``overrides``, checked."""
+  return checked(dataclasses.replace(default_config(model), **overrides))
+
+
 def generate(model, input_ids, attention_mask=None, global_attention_mask=None, *,
-             key=None, max_global_tokens: int | None = None, **settings):
+             key=None, max_global_tokens: int | None = None, **overrides):
   """Token ids (B, max_length) for ``model`` (an ``LEDForConditionalGeneration``).
 
-  ``settings`` override the model's generation config (HF names: ``max_length``,
+  ``overrides`` change the model's generation config (HF names: ``max_length``,
   ``min_length``, ``num_beams``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``,
   ``no_repeat_ngram_size``, ``forced_bos_token_id``, ``forced_eos_token_id``...).
   Sampling needs an explicit ``key``. ``global_attention_mask`` None puts global
   attention on the first token.
   """
-  gen = dataclasses.replace(default_config(model), **settings)
-  if gen.num_beams > 1 and gen.do_sample:
-    raise NotImplementedError("do_sample=True with num_beams > 1 (beam sampling) is not "
-                              "implemented; use one of them")
-  if gen.num_beams < 1:
-    raise ValueError(f"num_beams={gen.num_beams} must be at least 1")
+  gen = settings(model, **overrides)
   if gen.do_sample and key is None:
     raise ValueError("do_sample=True needs an explicit key (jax.random.key(...))")
-  if gen.max_length < 2:
-    raise ValueError(f"max_length={gen.max_length} leaves no token to generate")
   from longformer_jax import inputs as inputs_lib
   ids = jnp.asarray(input_ids, jnp.int32)
   mask = jnp.ones_like(ids) if attention_mask is None else jnp.asarray(attention_mask)

@@ -276,13 +276,27 @@ class LEDForConditionalGeneration(nnx.Module):
                          encoder_last_hidden_state=out.encoder_last_hidden_state)
 
 
+  def generate(self, input_ids, attention_mask=None, global_attention_mask=None, **kwargs):
+    """Token ids (B, max_length): ``generation.generate`` on this model, HF's
+    ``model.generate`` arguments (``max_length``, ``num_beams``, ``key`` to sample...)."""
+    from longformer_jax import generation
+    return generation.generate(self, input_ids, attention_mask, global_attention_mask,
+                               **kwargs)
+
+
 TASKS = {"base": (LEDModel, "LEDModel"),
          "conditional_generation": (LEDForConditionalGeneration,
                                     "LEDForConditionalGeneration")}
 
 
-def create_model(cfg: LEDConfig, task: str = "conditional_generation", seed: int = 0):
+def create_model(cfg: LEDConfig, task: str = "conditional_generation", seed: int = 0,
+                 partitioning: sh.Partitioning | None = None):
+  """A randomly initialised LED for ``task`` (see ``TASKS``); ``partitioning`` as in
+  ``model.create_model`` (the encoder's activations and sequence parallelism)."""
   if task not in TASKS:
     raise ValueError(f"task={task!r} is not one of {sorted(TASKS)}")
   with nnx.use_eager_sharding(False):
-    return TASKS[task][0](cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+    model = TASKS[task][0](cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+  if partitioning is not None:
+    model.set_attributes(partitioning=partitioning)
+  return model

@@ -76,6 +76,15 @@ class LEDConfig:
         max_global_tokens=self.max_global_tokens, remat=self.remat,
         scan_layers=self.scan_layers)
 
+  @classmethod
+  def run_fields(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("run"))
+
+  @classmethod
+  def tunable_fields(cls) -> tuple[str, ...]:
+    """What a run may set on top of a checkpoint: the run fields and the dropout rates."""
+    return cls.run_fields() + ("dropout", "attention_dropout")
+
   def replace(self, **changes) -> "LEDConfig":
     return dataclasses.replace(self, **changes)
 

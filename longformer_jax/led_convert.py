@@ -10,6 +10,7 @@ against it when present.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -89,7 +90,10 @@ def _align(sd: dict, model) -> dict:
   return out
 
 
-def load_hf_weights(model, sd: dict[str, np.ndarray]) -> None:
+def hf_param_values(model, sd: dict[str, np.ndarray]) -> dict[tuple, np.ndarray]:
+  """The parameters and buffers an HF LED state dict gives ``model`` (which may be
+  abstract), as host arrays by path. Raises on unknown or missing keys and shapes;
+  ``final_logits_bias`` may be absent (zeros, as HF initialises it)."""
   expected = {key: (path, var, i) for key, path, var, i in _entries(model)}
   sd = _align(sd, model)
   unknown = sorted(set(sd) - set(expected))
@@ -113,6 +117,12 @@ def load_hf_weights(model, sd: dict[str, np.ndarray]) -> None:
       values[path] = value
     else:
       values.setdefault(path, np.zeros(var.shape, np.float32))[i] = value
+  return values
+
+
+def load_hf_weights(model, sd: dict[str, np.ndarray]) -> None:
+  """Copies an HF LED state dict into ``model`` (see :func:`hf_param_values`)."""
+  values = hf_param_values(model, sd)
   flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, led_lib.Buffer))))
   nnx.update(model, nnx.from_flat_state(
       [(p, flat[p].replace(jnp.asarray(v, flat[p].dtype))) for p, v in values.items()]))
@@ -148,6 +158,12 @@ def to_hf(model, path: str | os.PathLike) -> None:
     json.dump(model.config.to_hf_dict([arch]), f, indent=2, sort_keys=True)
   save_file(hf_state_dict(model), os.path.join(path, "model.safetensors"),
             metadata={"format": "pt"})
+  if getattr(model, "generation_config", None) is not None:  # HF's generation_config.json
+    from longformer_jax import generation
+    gen = generation.default_config(model)
+    with open(os.path.join(path, "generation_config.json"), "w") as f:
+      json.dump({k: v for k, v in dataclasses.asdict(gen).items() if v is not None}, f,
+                indent=2, sort_keys=True)
 
 
 # ---- BART -> LED (paper section 7) ------------------------------------------------

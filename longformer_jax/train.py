@@ -27,12 +27,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 from longformer_jax import checkpoint as ckpt_lib
 from longformer_jax import compile_options
 from longformer_jax import data as data_lib
+from longformer_jax import families
 from longformer_jax import metrics as metrics_lib
-from longformer_jax import model as model_lib
 from longformer_jax import optim, tasks
 from longformer_jax import sharding as sh
 from longformer_jax import workdir as workdir_lib
-from longformer_jax.config import LongformerConfig
 
 log = logging.getLogger("longformer_jax")
 
@@ -105,45 +104,47 @@ def data_config(config) -> dict:
   return data
 
 
-def model_config(config, phase: Phase, task: tasks.Task | None = None) -> LongformerConfig:
-  """The model of a phase: windows scaled by the phase's ``window_scale``.
+def model_config(config, phase: Phase, task: tasks.Task | None = None):
+  """The model config of a phase (the task's family's: a ``LongformerConfig`` or an
+  ``LEDConfig``), windows scaled by the phase's ``window_scale``.
 
   With ``config.init_from_hf`` the architecture comes from that checkpoint's
   config.json; ``config.model`` then only sets the fields a run may change on a
-  checkpoint (``LongformerConfig.tunable_fields``: dtype, remat, dropout, labels...).
+  checkpoint (``tunable_fields()``: dtype, remat, dropout, labels...).
   Fields left at -1 (``vocab_size``, ``num_labels``...) come from the data and task.
   """
   task = task or tasks.build(config)
+  config_cls = families.get(task.family).config_cls
   fields = dict(config.model)
   if config.get("init_from_hf"):
-    arch = LongformerConfig.from_json(config.init_from_hf)
-    tunable = LongformerConfig.tunable_fields()
+    arch = config_cls.from_json(config.init_from_hf)
+    tunable = config_cls.tunable_fields()
     fields = {**{f: getattr(arch, f) for f in arch.__dataclass_fields__
                  if f not in ("extra_json",)},
               **{k: v for k, v in fields.items() if k in tunable}}
     fields["attention_window"] = list(arch.attention_window)
   windows = fields.pop("attention_window")
-  layers = fields["num_hidden_layers"]
+  layers = fields[families.get(task.family).layers_field]
   windows = [windows] * layers if isinstance(windows, int) else list(windows)
   data = data_config(config)
   derived = {"vocab_size": lambda: data_lib.vocab_size(data),
              "num_labels": lambda: data_lib.num_labels(data)}
   derived.update({k: (lambda v=v: v) for k, v in task.model_fields(data).items()})
   for name, value in derived.items():
-    if fields.get(name, -1) in (None, -1):
+    if name in config_cls.__dataclass_fields__ and fields.get(name, -1) in (None, -1):
       fields[name] = value()
   try:
-    cfg = LongformerConfig(**fields, attention_window=tuple(windows))
-  except (TypeError, ValueError) as e:
+    cfg = config_cls(**fields, attention_window=tuple(windows))
+  except (TypeError, ValueError, NotImplementedError) as e:
     raise ValueError(f"config.model: {e}") from None
   if phase.window_scale == 1.0:
     return cfg
-  step = 1 if cfg.causal else 2  # symmetric windows stay even
+  step = 1 if getattr(cfg, "causal", False) else 2  # symmetric windows stay even
   return cfg.replace(attention_window=tuple(
       max(int(round(w * phase.window_scale / step)) * step, step) for w in windows))
 
 
-def validate(config, phases: list[Phase], cfgs: list[LongformerConfig], mesh,
+def validate(config, phases: list[Phase], cfgs: list, mesh,
              task: tasks.Task) -> None:
   """Checks that need no compile: shapes against the mesh, positions, static bounds."""
   batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -154,11 +155,12 @@ def validate(config, phases: list[Phase], cfgs: list[LongformerConfig], mesh,
       raise ValueError(f"{where}.batch_size={p.batch_size} must divide by data*fsdp="
                        f"{batch_shards} x grad_accum={accum} and by the process count "
                        f"{jax.process_count()}")
-    if (not cfg.relative_positions
-        and p.seq_len + cfg.pad_token_id + 1 > cfg.max_position_embeddings):
-      raise ValueError(f"{where}.seq_len={p.seq_len} needs max_position_embeddings >= "
-                       f"{p.seq_len + cfg.pad_token_id + 1}, config.model has "
-                       f"{cfg.max_position_embeddings}")
+    limit = families.of_config(cfg).max_input_tokens(cfg)
+    if limit is not None and p.seq_len > limit:
+      raise ValueError(f"{where}.seq_len={p.seq_len} is longer than the {limit} tokens the "
+                       f"model's positions take (config.model.max_position_embeddings or "
+                       f"max_encoder_position_embeddings)")
+    task.check_model(cfg, data_config(config))
     if p.seq_len % mesh.shape["sequence"]:
       raise ValueError(f"{where}.seq_len={p.seq_len} must divide by mesh sequence="
                        f"{mesh.shape['sequence']}")
@@ -173,7 +175,7 @@ def optimizer_of(config, phases: list[Phase]):
   return schedule, optim.make_optimizer(config.optim, schedule)
 
 
-def check_batch(batch: dict, cfg: LongformerConfig) -> None:
+def check_batch(batch: dict, cfg) -> None:
   ids = batch["input_ids"]
   if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
     raise ValueError(f"data: token id {int(ids.max())} is out of range for "
@@ -181,19 +183,19 @@ def check_batch(batch: dict, cfg: LongformerConfig) -> None:
 
 
 # ---- state, step ----------------------------------------------------------------
-def init_state(cfg: LongformerConfig, head: str, tx, seed: int):
-  model = model_lib.create_model(cfg, head, seed)
+def init_state(cfg, head: str, tx, seed: int):
+  model = families.of_config(cfg).create_model(cfg, head, seed)
   params = nnx.state(model, nnx.Param)
   return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
-def split_model(cfg: LongformerConfig, head: str, seed: int,
-                partitioning: sh.Partitioning | None = None):
+def split_model(cfg, head: str, seed: int, partitioning: sh.Partitioning | None = None):
   """(graphdef, non-parameter state) of the model, the params being carried apart;
   the graphdef holds ``partitioning`` (activation layout, sequence parallelism)."""
-  abstract = nnx.eval_shape(lambda: model_lib.create_model(cfg, head, seed, partitioning))
+  create = families.of_config(cfg).create_model
+  abstract = nnx.eval_shape(lambda: create(cfg, head, seed, partitioning))
   graphdef = nnx.split(abstract, nnx.Param, ...)[0]
-  rest = jax.jit(lambda: nnx.split(model_lib.create_model(cfg, head, seed), nnx.Param, ...)[2])()
+  rest = jax.jit(lambda: nnx.split(create(cfg, head, seed), nnx.Param, ...)[2])()
   return graphdef, rest
 
 
@@ -384,18 +386,24 @@ class Runner:
     return state
 
   def params_from_hf(self, params):
-    """``params`` with the weights of ``config.init_from_hf`` (an HF Longformer
-    directory) put in, each array built shard by shard on its devices from the host
-    copy: the whole model never sits on one device. Head weights the checkpoint
-    lacks keep their values in ``params`` (the random init)."""
+    """``params`` with the weights of ``config.init_from_hf`` (an HF checkpoint
+    directory of the model's family) put in, each array built shard by shard on its
+    devices from the host copy: the whole model never sits on one device. Head
+    weights the checkpoint lacks keep their values in ``params`` (the random init)."""
     from longformer_jax import convert
     path = self.config.init_from_hf
     log.info("initialising parameters from %s", path)
     cfg = self.model_configs[0]
-    abstract = nnx.eval_shape(lambda: model_lib.create_model(cfg, self.head, self.config.seed))
-    values = convert.hf_param_values(abstract, convert.load_state_dict(path))
+    family = families.of_config(cfg)
+    abstract = nnx.eval_shape(lambda: family.create_model(cfg, self.head, self.config.seed))
+    values = family.hf_param_values(abstract, convert.load_state_dict(path))
     flat = dict(nnx.to_flat_state(params))
     for path_, host in values.items():
+      if path_ not in flat:  # a buffer (LED's final_logits_bias): training keeps its init
+        if np.any(host):
+          raise ValueError(f"{path}: {'.'.join(map(str, path_))} is not zero, and training "
+                           "keeps that buffer at zero")
+        continue
       var = flat[path_]
       sharding = var[...].sharding
       host = host.astype(var[...].dtype)

@@ -26,7 +26,6 @@ import jax
 import ml_collections
 from flax import nnx
 
-from longformer_jax.config import LongformerConfig
 
 log = logging.getLogger("longformer_jax")
 
@@ -42,12 +41,15 @@ def write_json_atomic(path: str, obj) -> None:
   os.replace(tmp, path)
 
 
-def record_run(workdir: str, config, model_cfg: LongformerConfig, head: str,
-               label_names, tokenizer) -> None:
+def record_run(workdir: str, config, model_cfg, head: str, label_names, tokenizer) -> None:
   """Writes experiment.json and model.json (call from one process)."""
+  from longformer_jax import families
   write_json_atomic(os.path.join(workdir, EXPERIMENT), json.loads(config.to_json_best_effort()))
   write_json_atomic(os.path.join(workdir, MODEL), {
       "config": dataclasses.asdict(model_cfg), "head": head,
+      "family": families.of_config(model_cfg).name,
+      # generation settings of a seq2seq run: the exported generation_config.json
+      "generation": dict((config.get("seq2seq") or {}).get("generation") or {}) or None,
       "label_names": None if label_names is None else [str(n) for n in label_names],
       "tokenizer": None if not tokenizer else os.path.abspath(os.fspath(tokenizer))})
 
@@ -67,11 +69,12 @@ def _read(workdir: str, name: str) -> dict:
 def trained_model(workdir: str):
   """(model in eval mode, model.json contents) from the newest readable checkpoint."""
   from longformer_jax import checkpoint as ckpt_lib
-  from longformer_jax import model as model_lib
+  from longformer_jax import families
   from longformer_jax import train
   config = ml_collections.ConfigDict(_read(workdir, EXPERIMENT))
   info = _read(workdir, MODEL)
-  cfg = LongformerConfig(**info["config"])
+  family = families.get(info.get("family", "longformer"))
+  cfg = family.config_cls(**info["config"])
   tx = train.optimizer_of(config, train.resolve_phases(config))[1]
   abstract = jax.eval_shape(lambda: train.init_state(cfg, info["head"], tx, config.seed))
   # On this host's first device, whatever mesh the run was saved from.
@@ -86,8 +89,11 @@ def trained_model(workdir: str):
     raise FileNotFoundError(f"{workdir} holds no checkpoint that restores (any failures are "
                             "logged above)")
   state, step = restored
-  model = model_lib.create_model(cfg, info["head"], config.seed)
+  model = family.create_model(cfg, info["head"], config.seed)
   nnx.update(model, state["params"])
+  if info.get("generation"):
+    from longformer_jax import generation
+    model.generation_config = generation.GenerationConfig.from_dict(info["generation"])
   model.eval()
   return model, dict(info, step=step)
 
@@ -98,7 +104,7 @@ def export_hf(workdir: str, out_dir: str) -> int:
   The directory is assembled beside ``out_dir`` and renamed into place, so a
   failed export leaves nothing half-written.
   """
-  from longformer_jax import convert
+  from longformer_jax import families
   model, info = trained_model(workdir)
   if info.get("label_names"):
     names = info["label_names"]
@@ -107,7 +113,7 @@ def export_hf(workdir: str, out_dir: str) -> int:
                  label2id={n: i for i, n in enumerate(names)})
     model.config = model.config.replace(extra_json=json.dumps(extra, sort_keys=True))
   with atomic_dir(out_dir) as tmp:
-    convert.to_hf(model, tmp)
+    families.of_config(model.config).to_hf(model, tmp)
     copy_tokenizer(info.get("tokenizer"), tmp)
   return info["step"]
 

@@ -48,13 +48,15 @@ def build(config) -> "Task":
 class Task:
   """One kind of problem; see the module docstring.
 
-  Class attributes: ``name`` (``config.task``), ``head`` (a key of
-  ``model.TASKS``), ``needs_global_bound`` (the batch marks global tokens, so
+  Class attributes: ``name`` (``config.task``), ``family`` (the model family,
+  ``families.get``), ``head`` (a key of its ``TASKS``: ``model.TASKS`` for the
+  Longformer, ``led.TASKS`` for the LED), ``needs_global_bound`` (the batch marks global tokens, so
   ``config.model.max_global_tokens`` must fix their static count), ``named_labels``
 (the data names its classes: exports carry them as ``id2label``).
   """
 
   name: ClassVar[str] = ""
+  family: ClassVar[str] = "longformer"
   head: ClassVar[str] = ""
   needs_global_bound: ClassVar[bool] = False
   named_labels: ClassVar[bool] = False  # the data's label names go into exported configs
@@ -76,6 +78,10 @@ class Task:
     if self.needs_global_bound and model.get("max_global_tokens") is None:
       raise ValueError("config.model.max_global_tokens must be set for training: the number "
                        "of global slots is a static shape")
+
+  def check_model(self, model_cfg, data_cfg: dict) -> None:
+    """Raises ValueError naming the field where the model cannot take the data."""
+    del model_cfg, data_cfg
 
   def model_fields(self, data_cfg) -> dict[str, Any]:
     """Model config fields this task takes from the data where ``config.model`` has -1

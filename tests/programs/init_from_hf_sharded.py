@@ -14,6 +14,7 @@ from flax import nnx
 
 from configs import mlm
 from longformer_jax import convert, train
+from longformer_jax import model as model_lib
 
 
 def main(hf_dir, corpus, data_dir, workdir):
@@ -23,7 +24,7 @@ def main(hf_dir, corpus, data_dir, workdir):
   c.mesh = dict(data=1, fsdp=jax.device_count(), tensor=1, sequence=1)
   runner = train.Runner(c, workdir)
   state, _, _ = runner.init_or_restore()
-  abstract = nnx.eval_shape(lambda: train.model_lib.create_model(
+  abstract = nnx.eval_shape(lambda: model_lib.create_model(
       runner.model_configs[0], runner.head, 0))
   want = convert.hf_param_values(abstract, convert.load_state_dict(hf_dir))
   flat = dict(nnx.to_flat_state(state["params"]))
