@@ -25,6 +25,7 @@ setup(
         "numpy>=2.0",
         "matplotlib>=3.9",
         "flatbuffers>=24.3",  # jax.export serialisation (longformer_jax.export)
+        "rouge-score>=0.1.2",  # summarisation metrics (eval_metrics.rouge)
     ],
     extras_require={
         # torch is pinned to the CPU build: it is only the numerical reference.

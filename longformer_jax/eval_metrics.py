@@ -11,6 +11,9 @@
   removed, white space collapsed), the maximum over every gold answer (TriviaQA's
   answer aliases are such a list); scores in percent, averaged over the gold ids (a
   missing prediction scores 0).
+* :func:`rouge`: ROUGE-1/2/L/Lsum F-measures (the ``rouge-score`` package, Porter
+  stemming as the summarisation papers report them), averaged over the examples, in
+  percent; ROUGE-Lsum splits each text at its newlines.
 """
 
 from __future__ import annotations
@@ -168,3 +171,25 @@ def squad_em_f1(predictions: Mapping[str, str], answers: Mapping[str, Sequence[s
     em += best_over_answers(exact_match, prediction, golds)
     f1 += best_over_answers(token_f1, prediction, golds)
   return {"exact_match": 100.0 * em / len(answers), "f1": 100.0 * f1 / len(answers)}
+
+
+# ---- summarisation ----------------------------------------------------------------------
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str], *,
+          use_stemmer: bool = True) -> dict:
+  """{"rouge1", "rouge2", "rougeL", "rougeLsum"}: mean F-measure in percent."""
+  from rouge_score import rouge_scorer
+  if len(predictions) != len(references):
+    raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+  if not references:
+    return {k: 0.0 for k in ROUGE_TYPES}
+  scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)
+  totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+  for prediction, reference in zip(predictions, references):
+    scores = scorer.score(reference, prediction)  # (target, prediction)
+    for k in ROUGE_TYPES:
+      totals[k] += scores[k].fmeasure
+  return {k: 100.0 * v / len(references) for k, v in totals.items()}
