@@ -23,6 +23,7 @@ class Family:
   * ``to_hf(model, directory)``: config.json + weights that transformers loads.
   * ``max_input_tokens(cfg)``: the longest input its positions take (None: no bound).
   * ``layers_field``: the config field counting the layers ``attention_window`` covers.
+  * ``positions_field``: the config field that bounds the input length.
   """
 
   name: str
@@ -32,6 +33,7 @@ class Family:
   to_hf: Callable[..., None]
   max_input_tokens: Callable[[Any], int | None]
   layers_field: str
+  positions_field: str
 
 
 def _longformer() -> Family:
@@ -41,14 +43,14 @@ def _longformer() -> Family:
       convert.to_hf,
       lambda cfg: None if cfg.relative_positions else (
           cfg.max_position_embeddings - cfg.pad_token_id - 1),
-      "num_hidden_layers")
+      "num_hidden_layers", "max_position_embeddings")
 
 
 def _led() -> Family:
   from longformer_jax import led, led_convert
   return Family("led", LEDConfig, led.create_model, led_convert.hf_param_values,
                 led_convert.to_hf, lambda cfg: cfg.max_encoder_position_embeddings,
-                "encoder_layers")
+                "encoder_layers", "max_encoder_position_embeddings")
 
 
 _FAMILIES = {"longformer": _longformer, "led": _led}

@@ -155,11 +155,11 @@ def validate(config, phases: list[Phase], cfgs: list, mesh,
       raise ValueError(f"{where}.batch_size={p.batch_size} must divide by data*fsdp="
                        f"{batch_shards} x grad_accum={accum} and by the process count "
                        f"{jax.process_count()}")
-    limit = families.of_config(cfg).max_input_tokens(cfg)
+    family = families.of_config(cfg)
+    limit = family.max_input_tokens(cfg)
     if limit is not None and p.seq_len > limit:
       raise ValueError(f"{where}.seq_len={p.seq_len} is longer than the {limit} tokens the "
-                       f"model's positions take (config.model.max_position_embeddings or "
-                       f"max_encoder_position_embeddings)")
+                       f"model's positions take (config.model.{family.positions_field})")
     task.check_model(cfg, data_config(config))
     if p.seq_len % mesh.shape["sequence"]:
       raise ValueError(f"{where}.seq_len={p.seq_len} must divide by mesh sequence="

@@ -62,13 +62,16 @@ def _tiny_config(tmp_path, tokenizer_dir, **overrides):
   return c
 
 
-def test_target_longer_than_the_decoder_positions_is_refused(tmp_path, tokenizer_dir):
+def test_lengths_past_the_positions_are_refused(tmp_path, tokenizer_dir):
   from longformer_jax import train
   c = _tiny_config(tmp_path, tokenizer_dir, **{"data.max_target_length": 40})
   with pytest.raises(ValueError, match="max_target_length=40"):
     train.Runner(c, str(tmp_path / "run"))
   c = _tiny_config(tmp_path, tokenizer_dir, **{"seq2seq.generation.max_length": 33})
   with pytest.raises(ValueError, match="generation.max_length=33"):
+    train.Runner(c, str(tmp_path / "run"))
+  c = _tiny_config(tmp_path, tokenizer_dir, **{"model.max_encoder_position_embeddings": 32})
+  with pytest.raises(ValueError, match=r"config.model.max_encoder_position_embeddings\)"):
     train.Runner(c, str(tmp_path / "run"))
 
 
