@@ -42,17 +42,19 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from benchmark import cpu_name  # noqa: E402
-from longformer_jax import families, summarize, tokenization  # noqa: E402
+from longformer_jax import families, tokenization, train  # noqa: E402
+from longformer_jax.data import documents  # noqa: E402
+from longformer_jax.data.summarization import SummarizationElement  # noqa: E402
 from longformer_jax.led import shift_tokens_right  # noqa: E402
 from longformer_jax.tasks.seq2seq import smoothed_terms  # noqa: E402
 from summarization_miniature import (Settings, description, read_jsonl,  # noqa: E402
                                      sentences, tokenizer)
+from summarization_miniature import config as miniature_config  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
 SETTINGS = Settings(d_model=128, ffn=512, seq_len=256, window=32)  # the miniature's run
@@ -75,49 +77,39 @@ VARIANTS = {
 }
 
 
-def token_targets(texts: list[str], tok) -> np.ndarray:
-  """(len(texts), TARGET) labels: <s> text </s>, -100 after."""
-  out = np.full((len(texts), TARGET), -100, np.int32)
-  for i, text in enumerate(texts):
-    ids = [0] + tok.encode(text, add_special_tokens=False).ids[:TARGET - 2] + [2]
-    out[i, :len(ids)] = ids
-  return out
+def load_pages(corpus: str, tok) -> list[dict]:
+  """Token ids of the first ``PAGES`` training pages: the page, its summary, and the
+  first sentence of its DESCRIPTION (at most 24 words)."""
+  def encode(text: str) -> list[int]:
+    return tok.encode(text, add_special_tokens=False).ids
+  pages = []
+  for i, r in enumerate(read_jsonl(os.path.join(corpus, "train.jsonl"))[:PAGES]):
+    first = sentences(description(r["document"]))[:1]
+    pages.append(dict(input_ids=encode(r["document"]), summary=encode(r["summary"]),
+                      description=encode(" ".join(first[0].split()[:24]) if first else ""),
+                      example_index=i))
+  return pages
 
 
-def load_pages(corpus: str, tok) -> dict:
-  rows = read_jsonl(os.path.join(corpus, "train.jsonl"))[:PAGES]
-  ids, mask = summarize.encode_batch([r["document"] for r in rows], tok, SETTINGS.seq_len)
-  first = [sentences(description(r["document"]))[:1] for r in rows]
-  return dict(ids=ids, mask=mask,
-              summary=token_targets([r["summary"] for r in rows], tok),
-              description=token_targets([" ".join(s[0].split()[:24]) if s else ""
-                                         for s in first], tok))
+def arrays(pages: list[dict], target: str, input_len: int, specials) -> tuple:
+  """(ids, mask, global mask, labels) as the summarization dataset builds them, the
+  labels from ``target``."""
+  element = SummarizationElement(input_len, TARGET, specials)
+  rows = [element(dict(p, summary_ids=p[target])) for p in pages]
+  return tuple(np.stack([r[k] for r in rows]) for k in
+               ("input_ids", "attention_mask", "global_attention_mask", "labels"))
 
 
-def build_model(vocab_size: int):
-  s = SETTINGS
-  fam = families.get("led")
-  cfg = fam.config_cls(
-      vocab_size=vocab_size, d_model=s.d_model, encoder_layers=s.encoder_layers,
-      decoder_layers=s.decoder_layers, encoder_attention_heads=s.heads,
-      decoder_attention_heads=s.heads, encoder_ffn_dim=s.ffn, decoder_ffn_dim=s.ffn,
-      max_encoder_position_embeddings=s.seq_len, max_decoder_position_embeddings=TARGET,
-      attention_window=(s.window,) * s.encoder_layers, dropout=0.1, block_size=s.window,
-      max_global_tokens=1)
-  return fam.create_model(cfg, "conditional_generation", 0, None)
-
-
-def cut(ids, mask, length: int):
-  """The first ``length`` tokens of each page, </s> last where the page was cut."""
-  ids, mask = ids[:, :length].copy(), mask[:, :length].copy()
-  ids[mask[:, -1] == 1, -1] = 2
-  globals_ = np.zeros_like(ids)
-  globals_[:, 0] = 1
-  return ids, mask, globals_
+def build_model(tok_dir: str, corpus: str, work: str):
+  """The miniature's LED (``summarization_miniature.config``), random init."""
+  c = miniature_config(SETTINGS, corpus, tok_dir, work)
+  cfg = train.model_config(c, train.resolve_phases(c)[0])
+  return families.of_config(cfg).create_model(cfg, "conditional_generation", 0)
 
 
 def losses(model, ids, mask, globals_, labels):
-  dec = shift_tokens_right(labels, 1, model.config.decoder_start_token_id)
+  dec = shift_tokens_right(labels, model.config.pad_token_id,
+                           model.config.decoder_start_token_id)
   out = model(ids, mask, globals_, decoder_input_ids=dec, max_global_tokens=1)
   loss, nll, _, counted = smoothed_terms(out.logits, labels, 0.1)
   return loss.sum() / counted.sum(), nll.sum() / counted.sum()
@@ -140,21 +132,25 @@ def probe(model, ids, mask, globals_, labels):
   return right, other, states[:, 1:20].std(0).mean()
 
 
-def measure(model, pages: dict, variant: Variant) -> dict:
+def measure(model, held: tuple, target_labels=None) -> dict:
+  """The probe on the held-out pages (summary labels in ``held``); with
+  ``target_labels``, also the NLL of the variant's own targets."""
   model.eval()
-  held = cut(pages["ids"][:HELD_OUT], pages["mask"][:HELD_OUT], variant.input_len)
-  right, other, spread = probe(model, *held, pages["summary"][:HELD_OUT])
+  right, other, spread = probe(model, *held)
   row = dict(nll_right=float(right), nll_other=float(other), gap=float(other - right),
              spread=float(spread))
-  if variant.target != "summary":
-    right, other, _ = probe(model, *held, pages[variant.target][:HELD_OUT])
+  if target_labels is not None:
+    right, other, _ = probe(model, *held[:3], target_labels)
     row.update(target_nll_right=float(right), target_nll_other=float(other))
   return row
 
 
-def run_variant(name: str, variant: Variant, pages: dict, steps: int, every: int) -> list:
-  model = build_model(int(pages["vocab_size"]))
-  labels = pages[variant.target]
+def run_variant(name: str, variant: Variant, pages: list[dict], specials, new_model,
+                steps: int, every: int) -> list:
+  model = new_model()
+  ids, mask, globals_, labels = arrays(pages, variant.target, variant.input_len, specials)
+  held = arrays(pages[:HELD_OUT], "summary", variant.input_len, specials)
+  held_targets = None if variant.target == "summary" else labels[:HELD_OUT]
   if variant.bias:
     counts = np.bincount(labels[HELD_OUT:][labels[HELD_OUT:] >= 0],
                          minlength=model.config.vocab_size) + 0.1
@@ -163,8 +159,7 @@ def run_variant(name: str, variant: Variant, pages: dict, steps: int, every: int
   warmup = optax.linear_schedule(0.0, variant.lr, 30)
   opt = nnx.Optimizer(model, optax.adamw(optax.join_schedules(
       [warmup, optax.constant_schedule(variant.lr)], [30]), weight_decay=0.01), wrt=nnx.Param)
-  ids, mask, globals_ = cut(pages["ids"], pages["mask"], variant.input_len)
-  rows, t0 = [dict(step=0, loss=None, **measure(model, pages, variant))], time.time()
+  rows, t0 = [dict(step=0, loss=None, **measure(model, held, held_targets))], time.time()
   batches = (PAGES - HELD_OUT) // BATCH
   for step in range(1, steps + 1):
     i = HELD_OUT + ((step - 1) % batches) * BATCH
@@ -172,7 +167,7 @@ def run_variant(name: str, variant: Variant, pages: dict, steps: int, every: int
     loss = train_step(model, opt, ids[i:i + BATCH], mask[i:i + BATCH],
                       globals_[i:i + BATCH], labels[i:i + BATCH])
     if step % every == 0:
-      rows.append(dict(step=step, loss=float(loss), **measure(model, pages, variant)))
+      rows.append(dict(step=step, loss=float(loss), **measure(model, held, held_targets)))
       print(f"{name} step {step}: {rows[-1]} ({time.time() - t0:.0f} s)", flush=True)
   return rows
 
@@ -237,9 +232,12 @@ def main(argv=None) -> None:
   args = p.parse_args(argv)
   os.makedirs(args.workdir, exist_ok=True)
   t0 = time.time()
-  tok = tokenization.load_tokenizer(tokenizer(args.corpus, SETTINGS, args.workdir))
-  pages = dict(load_pages(args.corpus, tok), vocab_size=tok.get_vocab_size())
-  results = {name: run_variant(name, VARIANTS[name], pages, args.steps, args.probe_every)
+  tok_dir = tokenizer(args.corpus, SETTINGS, args.workdir)
+  tok = tokenization.load_tokenizer(tok_dir)
+  pages, specials = load_pages(args.corpus, tok), documents.Specials.of(tok)
+  results = {name: run_variant(name, VARIANTS[name], pages, specials,
+                               lambda: build_model(tok_dir, args.corpus, args.workdir),
+                               args.steps, args.probe_every)
              for name in args.only}
   command = (f"python experiments/summarization_probe.py --corpus {args.corpus}"
              + (f" --steps {args.steps}" if args.steps != 400 else "")
