@@ -123,7 +123,8 @@ def model_fields(flags: dict) -> dict:
       hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
       block_size=128 if scale == "paper" else 64, pad_token_id=1, max_global_tokens=0,
       dtype="bfloat16" if scale == "paper" else "float32", attention_dtype="float32",
-      remat="full" if scale == "paper" else "none", scan_layers=False)
+      remat="full" if scale == "paper" else "none", scan_layers=False,
+      attention_impl="auto")
 
 
 def phases_of(flags: dict) -> tuple:

@@ -34,7 +34,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       max_position_embeddings=514, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
       block_size=64 if cpu else 128, max_global_tokens=0,
       dtype="float32" if cpu else "bfloat16", remat="none" if cpu else "full",
-      scan_layers=False)
+      scan_layers=False, attention_impl="auto")
   # Byte tokens use ids 0..255; 256 is <mask>. RoBERTa's <mask> is 50264.
   c.mlm = dict(rate=0.15, mask_token_id=256 if cpu else 50264)
   c.data = dict(name="text_corpus", data_dir="/tmp/longformer_jax_data", path="",

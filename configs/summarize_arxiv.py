@@ -38,7 +38,7 @@ def get_config(variant: str = ""):
   c.init_from_hf = LED_CHECKPOINT
   # With init_from_hf these only set how to run the checkpoint.
   c.model = dict(dropout=0.1, attention_dropout=0.0, max_global_tokens=1, dtype="bfloat16",
-                 remat="matmuls", block_size=128)
+                 remat="matmuls", block_size=128, attention_impl="auto")
   c.optim.grad_accum = 4  # batch 32 of 16K-token documents: 8 devices x 1 x 4 micro-steps
   c.eval_batches = 50  # generating 4 beams x 512 tokens: evaluate on a sample while training
   c.seq2seq = dict(label_smoothing=0.1, generate=True, generation=dict(
@@ -58,7 +58,8 @@ def tiny(c):
                  encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
                  decoder_ffn_dim=64, max_encoder_position_embeddings=c.seq_len,
                  max_decoder_position_embeddings=32, attention_window=16, dropout=0.1,
-                 max_global_tokens=1, dtype="float32", remat="none", block_size=8)
+                 max_global_tokens=1, dtype="float32", remat="none", block_size=8,
+                 attention_impl="auto")
   c.optim.grad_accum = 1
   c.eval_batches = 0
   c.data.update(format="jsonl", text_field="document", summary_field="summary",

@@ -73,13 +73,23 @@ def check_impl(impl: str) -> None:
     raise ValueError(f"attention_impl={impl!r} is not one of {ATTENTION_IMPLS}")
 
 
-def resolve_impl(impl: str) -> str:
-  """The backend ``impl`` names. "auto": ``scan`` on CPU, where a loop over cache-sized
-  blocks is fastest, ``blocked`` on GPU / TPU, where one large batched product is."""
+def resolve_impl(impl: str, platform: str | None = None, *, relative: bool = False) -> str:
+  """The backend ``impl`` names on ``platform`` (default: the default backend's).
+
+  "auto": ``scan`` on CPU, where a loop over cache-sized blocks is fastest;
+  ``pallas`` on TPU unless the scores take ``relative`` positions (which the
+  kernels lack): fused kernels that keep scores in VMEM; ``blocked`` otherwise
+  (GPU, relative positions on TPU), one large batched product.
+  """
   check_impl(impl)
   if impl != "auto":
     return impl
-  return "scan" if jax.default_backend() == "cpu" else "blocked"
+  platform = platform or jax.default_backend()
+  if platform == "cpu":
+    return "scan"
+  if platform == "tpu" and not relative:
+    return "pallas"
+  return "blocked"
 
 
 def banded_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, key_ok_BxN, *, left: int,
@@ -105,7 +115,7 @@ def banded_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, key_ok_BxN, *, left: int,
   ``block_size + left + right`` keys it reaches; ``impl`` names the backend that
   runs the blocks (:func:`resolve_impl`).
   """
-  core = _BACKENDS[resolve_impl(impl)]
+  core = _BACKENDS[resolve_impl(impl, relative=rel_HxWxD is not None)]
   batch, n, heads, dim = q_BxNxHxD.shape
   q_block = min(block_size, -(-n // 8) * 8)
   nb = -(-n // q_block)

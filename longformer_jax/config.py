@@ -72,8 +72,8 @@ class LongformerConfig:
   block_size: int = dataclasses.field(default=attn.DEFAULT_BLOCK_SIZE, metadata=_RUN)
   # How the banded attention runs: "scan" (a loop over query blocks), "blocked" (every
   # block at once, batched products), "pallas" (fused kernels: Triton on GPU, Mosaic on
-  # TPU, interpret mode on CPU), or "auto" (scan on CPU, blocked on GPU / TPU). Same
-  # values either way (attention.resolve_impl).
+  # TPU, interpret mode on CPU), or "auto" (scan on CPU, pallas on TPU, blocked on GPU
+  # and for what the kernels lack). Same values either way (attention.resolve_impl).
   attention_impl: str = dataclasses.field(default="auto", metadata=_RUN)
   # static G; None: from concrete inputs
   max_global_tokens: int | None = dataclasses.field(default=None, metadata=_RUN)

@@ -215,7 +215,7 @@ class SelfAttention(nnx.Module):
       q_BxNxHxD = self._heads(q_BxNxE)
       if gidx is not None:
         global_rows = attn.GlobalWeights(x_BxNxD, *self._global_weights())
-    out_BxNxHxD = self._attention_fn()(
+    out_BxNxHxD = self._attention_fn(b)(
         q_BxNxHxD, heads(self.key(x_BxNxD)), heads(self.value(x_BxNxD)),
         valid_BxN=valid_BxN, is_global_BxN=is_global_BxN, gidx=gidx,
         global_rows=global_rows, window=self.window, dilation=self.dilation,
@@ -223,14 +223,21 @@ class SelfAttention(nnx.Module):
         relative=relative, **self._dropout_args())
     return checkpoint_name(out_BxNxHxD.astype(x_BxNxD.dtype).reshape(b, n, d), "matmul")
 
-  def _attention_fn(self):
+  def _attention_fn(self, batch: int):
     """``attention.attend``, or its sequence-parallel form when the model's
-    partitioning splits activations along the sequence: same arguments."""
+    partitioning splits activations along the sequence, or a form run per device
+    (``shard_map``) for the kernels of the ``pallas`` backend: same arguments."""
     split = sh.sequence_parallel(self.partitioning)
-    if split is None:
+    if split is not None:
+      mesh, batch_axes = split
+      return functools.partial(seqpar.self_attention, mesh=mesh, batch_axes=batch_axes)
+    impl = attn.resolve_impl(self.attention_impl, relative=self.relative)
+    kernel = sh.kernel_parallel(self.partitioning, batch, self.heads)
+    if impl != "pallas" or kernel is None:
       return attn.attend
-    mesh, batch_axes = split
-    return functools.partial(seqpar.self_attention, mesh=mesh, batch_axes=batch_axes)
+    mesh, batch_axes, head_axes = kernel
+    return functools.partial(seqpar.heads_parallel, mesh=mesh, batch_axes=batch_axes,
+                             head_axes=head_axes)
 
   def _global_weights(self):
     """(W_qg (E, H, D), b_qg (H, D), W_kg, b_kg, W_vg, b_vg): the global projections'

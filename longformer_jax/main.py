@@ -7,6 +7,12 @@ Any config field can be overridden with ``--config.key=value`` (e.g.
 ``init_from_hf`` model) on ``--split`` and writes per-example predictions (JSONL:
 id, prediction, gold) to ``--predictions`` (default ``WORKDIR/predictions-SPLIT.jsonl``)
 for tasks that score examples (classification, NER, QA).
+
+``--mode=compile --topology=NAME`` compiles the run's steps for an accelerator
+topology without the hardware (``v5e-256``, ``v4-128``, ``v5p-128``, ``v6e-256``,
+``v5e:2x2``, ``h100-8``, ``a100-8``, ``cpu-N``; see ``aot.py``), prints per-device
+memory, fit, FLOPs, bytes, collectives and a roofline bound, and writes
+``WORKDIR/compile/NAME.json``.
 """
 
 from absl import app, flags
@@ -18,7 +24,12 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics; resumes if present.")
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                 lock_config=True)
-flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "Train (and evaluate), or evaluate only.")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "compile"],
+                  "Train (and evaluate), evaluate only, or compile for --topology only.")
+flags.DEFINE_list("compile_steps", ["train", "eval"],
+                  "--mode=compile: which steps to compile (train, eval).")
+flags.DEFINE_string("topology", None, "--mode=compile: the accelerator topology to compile "
+                    "for (v5e-256, v4-128, v5p-128, v6e-256, v5e:2x2, h100-8, a100-8, cpu-N).")
 flags.DEFINE_string("split", None, "Split to evaluate (default: config.eval_split).")
 flags.DEFINE_string("predictions", None, "Where --mode=evaluate writes predictions.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -27,7 +38,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if FLAGS.mode == "evaluate":
+  if FLAGS.mode == "compile":
+    if not FLAGS.topology:
+      raise app.UsageError("--mode=compile needs --topology (e.g. v5e-256, v5e:2x2, cpu-8)")
+    from longformer_jax import aot
+    report = aot.compile_run(FLAGS.config, FLAGS.workdir, FLAGS.topology,
+                             kinds=tuple(FLAGS.compile_steps))
+    print(aot.table(report))
+    print(f"wrote {report['path']}")
+  elif FLAGS.mode == "evaluate":
     train.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.predictions)
   else:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

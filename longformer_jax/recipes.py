@@ -34,7 +34,7 @@ def finetune_config(task: str, data: dict, *, train_steps: int, lr: float = 3e-5
   # With init_from_hf these only set how to run the checkpoint (and its new head).
   c.model = dict(num_labels=-1, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
                  max_global_tokens=max_global_tokens, dtype="bfloat16", remat="matmuls",
-                 block_size=128)
+                 block_size=128, attention_impl="auto")
   # tokenizer None: the one in the init_from_hf directory
   c.data = dict(data_dir="/tmp/longformer_jax_data", tokenizer=None, **data)
   c.seq_len = seq_len
@@ -54,7 +54,7 @@ def tiny_finetune(c: ml_collections.ConfigDict, *, seq_len: int = 64) -> ml_coll
                  max_position_embeddings=seq_len + 2, hidden_dropout_prob=0.1,
                  attention_probs_dropout_prob=0.1,
                  max_global_tokens=c.model.get("max_global_tokens", 1), dtype="float32",
-                 remat="none", block_size=8)
+                 remat="none", block_size=8, attention_impl="auto")
   c.data.tokenizer = ""  # set it: no checkpoint directory to take one from
   c.seq_len, c.batch_size, c.train_steps = seq_len, 4, 2
   c.optim.warmup_steps = 1

@@ -1,4 +1,10 @@
-"""Sequence parallelism: self-attention over a sequence split on the ``sequence`` mesh axis.
+"""Attention under ``shard_map``: sequence parallelism, and kernels per device.
+
+:func:`self_attention` splits a sequence over the ``sequence`` mesh axis;
+:func:`heads_parallel` runs each device's examples and heads on their own, which
+kernels XLA cannot partition (the ``pallas`` backend) need on any sharded mesh.
+
+Sequence parallelism:
 
 Each device holds a contiguous chunk of C = N / P positions. Under
 ``jax.shard_map`` a device
@@ -151,6 +157,51 @@ def self_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, is_global_BxN,
                        global_rows=global_rows, window=window, causal=causal,
                        block_size=block_size, impl=impl, dropout_rate=dropout_rate,
                        dropout_rng=rng, seq=SequenceShard(size, chunk))
+
+  fn = jax.shard_map(local, mesh=mesh, out_specs=rows, check_vma=False,
+                     in_specs=(rows,) * 3 + (seq, seq, gidx_spec, rows_spec, rng_spec))
+  return fn(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, valid_BxN, is_global_BxN, gidx, global_rows,
+            dropout_rng)
+
+
+def heads_parallel(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, is_global_BxN,
+                   gidx: attn.GlobalIndex | None, global_rows: attn.GlobalWeights | None,
+                   mesh: Mesh, batch_axes, head_axes, dropout_rng=None, **kwargs):
+  """:func:`attention.attend` inside ``shard_map`` over the batch and head axes.
+
+  Kernels (the ``pallas`` backend's Mosaic / Triton calls) cannot be partitioned
+  by XLA; every example and head attends independently, so each device runs them
+  on its own examples and heads. ``batch_axes`` / ``head_axes``: the mesh axes of
+  those dimensions (None: replicated). Same arguments and result as ``attend``;
+  the dropout key is folded with the device's shard, so shards draw their own
+  masks.
+  """
+  dilation = attn.normalize_dilation(kwargs.pop("dilation", 1), q_BxNxHxD.shape[2])
+  if len(set(dilation)) > 1:  # per-head dilations would need each device's share
+    head_axes = None
+  else:
+    dilation = dilation[0]
+  rows = P(batch_axes, None, head_axes, None)
+  seq = P(batch_axes, None)
+  gidx_spec = rows_spec = None
+  if gidx is not None and gidx.index.shape[1] > 0:
+    if not isinstance(global_rows, attn.GlobalWeights):
+      raise TypeError("sharded attention takes the global rows as attention.GlobalWeights")
+    gidx_spec = attn.GlobalIndex(seq, seq)
+    w, b = P(None, head_axes, None), P(head_axes, None)
+    rows_spec = attn.GlobalWeights(P(batch_axes, None, None), w, b, w, b, w, b)
+  else:
+    gidx = global_rows = None
+  rng_spec = P() if dropout_rng is not None else None
+  axes = tuple(a for group in (batch_axes, head_axes) if group is not None
+               for a in ((group,) if isinstance(group, str) else group))
+
+  def local(q, k, v, valid, is_global, gidx, global_rows, rng):
+    if rng is not None and axes:
+      rng = jax.random.fold_in(rng, jax.lax.axis_index(axes))
+    return attn.attend(q, k, v, valid_BxN=valid, is_global_BxN=is_global, gidx=gidx,
+                       global_rows=global_rows, dilation=dilation, dropout_rng=rng,
+                       **kwargs)
 
   fn = jax.shard_map(local, mesh=mesh, out_specs=rows, check_vma=False,
                      in_specs=(rows,) * 3 + (seq, seq, gidx_spec, rows_spec, rng_spec))

@@ -134,3 +134,28 @@ def sequence_parallel(partitioning: Partitioning | None):
   batch = (batch,) if isinstance(batch, str) else tuple(batch or ())
   batch = tuple(a for a in batch if mesh.shape.get(a, 1) > 1)
   return mesh, (batch if len(batch) > 1 else batch[0] if batch else None)
+
+
+def _present(mesh: Mesh, axes) -> tuple[str, ...]:
+  axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+  return tuple(a for a in axes if mesh.shape.get(a, 1) > 1)
+
+
+def kernel_parallel(partitioning: Partitioning | None, batch: int, heads: int):
+  """(mesh, batch mesh axes, head mesh axes) for running attention kernels per device
+  under ``shard_map`` (``seqpar.heads_parallel``), each None where that dimension is
+  replicated (no axis of size > 1, or a size it does not divide); None without a
+  partitioning or when nothing is split."""
+  if partitioning is None:
+    return None
+  mesh, rules = partitioning
+  table = dict(rules)
+  def axes_of(name, size):
+    axes = _present(mesh, table.get(name))
+    if not axes or size % math.prod(mesh.shape[a] for a in axes):
+      return None
+    return axes if len(axes) > 1 else axes[0]
+  batch_axes, head_axes = axes_of(BATCH, batch), axes_of(HEADS, heads)
+  if batch_axes is None and head_axes is None and mesh.size == 1:
+    return None
+  return mesh, batch_axes, head_axes

@@ -175,6 +175,15 @@ def optimizer_of(config, phases: list[Phase]):
   return schedule, optim.make_optimizer(config.optim, schedule)
 
 
+def resolve_backend(cfg, platform: str):
+  """``cfg`` with ``attention_impl="auto"`` resolved for ``platform`` (the mesh's, which
+  may be another machine's when compiling ahead of time)."""
+  from longformer_jax import attention
+  impl = attention.resolve_impl(cfg.attention_impl, platform,
+                                relative=getattr(cfg, "relative_positions", False))
+  return cfg if impl == cfg.attention_impl else cfg.replace(attention_impl=impl)
+
+
 def check_batch(batch: dict, cfg) -> None:
   ids = batch["input_ids"]
   if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
@@ -299,15 +308,18 @@ class Runner:
   method that needs it), so the methods may be called in any order.
   """
 
-  def __init__(self, config, workdir: str):
+  def __init__(self, config, workdir: str, devices=None):
     self.config, self.workdir = config, workdir
     self.data_cfg = data_config(config)
     self.task = tasks.build(config)
     self.head = self.task.head
     self.phases = resolve_phases(config)
     self.total = self.phases[-1].start + self.phases[-1].steps
+    # devices: the mesh's (default all local ones); abstract devices of another
+    # platform compile the run for it (``aot.py``): "auto" backends resolve for it.
+    self.mesh = sh.make_mesh(config.mesh, devices)
+    self.platform = self.mesh.devices.flat[0].platform
     self.model_configs = [model_config(config, p, self.task) for p in self.phases]
-    self.mesh = sh.make_mesh(config.mesh)
     self.rules = sh.rules_of(config.get("sharding_rules"))
     validate(config, self.phases, self.model_configs, self.mesh, self.task)
     self.schedule, self.tx = optimizer_of(config, self.phases)
@@ -317,11 +329,17 @@ class Runner:
                                    config.seed)
     self.abstract_state = jax.eval_shape(self._init)
     self.state_shardings = sh.state_shardings(self.abstract_state, self.mesh, self.rules)
-    self.writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
-    self.ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
-                                      every=config.checkpoint_every,
-                                      async_save=config.get("async_checkpoints", True))
     self._compiled: dict[int, tuple] = {}
+
+  @functools.cached_property
+  def writer(self) -> metrics_lib.MetricWriter:
+    return metrics_lib.MetricWriter(self.workdir, enabled=jax.process_index() == 0)
+
+  @functools.cached_property
+  def ckpt(self) -> ckpt_lib.Checkpointer:
+    return ckpt_lib.Checkpointer(self.workdir, keep=self.config.keep_checkpoints,
+                                 every=self.config.checkpoint_every,
+                                 async_save=self.config.get("async_checkpoints", True))
 
   def record(self) -> None:
     """Writes what the run is (experiment.json, model.json) into the workdir."""
@@ -347,13 +365,13 @@ class Runner:
   # compiled functions of a phase
   def functions(self, phase: Phase):
     if phase.index not in self._compiled:
-      cfg = self.model_configs[phase.index]
+      cfg = resolve_backend(self.model_configs[phase.index], self.platform)
       graphdef, rest = split_model(cfg, self.head, self.config.seed,
                                    sh.Partitioning(self.mesh, self.rules))
       step = make_train_step(self.task, graphdef, rest, self.tx, self.schedule, self.accum,
                              self.config.seed)
       # in_shardings: (state: the param/optimizer layout, batch: split over data*fsdp)
-      options = compile_options.compiler_options()
+      options = compile_options.compiler_options(self.platform)
       jstep = jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
                       out_shardings=(self.state_shardings, None), donate_argnums=(0,),
                       compiler_options=options)

@@ -132,11 +132,17 @@ def test_attention_impl_is_a_run_field(tmp_path):
                              atol=1e-5, rtol=0)
 
 
-def test_pallas_refuses_dropout_under_jit():
-  """Training with attention dropout has no Pallas kernel: an error naming the field,
-  raised while tracing (the model in eval mode runs: dropout is then off)."""
-  with pytest.raises(NotImplementedError, match="attention_probs_dropout_prob"):
-    _outputs_and_grads("pallas", 0.3)
+def test_pallas_trains_with_dropout_under_jit():
+  """The kernels' attention dropout through the whole model in train mode, under jit:
+  finite outputs and gradients, and dropout is on (its masks are the kernels' own
+  hash, not the scan's draws: ``tests/test_pallas_dropout.py`` checks them)."""
+  hidden, grads = _outputs_and_grads("pallas", 0.1)
+  assert np.isfinite(np.asarray(hidden)).all()
+  for path, g in nnx.to_flat_state(grads):
+    assert np.isfinite(np.asarray(g[...])).all(), path
+  assert any(np.abs(np.asarray(g[...])).max() > 0 for _, g in nnx.to_flat_state(grads))
+  hidden_eval, _ = _outputs_and_grads("pallas", 0.0)
+  assert not np.allclose(np.asarray(hidden), np.asarray(hidden_eval), atol=1e-4)
 
 
 def test_pallas_refuses_relative_positions():

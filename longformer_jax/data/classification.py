@@ -193,10 +193,18 @@ class ClassificationElement:
     out = documents.pack([[self.s.bos], body, [self.s.eos]], self.seq_len, self.s.pad)
     out["global_attention_mask"] = np.zeros(self.seq_len, np.int32)
     out["global_attention_mask"][0] = 1
-    out["labels"] = np.asarray(example["label"])
+    label = np.asarray(example["label"])  # tfds gives a single label as a Python int
+    out["labels"] = label.astype(np.float32 if label.ndim else np.int32)
     out["example_index"] = np.int32(example["example_index"])
     out["weight"] = np.float32(weight)
     return out
+
+  @staticmethod
+  def spec(seq_len: int, num_labels: int | None = None) -> dict:
+    """``{name: (shape, dtype)}`` of an element; ``num_labels`` for multi-label data."""
+    labels = ((), np.int32) if num_labels is None else ((num_labels,), np.float32)
+    return dict(documents.document_spec(seq_len), labels=labels,
+                example_index=documents.EXAMPLE_INDEX, weight=((), np.float32))
 
 
 def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
@@ -209,8 +217,26 @@ def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
                                   **shard)
 
 
+def _label_count(cfg: dict, model_cfg) -> int:
+  """The classes of multi-label data from the configs alone (their default is the
+  training file's labels): ``data_cfg.label_names``, else the model's ``num_labels``."""
+  if cfg.get("label_names"):
+    return len(cfg["label_names"])
+  num = getattr(model_cfg, "num_labels", None)
+  if num is None or num < 1:
+    raise ValueError(f"{NAME}: multi-label batches are as wide as the classes; without data "
+                     "they come from data_cfg.label_names or the model config's num_labels")
+  return int(num)
+
+
+def _element_spec(cfg: dict, *, split: str, seq_len: int, model_cfg=None) -> dict:
+  documents.check_split_named(cfg, split, NAME)
+  return ClassificationElement.spec(
+      seq_len, _label_count(cfg, model_cfg) if cfg.get("multi_label") else None)
+
+
 registry.register(registry.Dataset(
     name=NAME, splits=documents.SPLIT_NAMES, builder=_builder, elements=_elements,
     vocab_size=lambda cfg: documents.vocab_size(cfg, NAME),
     num_labels=lambda cfg: len(label_names(cfg)), fields=FIELDS,
-    doc=__doc__.split("\n")[0], label_names=label_names))
+    doc=__doc__.split("\n")[0], label_names=label_names, element_spec=_element_spec))

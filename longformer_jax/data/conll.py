@@ -135,18 +135,28 @@ def num_tokens(builder, split: str) -> np.ndarray:
   return documents.cached_lengths(builder, split, lambda x: (len(x["input_ids"]),))[:, 0]
 
 
+def window_spec(cfg: dict, seq_len: int) -> tc_lib.TokenWindows:
+  return documents.spec_from(tc_lib.TokenWindows, cfg, seq_len, ("doc_stride",))
+
+
 def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
   if split not in builder.info.splits:
     raise ValueError(f"{NAME}: no {split} split; set data_cfg.files.{split}")
   specials = documents.Specials.of(documents.tokenizer_of(cfg, NAME))
-  spec = documents.spec_from(tc_lib.TokenWindows, cfg, seq_len, ("doc_stride",))
+  spec = window_spec(cfg, seq_len)
   features = tc_lib.Features(builder.as_data_source()[split], num_tokens(builder, split),
                              spec, specials)
   return pipeline.example_dataset(features, documents.WithWeight(), split=split, **shard)
+
+
+def _element_spec(cfg: dict, *, split: str, seq_len: int, model_cfg=None) -> dict:
+  del model_cfg
+  documents.check_split_named(cfg, split, NAME)
+  return documents.WithWeight.spec(tc_lib.Features.element_spec(window_spec(cfg, seq_len)))
 
 
 registry.register(registry.Dataset(
     name=NAME, splits=documents.SPLIT_NAMES, builder=_builder, elements=_elements,
     vocab_size=lambda cfg: documents.vocab_size(cfg, NAME),
     num_labels=lambda cfg: len(label_names(cfg)), fields=FIELDS,
-    doc=__doc__.split("\n")[0], label_names=label_names))
+    doc=__doc__.split("\n")[0], label_names=label_names, element_spec=_element_spec))

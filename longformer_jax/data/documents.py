@@ -193,6 +193,23 @@ def pack(pieces: list[np.ndarray], seq_len: int, pad: int) -> dict[str, np.ndarr
   return {"input_ids": out, "attention_mask": mask}
 
 
+def document_spec(seq_len: int) -> dict:
+  """(shape, dtype) of the rows every document element has: :func:`pack`'s
+  ``input_ids`` and ``attention_mask`` and a ``global_attention_mask``."""
+  row = ((seq_len,), np.int32)
+  return {"input_ids": row, "attention_mask": row, "global_attention_mask": row}
+
+
+EXAMPLE_INDEX = ((), np.int32)  # (shape, dtype) of an element's ``example_index``
+
+
+def check_split_named(cfg: Mapping, split: str, dataset: str) -> None:
+  """Raises ValueError, as the elements of a prepared dataset do, for a split the
+  config gives no file (with ``split_fractions`` every split is named)."""
+  if not cfg.get("split_fractions") and not (cfg.get("files") or {}).get(split):
+    raise ValueError(f"{dataset}: no {split} split; set data_cfg.files.{split}")
+
+
 def cached_lengths(builder, split: str, lengths_of) -> np.ndarray:
   """``lengths_of(example)`` (a tuple of ints) for every example of a prepared split,
   computed once and cached beside the data (so window tables need no decoding)."""
@@ -213,6 +230,11 @@ class WithWeight:
 
   def __call__(self, feature: dict, weight: float = 1.0) -> dict:
     return dict(feature, weight=np.float32(weight))
+
+  @staticmethod
+  def spec(feature_spec: dict) -> dict:
+    """The element spec (``{name: (shape, dtype)}``) of features of ``feature_spec``."""
+    return dict(feature_spec, weight=((), np.float32))
 
 
 # ---- tfds builders over the user's files ----------------------------------------------

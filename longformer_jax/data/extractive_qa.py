@@ -187,7 +187,13 @@ def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
   return pipeline.example_dataset(features, documents.WithWeight(), split=split, **shard)
 
 
+def _element_spec(cfg: dict, *, split: str, seq_len: int, model_cfg=None) -> dict:
+  del model_cfg
+  documents.check_split_named(cfg, split, NAME)
+  return documents.WithWeight.spec(qa_lib.Features.element_spec(window_spec(cfg, seq_len)))
+
+
 registry.register(registry.Dataset(
     name=NAME, splits=documents.SPLIT_NAMES, builder=_builder, elements=_elements,
     vocab_size=lambda cfg: documents.vocab_size(cfg, NAME), num_labels=lambda cfg: 2,
-    fields=FIELDS, doc=__doc__.split("\n")[0]))
+    fields=FIELDS, doc=__doc__.split("\n")[0], element_spec=_element_spec))

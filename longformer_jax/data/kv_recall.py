@@ -228,6 +228,13 @@ class KvElement:
             "global_attention_mask": glob, "labels": np.int32(example["label"]),
             "weight": np.float32(weight)}
 
+  @staticmethod
+  def spec(seq_len: int) -> dict:
+    """``{name: (shape, dtype)}`` of an element."""
+    row = ((seq_len,), np.int32)
+    return {"input_ids": row, "attention_mask": row, "global_attention_mask": row,
+            "labels": ((), np.int32), "weight": ((), np.float32)}
+
 
 def kv_dataset(builder, *, split: str, global_query: bool = True, **shard) -> grain.MapDataset:
   """Unbatched kv_recall elements of one shard (see ``pipeline.example_dataset``)."""
@@ -246,6 +253,11 @@ def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard) -> grain
                     **shard)
 
 
+def _element_spec(cfg: dict, *, split: str, seq_len: int, model_cfg=None) -> dict:
+  del split, model_cfg
+  return KvElement.spec(_kv_params(cfg, seq_len)["seq_len"])
+
+
 def _vocab_size(cfg: dict) -> int:
   return kv_recall_vocab_size(*(cfg.get(k) or DEFAULTS[k]
                                 for k in ("num_keys", "num_values", "num_fillers", "fused")))
@@ -255,4 +267,4 @@ registry.register(registry.Dataset(
     name="kv_recall", splits=("train", "validation"), builder=_builder, elements=_elements,
     vocab_size=_vocab_size,
     num_labels=lambda cfg: int(cfg.get("num_values") or DEFAULTS["num_values"]),
-    fields=FIELDS, doc=__doc__.split("\n")[0]))
+    fields=FIELDS, doc=__doc__.split("\n")[0], element_spec=_element_spec))

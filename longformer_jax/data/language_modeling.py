@@ -101,6 +101,14 @@ class EvalWindow:
             "attention_mask": np.ones(length, np.int32), "weight": w}
 
 
+def lm_element_spec(cfg: dict, *, split: str, seq_len: int, model_cfg=None) -> dict:
+  """``{name: (shape, dtype)}`` of a crop or an evaluation window (the same fields)."""
+  del cfg, split, model_cfg
+  row = ((seq_len,), np.int32)
+  return {"input_ids": row, "labels": row, "attention_mask": row,
+          "weight": ((seq_len,), np.float32)}
+
+
 def lm_dataset(tokens: np.ndarray, *, train: bool, seq_len: int, seed: int, shard_index: int,
                shard_count: int, num_epochs: int | None,
                eval_stride: int | None = None) -> grain.MapDataset:
@@ -177,8 +185,10 @@ for _name in corpora.CHAR_BUILDERS:
       name=_name, splits=("train", "validation", "test"),
       builder=lambda cfg, data_dir, seq_len, name=_name: _char_builder(name, cfg, data_dir),
       elements=_elements, vocab_size=_vocab_size, num_labels=_vocab_size,
-      fields=CHAR_FIELDS, doc=f"{_name}: characters as bytes, the paper's 90M/5M/5M split"))
+      fields=CHAR_FIELDS, doc=f"{_name}: characters as bytes, the paper's 90M/5M/5M split",
+      element_spec=lm_element_spec))
 registry.register(registry.Dataset(
     name="text_corpus", splits=("train", "validation"), builder=_text_corpus_builder,
     elements=_elements, vocab_size=_vocab_size, num_labels=_vocab_size,
-    fields=TEXT_CORPUS_FIELDS, doc="a local text or JSONL file, bytes or tokenizer ids"))
+    fields=TEXT_CORPUS_FIELDS, doc="a local text or JSONL file, bytes or tokenizer ids",
+    element_spec=lm_element_spec))

@@ -12,6 +12,9 @@ forever unless ``num_epochs`` is set. Evaluation iterators make one pass and dro
 nothing: examples past the end are copies with weight 0, so every shard yields the
 same number of full batches.
 
+:func:`batch_spec` gives the keys, shapes and dtypes of those batches from the
+config alone, reading and preparing nothing (ahead-of-time compilation).
+
 Iterators are grain ``DatasetIterator`` objects: ``get_state`` / ``set_state``
 and ``grain.checkpoint.CheckpointSave`` / ``CheckpointRestore`` save and restore
 the position exactly.
@@ -25,6 +28,7 @@ import os
 from typing import Any, Mapping
 
 import grain
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -259,3 +263,26 @@ def make_iterator(data_cfg, *, split: str, seq_len: int, batch_size: int, seed: 
   options = grain.ReadOptions(num_threads=cfg.get("num_threads") or DEFAULT_NUM_THREADS,
                               prefetch_buffer_size=cfg.get("prefetch") or DEFAULT_PREFETCH)
   return iter(ds.to_iter_dataset(options))
+
+
+def batch_spec(data_cfg, model_cfg=None, *, split: str, seq_len: int,
+               batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """The structure of :func:`make_iterator`'s batches of ``split`` at ``seq_len``,
+  without reading, preparing or tokenising anything: ``{name:
+  jax.ShapeDtypeStruct((batch_size, ...), dtype)}`` with exactly its batches' keys,
+  shapes and dtypes. ``batch_size`` is the leading axis (the global batch for the
+  arrays a jitted step takes). ``model_cfg`` (the resolved model config, or None)
+  gives sizes the data would otherwise give (a multi-label dataset's classes).
+
+  Raises ValueError naming the argument or config field where the config alone
+  does not fix a shape, or that :func:`make_iterator` would refuse.
+  """
+  cfg = _as_dict(data_cfg)
+  dataset = registry.get(cfg.get("name"))
+  _check_args(dataset, split, seq_len, batch_size, 0, 0, 1, None)
+  if dataset.element_spec is None:
+    raise ValueError(f"dataset {dataset.name!r} declares no element_spec (registry.Dataset): "
+                     "its batches' structure is only known from its data")
+  spec = dataset.element_spec(cfg, split=split, seq_len=seq_len, model_cfg=model_cfg)
+  return {k: jax.ShapeDtypeStruct((batch_size, *shape), np.dtype(dtype))
+          for k, (shape, dtype) in spec.items()}

@@ -28,6 +28,10 @@ class Dataset:
   * ``label_names(cfg)``: the classes in id order, for datasets with named labels.
   * ``fields``: the dataset's own ``data_cfg`` fields (besides name, data_dir and the
     read options), for error messages and documentation.
+  * ``element_spec(cfg, split=, seq_len=, model_cfg=)``: ``{name: (shape, dtype)}`` of
+    one element, exactly as ``elements`` makes them, from the config alone (no data,
+    no tokenizer; ``model_cfg``, the resolved model config or None, gives sizes the
+    data would). What ``pipeline.batch_spec`` returns, with the batch axis.
   """
 
   name: str
@@ -39,6 +43,7 @@ class Dataset:
   fields: tuple[str, ...] = ()
   doc: str = ""
   label_names: Callable[[dict], tuple] | None = None
+  element_spec: Callable[..., dict] | None = None
 
 
 DATASETS: dict[str, Dataset] = {}

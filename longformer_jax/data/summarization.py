@@ -141,6 +141,12 @@ class SummarizationElement:
     out["weight"] = np.float32(weight)
     return out
 
+  @staticmethod
+  def spec(seq_len: int, max_target_length: int) -> dict:
+    """``{name: (shape, dtype)}`` of an element."""
+    return dict(documents.document_spec(seq_len), labels=((max_target_length,), np.int32),
+                example_index=documents.EXAMPLE_INDEX, weight=((), np.float32))
+
 
 def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
   if split not in builder.info.splits:
@@ -151,7 +157,13 @@ def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
                                   element, split=split, **shard)
 
 
+def _element_spec(cfg: dict, *, split: str, seq_len: int, model_cfg=None) -> dict:
+  del model_cfg
+  documents.check_split_named(cfg, split, NAME)
+  return SummarizationElement.spec(seq_len, target_length(cfg))
+
+
 registry.register(registry.Dataset(
     name=NAME, splits=documents.SPLIT_NAMES, builder=_builder, elements=_elements,
     vocab_size=lambda cfg: documents.vocab_size(cfg, NAME), num_labels=lambda cfg: 0,
-    fields=FIELDS, doc=__doc__.split("\n")[0]))
+    fields=FIELDS, doc=__doc__.split("\n")[0], element_spec=_element_spec))

@@ -83,18 +83,28 @@ def _lengths(example) -> tuple:
           len(example["candidate_lengths"]), len(example["support_ids"]))
 
 
+def window_spec(cfg: dict, seq_len: int) -> cs_lib.CandidateWindows:
+  return documents.spec_from(cs_lib.CandidateWindows, cfg, seq_len,
+                             ("doc_stride", "max_candidates", "max_prefix_tokens"))
+
+
 def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
   if split not in builder.info.splits:
     raise ValueError(f"{NAME}: no {split} split; set data_cfg.files.{split}")
   specials = documents.Specials.of(documents.tokenizer_of(cfg, NAME))
-  spec = documents.spec_from(cs_lib.CandidateWindows, cfg, seq_len,
-                             ("doc_stride", "max_candidates", "max_prefix_tokens"))
+  spec = window_spec(cfg, seq_len)
   features = cs_lib.Features(builder.as_data_source()[split],
                              documents.cached_lengths(builder, split, _lengths), spec, specials)
   return pipeline.example_dataset(features, documents.WithWeight(), split=split, **shard)
 
 
+def _element_spec(cfg: dict, *, split: str, seq_len: int, model_cfg=None) -> dict:
+  del model_cfg
+  documents.check_split_named(cfg, split, NAME)
+  return documents.WithWeight.spec(cs_lib.Features.element_spec(window_spec(cfg, seq_len)))
+
+
 registry.register(registry.Dataset(
     name=NAME, splits=documents.SPLIT_NAMES, builder=_builder, elements=_elements,
     vocab_size=lambda cfg: documents.vocab_size(cfg, NAME), num_labels=lambda cfg: 1,
-    fields=FIELDS, doc=__doc__.split("\n")[0]))
+    fields=FIELDS, doc=__doc__.split("\n")[0], element_spec=_element_spec))

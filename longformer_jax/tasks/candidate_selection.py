@@ -95,6 +95,12 @@ class Features(windows_lib.WindowedFeatures):
     out["example_index"] = np.int32(example_index)
     return out
 
+  @staticmethod
+  def element_spec(spec: CandidateWindows) -> dict:
+    return dict(documents.document_spec(spec.seq_len),
+                candidate_positions=((spec.max_candidates,), np.int32),
+                labels=((), np.int32), example_index=documents.EXAMPLE_INDEX)
+
 
 def candidate_scores(logits_BxN, positions_BxK):
   """Each candidate's score (its first sub-word's logit); PAD_SCORE past the last."""

@@ -113,6 +113,15 @@ class Features(windows_lib.WindowedFeatures):
     out["example_index"] = np.int32(example_index)
     return out
 
+  @staticmethod
+  def element_spec(spec: WindowSpec) -> dict:
+    spec.check()
+    L, K = spec.seq_len, spec.max_occurrences
+    row, occurrences = ((L,), np.int32), ((K,), np.int32)
+    return dict(documents.document_spec(L), start_mask=row, end_mask=row,
+                offsets=((L, 2), np.int32), start_positions=occurrences,
+                end_positions=occurrences, example_index=documents.EXAMPLE_INDEX)
+
 
 # ---- loss and decoding (device side) ------------------------------------------------
 

@@ -80,6 +80,13 @@ class Features(windows_lib.WindowedFeatures):
     out["example_index"] = np.int32(example_index)
     return out
 
+  @staticmethod
+  def element_spec(spec: TokenWindows) -> dict:
+    spec.check()
+    row = ((spec.seq_len,), np.int32)
+    return dict(documents.document_spec(spec.seq_len), word_index=row, labels=row,
+                example_index=documents.EXAMPLE_INDEX)
+
 
 @base.register
 class TokenClassification(base.Task):

@@ -3,7 +3,8 @@
 Tasks whose examples can exceed ``seq_len`` (QA contexts, NER documents, WikiHop
 supports) turn each stored example into one feature per window: a
 :class:`WindowedFeatures` subclass builds the (example, window) table from the
-examples' stored lengths, without decoding them, and makes a feature on access.
+examples' stored lengths, without decoding them, and makes a feature on access;
+its ``element_spec`` gives a feature's structure without any example.
 """
 
 from __future__ import annotations
@@ -60,4 +61,10 @@ class WindowedFeatures:
     return self.feature(self.examples[int(e)], int(e), int(w))
 
   def feature(self, example: dict, example_index: int, window: int) -> dict:
+    raise NotImplementedError
+
+  @staticmethod
+  def element_spec(spec) -> dict:
+    """``{name: (shape, dtype)}`` of every feature cut by ``spec`` (what :meth:`feature`
+    returns), from the spec alone."""
     raise NotImplementedError

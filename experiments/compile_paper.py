@@ -1,0 +1,259 @@
+"""The paper's runs sized for the hardware a user would book: each config compiled for
+TPU pods and GPU hosts without the hardware (``--mode=compile``, ``aot.py``).
+
+Configs: char_lm text8 / enwik8, small and large, all five phases; mlm base and
+large at 4,096; finetune imdb / hyperpartisan / triviaqa / wikihop / hotpotqa, base
+and large; summarize_arxiv (LED-large, 16K). Architectures of the pretrained
+checkpoints (longformer-base/large-4096, led-large-16384) are written as
+config.json files: compiles need no weights. Topologies: v5e-256, v5p-128,
+v6e-256, v4-128 (libtpu, the test extras) and h100-8, a100-8 (the gpu-compile
+extra, ``jax[cuda12]``, in its own environment: ``--python``).
+
+Mesh: the batch over ``fsdp`` (as many devices as every phase's batch divides, with
+its gradient accumulation), the rest over ``tensor``. Each (config, topology) runs
+``python -m longformer_jax.main --mode=compile`` in its own process and its report
+is cached under ``--cache``: rerunning resumes. Train steps only (eval steps are
+smaller); the memory and FLOP figures are the compiler's, the step time, tokens/s
+and MFU a roofline bound (estimates).
+
+    python experiments/compile_paper.py --topologies v5e-256 v5p-128 v6e-256 v4-128
+    python experiments/compile_paper.py --topologies h100-8 a100-8 --python GPU_VENV/bin/python
+    python experiments/compile_paper.py --table-only
+
+Writes experiments/results/compile_paper.{md,json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from longformer_jax.config import LongformerConfig  # noqa: E402
+from longformer_jax.led_config import LEDConfig  # noqa: E402
+
+RESULTS = os.path.join(HERE, "results")
+TOPOLOGIES = ("v5e-256", "v5p-128", "v6e-256", "v4-128", "h100-8", "a100-8")
+DEVICES = {"v5e-256": 256, "v5p-128": 64, "v6e-256": 256, "v4-128": 64, "h100-8": 8,
+           "a100-8": 8}
+ARCHS = {  # the pretrained checkpoints' architectures (their config.json)
+    "base": LongformerConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                             intermediate_size=3072, attention_window=(512,) * 12),
+    "large": LongformerConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                              intermediate_size=4096, attention_window=(512,) * 24),
+    "led-large": LEDConfig(d_model=1024, encoder_layers=12, decoder_layers=12,
+                           encoder_attention_heads=16, decoder_attention_heads=16,
+                           encoder_ffn_dim=4096, decoder_ffn_dim=4096,
+                           max_encoder_position_embeddings=16384,
+                           max_decoder_position_embeddings=1024,
+                           attention_window=(1024,) * 12),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  name: str
+  config: str  # configs/FILE.py:VARIANT
+  arch: str | None  # init_from_hf architecture
+  heads: int
+  batches: tuple[int, ...]  # per phase
+  accum: int = 1
+  overrides: tuple[str, ...] = ()
+
+
+def runs() -> list[Run]:
+  out = []
+  for corpus in ("text8", "enwik8"):
+    for size, heads in (("small", 8), ("large", 8)):
+      variant = corpus if size == "small" else f"{corpus},large"
+      out.append(Run(f"char_lm {corpus} {size}", f"char_lm.py:{variant}", None, heads,
+                     (32, 32, 16, 16, 16), overrides=("--config.data.path=/nonexistent",)))
+  for arch, heads in (("base", 12), ("large", 16)):
+    out.append(Run(f"mlm {arch} 4096", "mlm.py", arch, heads, (64,),
+                   overrides=("--config.data.path=/nonexistent.txt",)))
+  for task in ("imdb", "hyperpartisan", "triviaqa", "wikihop", "hotpotqa"):
+    for arch, heads in (("base", 12), ("large", 16)):
+      out.append(Run(f"finetune {task} {arch}", f"finetune_{task}.py", arch, heads, (32,)))
+  out.append(Run("summarize_arxiv led-large 16K", "summarize_arxiv.py", "led-large", 16,
+                 (32,), accum=4))
+  return out
+
+
+def mesh_for(run: Run, devices: int) -> dict:
+  """The batch over fsdp (the largest power of two every phase's micro-batch and the
+  device count divide), the remaining devices over tensor."""
+  fsdp = devices
+  for batch in run.batches:
+    fsdp = math.gcd(fsdp, batch // run.accum)
+  return dict(data=1, fsdp=fsdp, tensor=devices // fsdp, sequence=1)
+
+
+def write_archs(directory: str) -> dict[str, str]:
+  paths = {}
+  for name, cfg in ARCHS.items():
+    path = os.path.join(directory, name)
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+      json.dump(cfg.to_hf_dict(), f)
+    paths[name] = path
+  return paths
+
+
+def cache_path(cache: str, run: Run, topology: str) -> str:
+  return os.path.join(cache, re.sub(r"\W+", "_", f"{run.name}__{topology}") + ".json")
+
+
+def compile_one(run: Run, topology: str, args, archs: dict) -> dict:
+  mesh = mesh_for(run, DEVICES[topology])
+  workdir = os.path.join(args.cache, "work")
+  cmd = [args.python, "-m", "longformer_jax.main", f"--config={ROOT}/configs/{run.config}",
+         f"--workdir={workdir}", "--mode=compile", f"--topology={topology}",
+         "--compile_steps=train",
+         *[f"--config.mesh.{k}={v}" for k, v in mesh.items()], *run.overrides]
+  if run.arch:
+    cmd.append(f"--config.init_from_hf={archs[run.arch]}")
+  env = dict(os.environ, TPU_SKIP_MDS_QUERY="1")
+  if topology.startswith(("h100", "a100")):
+    env["JAX_PLATFORMS"] = "cpu"
+  t0 = time.time()
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env,
+                        timeout=args.timeout)
+  result = {"run": run.name, "topology": topology, "mesh": mesh, "seconds": time.time() - t0,
+            "command": " ".join(cmd[1:])}
+  report_path = os.path.join(workdir, "compile", f"{topology}.json")
+  if proc.returncode == 0 and os.path.exists(report_path):
+    with open(report_path) as f:
+      result["report"] = json.load(f)
+    os.remove(report_path)
+  else:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    result["error"] = lines[-1][:400] if lines else f"exit {proc.returncode}"
+  return result
+
+
+def rows_of(result: dict) -> list[dict]:
+  if "report" not in result:
+    return [{"run": result["run"], "topology": result["topology"], "error": result["error"]}]
+  rep = result["report"]
+  rows = []
+  for s in rep["steps"]:
+    m, r = s["memory"], s["roofline"]
+    rows.append({"run": result["run"], "topology": result["topology"],
+                 "phase": s["phase"], "mesh": result["mesh"],
+                 "global_tokens": s["global_tokens"], "hbm_used": m["total"],
+                 "hbm": s["hbm"], "fits": s["fits"], "step_s": r["step_s"],
+                 "bound_by": r["bound_by"], "tokens_per_s": r["tokens_per_s"],
+                 "mfu": r["mfu"], "backend": s["attention_impl"],
+                 "first_fit": rep.get("first_fit")})
+  return rows
+
+
+def _mesh(mesh: dict) -> str:
+  return " x ".join(f"{k} {v}" for k, v in mesh.items() if v > 1) or "1"
+
+
+def markdown(rows: list[dict]) -> str:
+  lines = ["| run | phase | topology | mesh | global batch (tokens) | HBM per chip (GiB) "
+           "| fits | step bound (s) | bound by | tokens/s (bound) | MFU (bound) | backend "
+           "| first fit if not |", "|" + "---|" * 13]
+  for r in rows:
+    if "error" in r:
+      lines.append(f"| {r['run']} | | {r['topology']} | | | | error: {r['error']} "
+                   "| | | | | | |")
+      continue
+    lines.append(
+        f"| {r['run']} | {r['phase'] + 1} | {r['topology']} | {_mesh(r['mesh'])} "
+        f"| {r['global_tokens']:,} | {r['hbm_used'] / 2**30:.2f} / {r['hbm'] / 2**30:.0f} "
+        f"| {'yes' if r['fits'] else 'no'} | {r['step_s']:.3f} | {r['bound_by']} "
+        f"| {r['tokens_per_s']:,.0f} | {r['mfu']:.2f} | {r['backend']} "
+        f"| {r['first_fit'] or ''} |")
+  return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  ok = [r for r in rows if "error" not in r]
+  tops = [t for t in TOPOLOGIES if any(r["topology"] == t for r in ok)]
+  if not tops:
+    return
+  fig, axes = plt.subplots(1, len(tops), figsize=(4.2 * len(tops), 7), squeeze=False,
+                           sharey=False)
+  for ax, top in zip(axes[0], tops):
+    mine = [r for r in ok if r["topology"] == top]
+    labels = [f"{r['run']} p{r['phase'] + 1}" for r in mine]
+    used = [r["hbm_used"] / r["hbm"] for r in mine]
+    ax.barh(range(len(mine)), used, color=["tab:blue" if r["fits"] else "tab:red"
+                                           for r in mine])
+    ax.axvline(1.0, color="k", lw=1)
+    ax.set_yticks(range(len(mine)))
+    ax.set_yticklabels(labels if ax is axes[0][0] else [""] * len(mine), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_title(top)
+    ax.set_xlabel("HBM used / HBM per chip")
+    ax.invert_yaxis()
+  fig.suptitle("The paper's runs compiled for each topology: per-chip memory (red: "
+               "does not fit)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--topologies", nargs="*", default=list(TOPOLOGIES))
+  parser.add_argument("--runs", nargs="*", default=None, help="substrings of run names")
+  parser.add_argument("--python", default=sys.executable,
+                      help="the interpreter whose JAX compiles (GPU: the gpu-compile env)")
+  parser.add_argument("--cache", default=os.path.join(RESULTS, "compile_paper_cache"))
+  parser.add_argument("--timeout", type=int, default=3600)
+  parser.add_argument("--table-only", action="store_true")
+  parser.add_argument("--out", default=os.path.join(RESULTS, "compile_paper"))
+  args = parser.parse_args()
+  os.makedirs(args.cache, exist_ok=True)
+  archs = write_archs(os.path.join(args.cache, "archs"))
+  selected = [r for r in runs() if not args.runs or any(s in r.name for s in args.runs)]
+  todo = [(r, t) for t in args.topologies for r in selected
+          if not os.path.exists(cache_path(args.cache, r, t))]
+  for i, (run, topology) in enumerate([] if args.table_only else todo):
+    print(f"[{i + 1}/{len(todo)}] {run.name} on {topology} ...", flush=True)
+    result = compile_one(run, topology, args, archs)
+    with open(cache_path(args.cache, run, topology) + ".tmp", "w") as f:
+      json.dump(result, f)
+    os.replace(cache_path(args.cache, run, topology) + ".tmp",
+               cache_path(args.cache, run, topology))
+    print(f"    {result['seconds']:.0f}s " + ("ok" if "report" in result else
+                                              f"error: {result['error']}"), flush=True)
+  rows = []
+  for topology in TOPOLOGIES:
+    for run in runs():
+      path = cache_path(args.cache, run, topology)
+      if os.path.exists(path):
+        with open(path) as f:
+          rows += rows_of(json.load(f))
+  table = markdown(rows)
+  with open(args.out + ".md", "w") as f:
+    f.write("# The paper's runs, compiled for accelerator topologies\n\n"
+            f"    python experiments/compile_paper.py --topologies "
+            f"{' '.join(args.topologies)}\n\n"
+            "HBM per chip, fits: compiled fact (XLA's memory analysis of the train step). "
+            "Step bound, tokens/s, MFU: a roofline estimate, max(FLOPs / peak, HBM bytes / "
+            "bandwidth) with the loop-aware counts of hlo_cost.py.\n\n" + table + "\n")
+  with open(args.out + ".json", "w") as f:
+    json.dump(rows, f, indent=1)
+  plot(rows, args.out + ".png")
+  print(table)
+
+
+if __name__ == "__main__":
+  main()
