@@ -68,7 +68,7 @@ class Run:
   heads: int
   batches: tuple[int, ...]  # per phase
   accum: int = 1
-  overrides: tuple[str, ...] = ()
+  overrides: tuple[tuple[str, str], ...] = ()  # (config field, value): data never read
 
 
 def runs() -> list[Run]:
@@ -77,13 +77,17 @@ def runs() -> list[Run]:
     for size, heads in (("small", 8), ("large", 8)):
       variant = corpus if size == "small" else f"{corpus},large"
       out.append(Run(f"char_lm {corpus} {size}", f"char_lm.py:{variant}", None, heads,
-                     (32, 32, 16, 16, 16), overrides=("--config.data.path=/nonexistent",)))
+                     (32, 32, 16, 16, 16), overrides=(("data.path", "/data/corpus.zip"),)))
   for arch, heads in (("base", 12), ("large", 16)):
     out.append(Run(f"mlm {arch} 4096", "mlm.py", arch, heads, (64,),
-                   overrides=("--config.data.path=/nonexistent.txt",)))
+                   overrides=(("data.path", "/data/corpus.txt"),)))
+  files = (("data.files.train", "/data/train"), ("data.files.validation", "/data/validation"))
   for task in ("imdb", "hyperpartisan", "triviaqa", "wikihop", "hotpotqa"):
     for arch, heads in (("base", 12), ("large", 16)):
-      out.append(Run(f"finetune {task} {arch}", f"finetune_{task}.py", arch, heads, (32,)))
+      out.append(Run(f"finetune {task} {arch}", f"finetune_{task}.py", arch, heads, (32,),
+                     overrides=files if task != "hyperpartisan" else
+                     (("data.files.train", "/data/articles.xml"),
+                      ("data.files.labels", "/data/labels.xml"))))
   out.append(Run("summarize_arxiv led-large 16K", "summarize_arxiv.py", "led-large", 16,
                  (32,), accum=4))
   return out
@@ -96,6 +100,42 @@ def mesh_for(run: Run, devices: int) -> dict:
   for batch in run.batches:
     fsdp = math.gcd(fsdp, batch // run.accum)
   return dict(data=1, fsdp=fsdp, tensor=devices // fsdp, sequence=1)
+
+
+def load(run: Run, devices: int, archs: dict):
+  """The run's config as the command line builds it (mesh, checkpoint, overrides)."""
+  import importlib
+  name, _, variant = run.config.partition(":")
+  config = importlib.import_module("configs." + name[:-3]).get_config(variant)
+  config.mesh.update(mesh_for(run, devices))
+  if run.arch:
+    config.init_from_hf = archs[run.arch]
+  for field, value in run.overrides:
+    *parents, leaf = field.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def program_key(run: Run, devices: int, archs: dict) -> str:
+  """What decides the compiled train steps: each phase's model config and batch
+  structure, the task's head, the optimizer and the mesh. Runs with the same key
+  compile to the same programs (text8 and enwik8 share a model, so do imdb and
+  hyperpartisan, triviaqa and hotpotqa): one compile serves them."""
+  from longformer_jax import data as data_lib
+  from longformer_jax import train
+  config = load(run, devices, archs)
+  task = train.tasks.build(config)
+  parts = [task.head, repr(config.optim), repr(config.mesh)]
+  for phase in train.resolve_phases(config):
+    model = train.model_config(config, phase, task)
+    spec = data_lib.batch_spec(train.data_config(config), model, split="train",
+                               seq_len=phase.seq_len, batch_size=phase.batch_size)
+    parts.append((repr(model), phase.seq_len, phase.batch_size,
+                  sorted((k, v.shape, str(v.dtype)) for k, v in spec.items())))
+  return repr(parts)
 
 
 def write_archs(directory: str) -> dict[str, str]:
@@ -119,7 +159,8 @@ def compile_one(run: Run, topology: str, args, archs: dict) -> dict:
   cmd = [args.python, "-m", "longformer_jax.main", f"--config={ROOT}/configs/{run.config}",
          f"--workdir={workdir}", "--mode=compile", f"--topology={topology}",
          "--compile_steps=train",
-         *[f"--config.mesh.{k}={v}" for k, v in mesh.items()], *run.overrides]
+         *[f"--config.mesh.{k}={v}" for k, v in mesh.items()],
+         *[f"--config.{field}={value}" for field, value in run.overrides]]
   if run.arch:
     cmd.append(f"--config.init_from_hf={archs[run.arch]}")
   env = dict(os.environ, TPU_SKIP_MDS_QUERY="1")
@@ -212,7 +253,8 @@ def plot(rows: list[dict], path: str) -> None:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--topologies", nargs="*", default=list(TOPOLOGIES))
-  parser.add_argument("--runs", nargs="*", default=None, help="substrings of run names")
+  parser.add_argument("--runs", nargs="*", default=None,
+                      help="substrings of run names, compiled in this order")
   parser.add_argument("--python", default=sys.executable,
                       help="the interpreter whose JAX compiles (GPU: the gpu-compile env)")
   parser.add_argument("--cache", default=os.path.join(RESULTS, "compile_paper_cache"))
@@ -222,18 +264,30 @@ def main():
   args = parser.parse_args()
   os.makedirs(args.cache, exist_ok=True)
   archs = write_archs(os.path.join(args.cache, "archs"))
-  selected = [r for r in runs() if not args.runs or any(s in r.name for s in args.runs)]
+  selected = runs() if not args.runs else list(  # in the order --runs names them
+      {r.name: r for pattern in args.runs for r in runs() if pattern in r.name}.values())
   todo = [(r, t) for t in args.topologies for r in selected
           if not os.path.exists(cache_path(args.cache, r, t))]
+  keys = {}  # program key -> (run, topology) already compiled
   for i, (run, topology) in enumerate([] if args.table_only else todo):
+    key = (program_key(run, DEVICES[topology], archs), topology)
+    same = keys.get(key) or next(
+        (r for r in runs() if r is not run and os.path.exists(cache_path(args.cache, r, topology))
+         and program_key(r, DEVICES[topology], archs) == key[0]), None)
     print(f"[{i + 1}/{len(todo)}] {run.name} on {topology} ...", flush=True)
-    result = compile_one(run, topology, args, archs)
+    if same is not None:
+      with open(cache_path(args.cache, same, topology)) as f:
+        result = dict(json.load(f), run=run.name, same_program_as=same.name)
+    else:
+      result = compile_one(run, topology, args, archs)
+    keys.setdefault(key, run)
     with open(cache_path(args.cache, run, topology) + ".tmp", "w") as f:
       json.dump(result, f)
     os.replace(cache_path(args.cache, run, topology) + ".tmp",
                cache_path(args.cache, run, topology))
     print(f"    {result['seconds']:.0f}s " + ("ok" if "report" in result else
-                                              f"error: {result['error']}"), flush=True)
+                                              f"error: {result['error']}")
+          + (f" (the program of {same.name})" if same is not None else ""), flush=True)
   rows = []
   for topology in TOPOLOGIES:
     for run in runs():
