@@ -154,11 +154,29 @@ def cache_path(cache: str, run: Run, topology: str) -> str:
 
 
 def compile_one(run: Run, topology: str, args, archs: dict) -> dict:
+  """The run's train steps compiled for ``topology``, a process per phase (a large
+  program's compile can hold many GB)."""
   mesh = mesh_for(run, DEVICES[topology])
+  result = {"run": run.name, "topology": topology, "mesh": mesh, "seconds": 0.0}
+  for phase in range(len(run.batches)):
+    part = _compile_phase(run, topology, phase, mesh, args, archs)
+    result["seconds"] += part.pop("seconds")
+    result.setdefault("command", part["command"].replace(f" --compile_phases={phase}", ""))
+    if "error" in part:
+      return dict(result, error=f"phase {phase + 1}: {part['error']}")
+    if "report" not in result:
+      result["report"] = part["report"]
+    else:
+      result["report"]["steps"] += part["report"]["steps"]
+  return result
+
+
+def _compile_phase(run: Run, topology: str, phase: int, mesh: dict, args,
+                   archs: dict) -> dict:
   workdir = os.path.join(args.cache, "work")
   cmd = [args.python, "-m", "longformer_jax.main", f"--config={ROOT}/configs/{run.config}",
          f"--workdir={workdir}", "--mode=compile", f"--topology={topology}",
-         "--compile_steps=train",
+         "--compile_steps=train", f"--compile_phases={phase}",
          *[f"--config.mesh.{k}={v}" for k, v in mesh.items()],
          *[f"--config.{field}={value}" for field, value in run.overrides]]
   if run.arch:
@@ -169,8 +187,7 @@ def compile_one(run: Run, topology: str, args, archs: dict) -> dict:
   t0 = time.time()
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env,
                         timeout=args.timeout)
-  result = {"run": run.name, "topology": topology, "mesh": mesh, "seconds": time.time() - t0,
-            "command": " ".join(cmd[1:])}
+  result = {"seconds": time.time() - t0, "command": " ".join(cmd[1:])}
   report_path = os.path.join(workdir, "compile", f"{topology}.json")
   if proc.returncode == 0 and os.path.exists(report_path):
     with open(report_path) as f:
@@ -188,7 +205,8 @@ def rows_of(result: dict) -> list[dict]:
   rep = result["report"]
   rows = []
   for s in rep["steps"]:
-    m, r = s["memory"], s["roofline"]
+    m, r = s["memory"], s["roofline"] or dict.fromkeys(
+        ("step_s", "bound_by", "tokens_per_s", "mfu"))
     rows.append({"run": result["run"], "topology": result["topology"],
                  "phase": s["phase"], "mesh": result["mesh"],
                  "global_tokens": s["global_tokens"], "hbm_used": m["total"],
@@ -212,11 +230,13 @@ def markdown(rows: list[dict]) -> str:
       lines.append(f"| {r['run']} | | {r['topology']} | | | | error: {r['error']} "
                    "| | | | | | |")
       continue
+    bound = ("| refused by the compiler | | | " if r["step_s"] is None else
+             f"| {r['step_s']:.3f} | {r['bound_by']} | {r['tokens_per_s']:,.0f} "
+             f"| {r['mfu']:.2f} ")
     lines.append(
         f"| {r['run']} | {r['phase'] + 1} | {r['topology']} | {_mesh(r['mesh'])} "
         f"| {r['global_tokens']:,} | {r['hbm_used'] / 2**30:.2f} / {r['hbm'] / 2**30:.0f} "
-        f"| {'yes' if r['fits'] else 'no'} | {r['step_s']:.3f} | {r['bound_by']} "
-        f"| {r['tokens_per_s']:,.0f} | {r['mfu']:.2f} | {r['backend']} "
+        f"| {'yes' if r['fits'] else 'no'} {bound}| {r['backend']} "
         f"| {r['first_fit'] or ''} |")
   return "\n".join(lines)
 

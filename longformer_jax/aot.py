@@ -32,6 +32,7 @@ import copy
 import json
 import logging
 import os
+import re
 import time
 
 import jax
@@ -98,16 +99,37 @@ def analyze(compiled, chip: topo_lib.Chip, *, tokens: int, devices: int,
   }
 
 
+def _out_of_memory(error, chip: topo_lib.Chip) -> dict:
+  """The report of a step the compiler refused for want of memory: it does not fit,
+  by the compiler's own count ("... required for HLO temporaries (17.40G) exceeds
+  available HBM (15.75G)"); anything else is raised."""
+  text = str(error)
+  if "RESOURCE_EXHAUSTED" not in text:
+    raise error
+  sizes = [float(x) * 2 ** 30 for x in re.findall(r"\(([\d.]+)G\)", text)[:2]]
+  needed = sizes[0] if sizes else float("nan")
+  return {"memory": {"argument": 0, "output": 0, "alias": 0, "temp": needed, "code": 0,
+                     "total": needed},
+          "hbm": chip.hbm_bytes, "fits": False, "margin": chip.hbm_bytes - needed,
+          "compiler_error": text.splitlines()[0][:300],
+          "flops": {"hlo": None, "xla_cost_analysis": None, "analytical": None},
+          "bytes": {"hlo": None, "xla_cost_analysis": None}, "unknown_trip_counts": 0,
+          "collectives": {}, "top_bytes": [], "roofline": None}
+
+
 def compile_steps(config, workdir: str, target: topo_lib.Target,
-                  kinds: tuple[str, ...] = ("train", "eval")) -> list[dict]:
-  """Compiles every phase's train step and eval step(s) (``kinds``) of ``config`` for
-  ``target``; one report (:func:`analyze`) per (phase, step kind)."""
+                  kinds: tuple[str, ...] = ("train", "eval"),
+                  phases: tuple[int, ...] | None = None) -> list[dict]:
+  """Compiles every phase's (or ``phases``') train step and eval step(s) (``kinds``) of
+  ``config`` for ``target``; one report (:func:`analyze`) per (phase, step kind)."""
   runner = train.Runner(config, workdir, devices=target.devices)
   state = ckpt_lib.abstract_with_shardings(runner.abstract_state, runner.state_shardings)
   index = jax.ShapeDtypeStruct((), jnp.int32,
                                sharding=NamedSharding(runner.mesh, PartitionSpec()))
   reports = []
   for phase in runner.phases:
+    if phases is not None and phase.index not in phases:
+      continue
     cfg, jstep, evals = runner.functions(phase)
     tokens = phase.batch_size * phase.seq_len
     steps = [("train", lambda: jstep.lower(state, _abstract_batch(runner, phase, cfg,
@@ -125,19 +147,25 @@ def compile_steps(config, workdir: str, target: topo_lib.Target,
       # global-token bound (attention_global.check_global_bound) is left out there.
       checks = (attn_global.counts_checked_by_caller() if target.platform == "cuda"
                 else contextlib.nullcontext())
-      with checks:
-        compiled = lower().compile()
       flops = model_flops.step_flops(cfg, runner.head, seq_len=phase.seq_len,
                                      batch_size=phase.batch_size, train=kind == "train",
                                      target_len=target_len)
-      report = analyze(compiled, target.chip, tokens=tokens, devices=len(target.devices),
-                       analytical=None if flops is None else flops / len(target.devices))
+      try:
+        with checks:
+          compiled = lower().compile()
+      except jax.errors.JaxRuntimeError as e:
+        report = _out_of_memory(e, target.chip)  # the compiler's own verdict
+      else:
+        report = analyze(compiled, target.chip, tokens=tokens, devices=len(target.devices),
+                         analytical=None if flops is None else flops / len(target.devices))
+        del compiled
       report.update(phase=phase.index, kind=kind, seq_len=phase.seq_len,
                     batch_size=phase.batch_size, global_tokens=tokens,
                     attention_impl=cfg.attention_impl, compile_s=time.time() - t0)
       log.info("compiled phase %d %s for %s in %.0fs", phase.index, kind, target.name,
                report["compile_s"])
       reports.append(report)
+      jax.clear_caches()  # a large program's executable is not kept past its report
   return reports
 
 
@@ -154,7 +182,8 @@ def _alternatives(config, target: topo_lib.Target):
   edits = []
   if int(config.mesh.get("data", 1)) != 1 and len(target.devices) > 1:
     edits.append(("fsdp over every data device", lambda c: c.mesh.update(data=1, fsdp=-1)))
-  edits.append(("remat=full", lambda c: c.model.update(remat="full")))
+  if config.model.get("remat") != "full":
+    edits.append(("remat=full", lambda c: c.model.update(remat="full")))
   done = []
   for description, edit in edits:
     config = _edited(config, edit)
@@ -167,19 +196,20 @@ def _alternatives(config, target: topo_lib.Target):
 
 
 def compile_run(config, workdir: str, topology: str, *, try_alternatives: bool = True,
-                out_dir: str | None = None, kinds: tuple[str, ...] = ("train", "eval")) -> dict:
+                out_dir: str | None = None, kinds: tuple[str, ...] = ("train", "eval"),
+                phases: tuple[int, ...] | None = None) -> dict:
   """Compiles ``config`` for ``topology``; writes and returns the report (the module
   docstring), ``WORKDIR/compile/<topology>.json`` unless ``out_dir`` says where."""
   target = topo_lib.resolve(topology)
   t0 = time.time()
-  steps = compile_steps(config, workdir, target, kinds)
+  steps = compile_steps(config, workdir, target, kinds, phases)
   report = {"topology": topology, "platform": target.platform, "devices": len(target.devices),
             "chip": vars(target.chip), "mesh": dict(train.sh.make_mesh(
                 config.mesh, target.devices).shape), "steps": steps, "alternatives": []}
   if try_alternatives and not all(s["fits"] for s in steps if s["kind"] == "train"):
     for description, alt in _alternatives(config, target):
       try:
-        alt_steps = compile_steps(alt, workdir, target, kinds=("train",))
+        alt_steps = compile_steps(alt, workdir, target, kinds=("train",), phases=phases)
         fits = all(s["fits"] for s in alt_steps)
         peak = max(s["memory"]["total"] for s in alt_steps)
         report["alternatives"].append({"change": description, "fits": fits, "total": peak})
@@ -225,6 +255,11 @@ def table(report: dict) -> str:
            "|" + "---|" * 17]
   for s in report["steps"]:
     m, f, b, r = s["memory"], s["flops"], s["bytes"], s["roofline"]
+    if r is None:  # refused by the compiler
+      lines.append(f"| {s['phase']} | {s['kind']} | {s['attention_impl']} | | | "
+                   f"{_gb(m['temp'])} | | {_gb(m['total'])} | False | {_gb(s['margin'])} "
+                   f"| {s['compiler_error']} | | | | | | |")
+      continue
     coll = ", ".join(f"{k} {v['count']}, {_sci(v['bytes'])}"
                      for k, v in s["collectives"].items()) or "none"
     lines.append(

@@ -28,6 +28,8 @@ flags.DEFINE_enum("mode", "train", ["train", "evaluate", "compile"],
                   "Train (and evaluate), evaluate only, or compile for --topology only.")
 flags.DEFINE_list("compile_steps", ["train", "eval"],
                   "--mode=compile: which steps to compile (train, eval).")
+flags.DEFINE_list("compile_phases", None,
+                  "--mode=compile: only these phases (0-based; default every phase).")
 flags.DEFINE_string("topology", None, "--mode=compile: the accelerator topology to compile "
                     "for (v5e-256, v4-128, v5p-128, v6e-256, v5e:2x2, h100-8, a100-8, cpu-N).")
 flags.DEFINE_string("split", None, "Split to evaluate (default: config.eval_split).")
@@ -43,7 +45,9 @@ def main(argv):
       raise app.UsageError("--mode=compile needs --topology (e.g. v5e-256, v5e:2x2, cpu-8)")
     from longformer_jax import aot
     report = aot.compile_run(FLAGS.config, FLAGS.workdir, FLAGS.topology,
-                             kinds=tuple(FLAGS.compile_steps))
+                             kinds=tuple(FLAGS.compile_steps),
+                             phases=None if FLAGS.compile_phases is None else
+                             tuple(int(p) for p in FLAGS.compile_phases))
     print(aot.table(report))
     print(f"wrote {report['path']}")
   elif FLAGS.mode == "evaluate":

@@ -123,6 +123,15 @@ def _check_split(n: int, size: int, left: int, right: int, dilation, relative) -
   return chunk
 
 
+def _global_specs(gidx, global_rows, index_spec, rows_spec, what: str):
+  """(gidx, global rows, their shard_map specs); all None without global tokens."""
+  if gidx is None or gidx.index.shape[1] == 0:
+    return None, None, None, None
+  if not isinstance(global_rows, attn.GlobalWeights):
+    raise TypeError(f"{what} takes the global rows as attention.GlobalWeights")
+  return gidx, global_rows, attn.GlobalIndex(index_spec, index_spec), rows_spec
+
+
 def self_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, is_global_BxN,
                    gidx: attn.GlobalIndex | None, global_rows: attn.GlobalWeights | None,
                    window: int, dilation=1, causal: bool = False,
@@ -142,14 +151,9 @@ def self_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, is_global_BxN,
                        relative)
   rows = P(batch_axes, AXIS, None, None)
   seq = P(batch_axes, AXIS)
-  gidx_spec = rows_spec = None
-  if gidx is not None and gidx.index.shape[1] > 0:
-    if not isinstance(global_rows, attn.GlobalWeights):
-      raise TypeError("sequence parallelism takes the global rows as attention.GlobalWeights")
-    gidx_spec = attn.GlobalIndex(P(batch_axes, None), P(batch_axes, None))
-    rows_spec = attn.GlobalWeights(P(batch_axes, AXIS, None), *(P(),) * 6)
-  else:
-    gidx = global_rows = None
+  gidx, global_rows, gidx_spec, rows_spec = _global_specs(
+      gidx, global_rows, P(batch_axes, None),
+      attn.GlobalWeights(P(batch_axes, AXIS, None), *(P(),) * 6), "sequence parallelism")
   rng_spec = P() if dropout_rng is not None else None
 
   def local(q, k, v, valid, is_global, gidx, global_rows, rng):
@@ -183,15 +187,10 @@ def heads_parallel(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, is_global_BxN,
     dilation = dilation[0]
   rows = P(batch_axes, None, head_axes, None)
   seq = P(batch_axes, None)
-  gidx_spec = rows_spec = None
-  if gidx is not None and gidx.index.shape[1] > 0:
-    if not isinstance(global_rows, attn.GlobalWeights):
-      raise TypeError("sharded attention takes the global rows as attention.GlobalWeights")
-    gidx_spec = attn.GlobalIndex(seq, seq)
-    w, b = P(None, head_axes, None), P(head_axes, None)
-    rows_spec = attn.GlobalWeights(P(batch_axes, None, None), w, b, w, b, w, b)
-  else:
-    gidx = global_rows = None
+  w, b = P(None, head_axes, None), P(head_axes, None)
+  gidx, global_rows, gidx_spec, rows_spec = _global_specs(
+      gidx, global_rows, seq, attn.GlobalWeights(P(batch_axes, None, None), w, b, w, b, w, b),
+      "sharded attention")
   rng_spec = P() if dropout_rng is not None else None
   axes = tuple(a for group in (batch_axes, head_axes) if group is not None
                for a in ((group,) if isinstance(group, str) else group))

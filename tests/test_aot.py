@@ -76,7 +76,7 @@ def test_alternatives_when_a_step_does_not_fit(tmp_path, monkeypatch):
   config = _tiny("blocked", dict(data=4))
   tried = []
 
-  def fake_compile(cfg, workdir, target, kinds=("train", "eval")):
+  def fake_compile(cfg, workdir, target, kinds=("train", "eval"), phases=None):
     tried.append((dict(cfg.mesh), cfg.model.remat, cfg.optim.grad_accum))
     fits = cfg.model.remat == "full" and cfg.optim.grad_accum >= 4
     return [{"kind": "train", "fits": fits, "memory": {"total": 1}}]
@@ -90,6 +90,20 @@ def test_alternatives_when_a_step_does_not_fit(tmp_path, monkeypatch):
   assert report["first_fit"] == "fsdp over every data device + remat=full + grad_accum=4"
   assert tried[0][0]["data"] == 4 and tried[1][0]["data"] == 1 and tried[1][0]["fsdp"] == -1
   assert [t[1:] for t in tried[1:]] == [("none", 1), ("full", 1), ("full", 2), ("full", 4)]
+
+
+def test_a_step_the_compiler_refuses_does_not_fit():
+  """The TPU compiler refuses a program whose temporaries exceed HBM: that is the
+  report's "fits": false with the compiler's figure, not a crash; other errors raise."""
+  chip = topology.CHIPS["v5e"]
+  error = jax.errors.JaxRuntimeError(
+      "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+      "temporaries (17.40G) exceeds available HBM (15.75G).")
+  report = aot._out_of_memory(error, chip)
+  assert report["fits"] is False and report["memory"]["temp"] == 17.40 * 2 ** 30
+  assert report["margin"] < 0 and "RESOURCE_EXHAUSTED" in report["compiler_error"]
+  with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
+    aot._out_of_memory(jax.errors.JaxRuntimeError("INTERNAL: Mosaic failed"), chip)
 
 
 def test_topology_names():
