@@ -273,7 +273,22 @@ class _Walker:
     if init is not None and init.op == "tuple" and init.operands:
       first = consts.get(init.operands[0])
       start = first.literal() if first is not None else 0
-    return max(limit - (start or 0), 0)
+    step = self._step(instr.attr("body").lstrip("%"))
+    return max(-(-(limit - (start or 0)) // step), 0)
+
+  def _step(self, body_name: str) -> int:
+    """The induction variable's increment in a loop body (an unrolled loop steps by
+    its unroll factor): ROOT tuple element 0 = add(i, constant)."""
+    body = self.comps.get(body_name, [])
+    if not body or body[-1].op != "tuple" or not body[-1].operands:
+      return 1
+    named = {i.name: i for i in body}
+    update = named.get(body[-1].operands[0])
+    if update is None or update.op != "add":
+      return 1
+    steps = [named[o].literal() for o in update.operands
+             if o in named and named[o].op == "constant"]
+    return steps[0] if steps and steps[0] and steps[0] > 0 else 1
 
   def _fusion_bytes(self, instr: Instr, shapes: dict, body: list[Instr]) -> float:
     """A fusion's HBM traffic: its result and operands, an operand that the body only
