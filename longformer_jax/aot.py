@@ -104,7 +104,12 @@ def _out_of_memory(error, chip: topo_lib.Chip) -> dict:
   by the compiler's own count ("... required for HLO temporaries (17.40G) exceeds
   available HBM (15.75G)"); anything else is raised."""
   text = str(error)
-  if "RESOURCE_EXHAUSTED" not in text:
+  if "RESOURCE_EXHAUSTED" in text and "Vmem" in text:
+    raise ValueError("config.model.attention_impl='pallas': the kernels' VMEM exceeds the "
+                     "TPU core's at this sequence length (attention_pallas.vmem_bytes); use "
+                     f"attention_impl='blocked' or 'auto' ({text.splitlines()[0][:120]})"
+                     ) from None
+  if "RESOURCE_EXHAUSTED" not in text or "HBM" not in text:
     raise error
   sizes = [float(x) * 2 ** 30 for x in re.findall(r"\(([\d.]+)G\)", text)[:2]]
   needed = sizes[0] if sizes else float("nan")

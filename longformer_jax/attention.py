@@ -73,13 +73,15 @@ def check_impl(impl: str) -> None:
     raise ValueError(f"attention_impl={impl!r} is not one of {ATTENTION_IMPLS}")
 
 
-def resolve_impl(impl: str, platform: str | None = None, *, relative: bool = False) -> str:
+def resolve_impl(impl: str, platform: str | None = None, *, relative: bool = False,
+                 kernel_vmem: int = 0) -> str:
   """The backend ``impl`` names on ``platform`` (default: the default backend's).
 
   "auto": ``scan`` on CPU, where a loop over cache-sized blocks is fastest;
   ``pallas`` on TPU unless the scores take ``relative`` positions (which the
-  kernels lack): fused kernels that keep scores in VMEM; ``blocked`` otherwise
-  (GPU, relative positions on TPU), one large batched product.
+  kernels lack) or the kernels' VMEM (``kernel_vmem``, ``attention_pallas.vmem_bytes``)
+  exceeds a TPU core's scoped VMEM: fused kernels that keep scores in VMEM;
+  ``blocked`` otherwise (GPU, and those cases on TPU), one large batched product.
   """
   check_impl(impl)
   if impl != "auto":
@@ -87,7 +89,7 @@ def resolve_impl(impl: str, platform: str | None = None, *, relative: bool = Fal
   platform = platform or jax.default_backend()
   if platform == "cpu":
     return "scan"
-  if platform == "tpu" and not relative:
+  if platform == "tpu" and not relative and kernel_vmem <= attention_pallas.TPU_VMEM_BYTES:
     return "pallas"
   return "blocked"
 
@@ -115,7 +117,10 @@ def banded_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, key_ok_BxN, *, left: int,
   ``block_size + left + right`` keys it reaches; ``impl`` names the backend that
   runs the blocks (:func:`resolve_impl`).
   """
-  core = _BACKENDS[resolve_impl(impl, relative=rel_HxWxD is not None)]
+  core = _BACKENDS[resolve_impl(
+      impl, relative=rel_HxWxD is not None, kernel_vmem=attention_pallas.vmem_bytes(
+          q_BxNxHxD.shape[1], block_size, left + right, q_BxNxHxD.shape[-1],
+          q_BxNxHxD.dtype.itemsize))]
   batch, n, heads, dim = q_BxNxHxD.shape
   q_block = min(block_size, -(-n // 8) * 8)
   nb = -(-n // q_block)

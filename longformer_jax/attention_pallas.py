@@ -64,6 +64,26 @@ def check_shapes(band: Band, head_dim: int, platform: str) -> None:
                        f"two >= 16, got {value}")
 
 
+# The kernels hold one (example, head)'s whole key / query arrays in a TPU core's
+# VMEM. The bound on :func:`vmem_bytes` (a conservative estimate: 18 MiB for
+# longformer-base at 4,096 tokens, 66 MiB at 16,384) where "auto" stops picking them,
+# set from compiles for v5e: 4,096 tokens compile, LED-large's 16,384 do not
+# (CompileTimeScopedVmemOom).
+TPU_VMEM_BYTES = 32 * 2 ** 20
+
+
+def vmem_bytes(seq_len: int, q_block: int, reach: int, head_dim: int, itemsize: int) -> int:
+  """Estimated VMEM of the largest kernel (the dk/dv one) for a sequence of ``seq_len``:
+  whole queries and output gradients of one (example, head), their log-sum-exp,
+  delta and row-hash columns (each padded to 128 lanes of fp32), double-buffered, plus
+  a block of keys and values."""
+  q_block = min(q_block, -(-seq_len // 8) * 8)
+  rows = -(-seq_len // q_block) * q_block + reach
+  lanes = -(-head_dim // 128) * 128
+  whole = 2 * rows * lanes * itemsize + 3 * rows * 128 * 4
+  return 2 * whole + 4 * q_block * lanes * itemsize
+
+
 def check_supported(relative: bool) -> None:
   if relative:
     raise NotImplementedError(

@@ -175,11 +175,15 @@ def optimizer_of(config, phases: list[Phase]):
   return schedule, optim.make_optimizer(config.optim, schedule)
 
 
-def resolve_backend(cfg, platform: str):
+def resolve_backend(cfg, platform: str, seq_len: int):
   """``cfg`` with ``attention_impl="auto"`` resolved for ``platform`` (the mesh's, which
-  may be another machine's when compiling ahead of time)."""
-  from longformer_jax import attention
-  impl = attention.resolve_impl(cfg.attention_impl, platform,
+  may be another machine's when compiling ahead of time) at ``seq_len`` tokens."""
+  from longformer_jax import attention, attention_pallas
+  enc = cfg.encoder() if hasattr(cfg, "encoder") else cfg
+  dtype = jnp.dtype(getattr(enc, "attention_dtype", None) or enc.dtype)
+  vmem = attention_pallas.vmem_bytes(seq_len, enc.block_size, max(enc.attention_window),
+                                     enc.head_dim, dtype.itemsize)
+  impl = attention.resolve_impl(cfg.attention_impl, platform, kernel_vmem=vmem,
                                 relative=getattr(cfg, "relative_positions", False))
   return cfg if impl == cfg.attention_impl else cfg.replace(attention_impl=impl)
 
@@ -365,7 +369,7 @@ class Runner:
   # compiled functions of a phase
   def functions(self, phase: Phase):
     if phase.index not in self._compiled:
-      cfg = resolve_backend(self.model_configs[phase.index], self.platform)
+      cfg = resolve_backend(self.model_configs[phase.index], self.platform, phase.seq_len)
       graphdef, rest = split_model(cfg, self.head, self.config.seed,
                                    sh.Partitioning(self.mesh, self.rules))
       step = make_train_step(self.task, graphdef, rest, self.tx, self.schedule, self.accum,

@@ -104,6 +104,24 @@ def test_a_step_the_compiler_refuses_does_not_fit():
   assert report["margin"] < 0 and "RESOURCE_EXHAUSTED" in report["compiler_error"]
   with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
     aot._out_of_memory(jax.errors.JaxRuntimeError("INTERNAL: Mosaic failed"), chip)
+  with pytest.raises(ValueError, match="attention_impl='pallas'"):  # a kernel, not HBM
+    aot._out_of_memory(jax.errors.JaxRuntimeError(
+        "RESOURCE_EXHAUSTED: E1001: CompileTimeScopedVmemOom:"), chip)
+
+
+def test_auto_picks_pallas_on_tpu_where_its_kernels_fit_vmem():
+  """auto: pallas on TPU for longformer-base at 4,096 tokens; blocked at 16,384, where
+  one head's whole queries no longer fit a core's scoped VMEM, and for relative
+  positions; scan on CPU."""
+  from longformer_jax import train
+  from longformer_jax.config import LongformerConfig
+  base = LongformerConfig(attention_window=(512,) * 12, dtype="bfloat16")
+  assert train.resolve_backend(base, "tpu", 4096).attention_impl == "pallas"
+  assert train.resolve_backend(base, "tpu", 16384).attention_impl == "blocked"
+  assert train.resolve_backend(base, "cpu", 4096).attention_impl == "scan"
+  assert train.resolve_backend(base, "cuda", 4096).attention_impl == "blocked"
+  relative = base.replace(position_embedding_type="relative_sinusoidal")
+  assert train.resolve_backend(relative, "tpu", 4096).attention_impl == "blocked"
 
 
 def test_topology_names():
