@@ -249,21 +249,21 @@ def plot(rows: list[dict], path: str) -> None:
   tops = [t for t in TOPOLOGIES if any(r["topology"] == t for r in ok)]
   if not tops:
     return
-  fig, axes = plt.subplots(1, len(tops), figsize=(4.2 * len(tops), 7), squeeze=False,
-                           sharey=False)
+  labels = list(dict.fromkeys(f"{r['run']} p{r['phase'] + 1}" for r in ok))
+  fig, axes = plt.subplots(1, len(tops), figsize=(4.2 * len(tops), 0.25 * len(labels) + 2),
+                           squeeze=False, sharey=True)
   for ax, top in zip(axes[0], tops):
     mine = [r for r in ok if r["topology"] == top]
-    labels = [f"{r['run']} p{r['phase'] + 1}" for r in mine]
-    used = [r["hbm_used"] / r["hbm"] for r in mine]
-    ax.barh(range(len(mine)), used, color=["tab:blue" if r["fits"] else "tab:red"
-                                           for r in mine])
+    at = [labels.index(f"{r['run']} p{r['phase'] + 1}") for r in mine]
+    ax.barh(at, [r["hbm_used"] / r["hbm"] for r in mine],
+            color=["tab:blue" if r["fits"] else "tab:red" for r in mine])
     ax.axvline(1.0, color="k", lw=1)
-    ax.set_yticks(range(len(mine)))
-    ax.set_yticklabels(labels if ax is axes[0][0] else [""] * len(mine), fontsize=7)
     ax.set_xscale("log")
     ax.set_title(top)
     ax.set_xlabel("HBM used / HBM per chip")
-    ax.invert_yaxis()
+  axes[0][0].set_yticks(range(len(labels)))
+  axes[0][0].set_yticklabels(labels, fontsize=7)
+  axes[0][0].invert_yaxis()
   fig.suptitle("The paper's runs compiled for each topology: per-chip memory (red: "
                "does not fit)")
   fig.tight_layout()
@@ -316,11 +316,18 @@ def main():
         with open(path) as f:
           rows += rows_of(json.load(f))
   table = markdown(rows)
+  done = {(r["run"], r["topology"]) for r in rows}
+  missing = [f"{run.name} on {t}" for t in TOPOLOGIES for run in runs()
+             if (run.name, t) not in done]
   with open(args.out + ".md", "w") as f:
     f.write("# The paper's runs, compiled for accelerator topologies\n\n"
-            f"    python experiments/compile_paper.py --topologies "
-            f"{' '.join(args.topologies)}\n\n"
-            "HBM per chip, fits: compiled fact (XLA's memory analysis of the train step). "
+            "    python experiments/compile_paper.py --topologies v5e-256 v5p-128 v6e-256 "
+            "v4-128\n    python experiments/compile_paper.py --topologies h100-8 a100-8 "
+            "--python GPU_ENV/bin/python\n\n")
+    if missing:
+      f.write(f"Not compiled yet (rerun the commands: they resume): {', '.join(missing)}."
+              "\n\n")
+    f.write("HBM per chip, fits: compiled fact (XLA's memory analysis of the train step). "
             "Step bound, tokens/s, MFU: a roofline estimate, max(FLOPs / peak, HBM bytes / "
             "bandwidth) with the loop-aware counts of hlo_cost.py.\n\n" + table + "\n")
   with open(args.out + ".json", "w") as f:
