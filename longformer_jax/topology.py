@@ -94,6 +94,7 @@ def _tpu(name: str) -> Target:
   kind, topo = tpu_topology_name(name)
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no TPU VM metadata to look up
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compiles only: no chip held
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # no TPU VM to ask
   extra = {"chip_config_name": "megacore"} if kind in _CORES_PER_CHIP else {}
   desc = topologies.get_topology_desc(topology_name=topo, platform="tpu", **extra)
   return Target(name, "tpu", tuple(desc.devices), CHIPS[kind])
