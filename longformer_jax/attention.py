@@ -74,13 +74,14 @@ def check_impl(impl: str) -> None:
 
 
 def resolve_impl(impl: str, platform: str | None = None, *, relative: bool = False,
-                 kernel_vmem: int = 0) -> str:
+                 kernel_vmem: int = 0, device_kind: str | None = None) -> str:
   """The backend ``impl`` names on ``platform`` (default: the default backend's).
 
   "auto": ``scan`` on CPU, where a loop over cache-sized blocks is fastest;
   ``pallas`` on TPU unless the scores take ``relative`` positions (which the
   kernels lack) or the kernels' VMEM (``kernel_vmem``, ``attention_pallas.vmem_bytes``)
-  exceeds a TPU core's scoped VMEM: fused kernels that keep scores in VMEM;
+  exceeds what a core of ``device_kind`` (default: this host's) holds: fused kernels
+  that keep scores in VMEM;
   ``blocked`` otherwise (GPU, and those cases on TPU), one large batched product.
   """
   check_impl(impl)
@@ -89,7 +90,10 @@ def resolve_impl(impl: str, platform: str | None = None, *, relative: bool = Fal
   platform = platform or jax.default_backend()
   if platform == "cpu":
     return "scan"
-  if platform == "tpu" and not relative and kernel_vmem <= attention_pallas.TPU_VMEM_BYTES:
+  if platform == "tpu" and device_kind is None:
+    device_kind = jax.devices()[0].device_kind
+  if (platform == "tpu" and not relative
+      and kernel_vmem <= attention_pallas.vmem_limit(device_kind)):
     return "pallas"
   return "blocked"
 

@@ -70,6 +70,16 @@ def check_shapes(band: Band, head_dim: int, platform: str) -> None:
 # set from compiles for v5e: 4,096 tokens compile, LED-large's 16,384 do not
 # (CompileTimeScopedVmemOom).
 TPU_VMEM_BYTES = 32 * 2 ** 20
+# TPU v4 (and older) cores have 16 MiB of VMEM: longformer-base at 4,096 tokens needs
+# 16.7 MiB there (the v4-128 compile), so the bound is lower.
+_SMALL_VMEM_KINDS = ("TPU v2", "TPU v3", "TPU v4")
+
+
+def vmem_limit(device_kind: str | None) -> int:
+  """The :func:`vmem_bytes` bound for kernels on a TPU of ``device_kind``."""
+  if device_kind and device_kind.startswith(_SMALL_VMEM_KINDS):
+    return TPU_VMEM_BYTES // 2 - 2 ** 20
+  return TPU_VMEM_BYTES
 
 
 def vmem_bytes(seq_len: int, q_block: int, reach: int, head_dim: int, itemsize: int) -> int:

@@ -175,7 +175,7 @@ def optimizer_of(config, phases: list[Phase]):
   return schedule, optim.make_optimizer(config.optim, schedule)
 
 
-def resolve_backend(cfg, platform: str, seq_len: int):
+def resolve_backend(cfg, platform: str, seq_len: int, device_kind: str | None = None):
   """``cfg`` with ``attention_impl="auto"`` resolved for ``platform`` (the mesh's, which
   may be another machine's when compiling ahead of time) at ``seq_len`` tokens."""
   from longformer_jax import attention, attention_pallas
@@ -184,7 +184,8 @@ def resolve_backend(cfg, platform: str, seq_len: int):
   vmem = attention_pallas.vmem_bytes(seq_len, enc.block_size, max(enc.attention_window),
                                      enc.head_dim, dtype.itemsize)
   impl = attention.resolve_impl(cfg.attention_impl, platform, kernel_vmem=vmem,
-                                relative=getattr(cfg, "relative_positions", False))
+                                relative=getattr(cfg, "relative_positions", False),
+                                device_kind=device_kind)
   return cfg if impl == cfg.attention_impl else cfg.replace(attention_impl=impl)
 
 
@@ -369,7 +370,8 @@ class Runner:
   # compiled functions of a phase
   def functions(self, phase: Phase):
     if phase.index not in self._compiled:
-      cfg = resolve_backend(self.model_configs[phase.index], self.platform, phase.seq_len)
+      cfg = resolve_backend(self.model_configs[phase.index], self.platform, phase.seq_len,
+                            self.mesh.devices.flat[0].device_kind)
       graphdef, rest = split_model(cfg, self.head, self.config.seed,
                                    sh.Partitioning(self.mesh, self.rules))
       step = make_train_step(self.task, graphdef, rest, self.tx, self.schedule, self.accum,

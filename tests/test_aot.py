@@ -118,12 +118,15 @@ def test_auto_picks_pallas_on_tpu_where_its_kernels_fit_vmem():
   from longformer_jax import train
   from longformer_jax.config import LongformerConfig
   base = LongformerConfig(attention_window=(512,) * 12, dtype="bfloat16")
-  assert train.resolve_backend(base, "tpu", 4096).attention_impl == "pallas"
-  assert train.resolve_backend(base, "tpu", 16384).attention_impl == "blocked"
+  assert train.resolve_backend(base, "tpu", 4096, "TPU v5 lite").attention_impl == "pallas"
+  assert train.resolve_backend(base, "tpu", 16384, "TPU v5 lite").attention_impl == "blocked"
   assert train.resolve_backend(base, "cpu", 4096).attention_impl == "scan"
   assert train.resolve_backend(base, "cuda", 4096).attention_impl == "blocked"
   relative = base.replace(position_embedding_type="relative_sinusoidal")
   assert train.resolve_backend(relative, "tpu", 4096).attention_impl == "blocked"
+  # a v4 core's 16 MiB of VMEM does not hold the kernels at 4,096 (v4-128 compile)
+  assert train.resolve_backend(base, "tpu", 4096, "TPU v4").attention_impl == "blocked"
+  assert train.resolve_backend(base, "tpu", 2048, "TPU v4").attention_impl == "pallas"
 
 
 def test_topology_names():
