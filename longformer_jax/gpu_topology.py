@@ -53,12 +53,10 @@ def target_config(kind: str) -> str:
           f"device_description_str: \"{description}\"")
 
 
-def target(kind: str, count: int, chip):
-  """``topology.Target`` of ``count`` abstract ``kind`` GPUs, 8 to a host."""
+def devices(kind: str, count: int) -> tuple:
+  """``count`` abstract ``kind`` GPUs, 8 to a host."""
   from jax._src import xla_bridge
   from jax.experimental import topologies
-
-  from longformer_jax import topology
   if count < 1 or (count > GPUS_PER_HOST and count % GPUS_PER_HOST):
     raise ValueError(f"topology {kind}-{count}: GPUs come 1 to {GPUS_PER_HOST} a host, "
                      f"or whole hosts of {GPUS_PER_HOST}")
@@ -72,4 +70,4 @@ def target(kind: str, count: int, chip):
     raise RuntimeError(f"topology {kind}-{count}: the CUDA plugin could not describe it "
                        f"({e}); install the gpu-compile extra (jax[cuda12]) and run "
                        "with JAX_PLATFORMS=cpu") from None
-  return topology.Target(f"{kind}-{count}", "cuda", tuple(desc.devices), chip)
+  return tuple(desc.devices)

@@ -17,6 +17,8 @@ import re
 
 import jax
 
+from longformer_jax import gpu_topology
+
 GiB = 2 ** 30
 
 
@@ -120,6 +122,6 @@ def resolve(name: str) -> Target:
   if m and m.group(1) == "cpu":
     return _cpu(int(m.group(2)))
   if m:
-    from longformer_jax import gpu_topology
-    return gpu_topology.target(m.group(1), int(m.group(2)), CHIPS[m.group(1)])
+    kind, count = m.group(1), int(m.group(2))
+    return Target(name, "cuda", gpu_topology.devices(kind, count), CHIPS[kind])
   return _tpu(name)
