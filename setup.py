@@ -33,9 +33,10 @@ setup(
         # (conlleval entity F1), torchmetrics (the SQuAD evaluation), nltk (the
         # Kneser-Ney and Witten-Bell n-gram LMs of experiments/ngram.py).
         # libtpu: the TPU compiler, for the ahead-of-time TPU compiles (``--mode=compile``,
-        # tests/test_aot.py); the version ``jax[tpu]`` of our jax pins.
-        "test": ["pytest>=8", "torch==2.13.0", "transformers>=5.0", "portpicker>=1.6",
-                 "scikit-learn>=1.5", "seqeval>=1.2.2", "torchmetrics>=1.4", "nltk>=3.9",
+        # tests/test_aot.py); the version ``jax[tpu]`` of our jax pins. pytest-xdist: the
+        # suite runs on every core (pytest.ini).
+        "test": ["pytest>=8", "pytest-xdist>=3.8", "torch==2.13.0", "transformers>=5.0",
+                 "portpicker>=1.6", "scikit-learn>=1.5", "seqeval>=1.2.2", "torchmetrics>=1.4", "nltk>=3.9",
                  "libtpu==0.0.42.1"],
         "tpu-compile": ["libtpu==0.0.42.1"],
         # Deviceless CUDA compiles (h100-N / a100-N topologies): about 5.5 GB of wheels.

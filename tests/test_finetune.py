@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import WORDS, save_hf, tiny_run
+from conftest import HF_ATOL, WORDS, save_hf, tiny_run
 from longformer_jax import data as data_lib
 from longformer_jax import tasks, tokenization
 
@@ -209,7 +209,7 @@ def test_hf_directory_and_jsonl_to_predictions_and_export(tmp_path, tokenizer_di
   with torch.no_grad():
     ref = hf(input_ids=torch.tensor(ids), global_attention_mask=torch.tensor(gmask)).logits
   got = ours(ids, np.ones_like(ids), gmask).logits
-  np.testing.assert_allclose(np.asarray(got), ref.numpy(), rtol=0, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(got), ref.numpy(), rtol=0, atol=HF_ATOL)
   back = __import__("longformer_jax").from_hf(out)
   for a, b in zip(jax_leaves(nnx.state(back, nnx.Param)), jax_leaves(nnx.state(ours, nnx.Param))):
     assert np.array_equal(a, b)

@@ -13,7 +13,7 @@ from flax import nnx
 
 import longformer_jax as lj
 from longformer_jax import model as model_lib
-from conftest import (PAD, SEP, VOCAB, batch, hf_heads, qa_batch, run_both, save_hf,
+from conftest import (HF_ATOL, PAD, SEP, VOCAB, batch, hf_heads, qa_batch, run_both, save_hf,
                       task_inputs)
 
 HEADS = hf_heads()
@@ -156,7 +156,7 @@ def test_hidden_states_and_attentions_equal_hf(tmp_path):
   out = ours(**inputs, output_hidden_states=True, output_attentions=True)
   assert len(out.hidden_states) == 3 and len(out.attentions) == 2
   for a, b in zip(out.hidden_states, ref.hidden_states):
-    assert_close(a, b.numpy(), 1e-4, "hidden_states")
+    assert_close(a, b.numpy(), HF_ATOL, "hidden_states")
   n = ids.shape[1]
   counts = ((gmask != 0) & (mask != 0)).sum(1)
   for layer, (a, g, ra, rg) in enumerate(zip(out.attentions, out.global_attentions,
@@ -213,7 +213,7 @@ def test_inputs_embeds_equal_hf(tmp_path):
                 token_type_ids=types)
   with torch.no_grad():
     ref = hf(**torch_inputs(inputs)).logits.numpy()
-  assert_close(ours(**inputs).logits, ref, 1e-4)
+  assert_close(ours(**inputs).logits, ref, HF_ATOL)
 
 
 def test_attention_mask_values_two_and_negative_equal_hf(tmp_path):
