@@ -15,6 +15,8 @@ memory, fit, FLOPs, bytes, collectives and a roofline bound, and writes
 ``WORKDIR/compile/NAME.json``.
 """
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -37,6 +39,25 @@ flags.DEFINE_string("predictions", None, "Where --mode=evaluate writes predictio
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv):
+  """absl's flag parsing, with a ``--config.KEY`` that names no config field reported as
+  a flags error naming it (ml_collections raises a bare KeyError / AttributeError)."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (KeyError, AttributeError) as e:
+    while isinstance(e, BaseException) and e.args:  # the KeyError's own text, unquoted
+      e = e.args[0]
+    missing, *hint = str(e).split("\n")
+    missing = missing.strip("'\"")
+    flag = next((a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.") and
+                 missing in a.split("=", 1)[0].split(".")[1:]), None)
+    if flag is None:
+      raise
+    sys.stderr.write(f"FATAL Flags parsing error: {flag}: the config has no field "
+                     f"{missing!r}{'. ' + ' '.join(hint) if hint else ''}\n")
+    sys.exit(1)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -57,4 +78,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

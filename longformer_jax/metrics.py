@@ -36,8 +36,9 @@ class MetricWriter:
       return
     with open(self.path) as f:
       keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(self.path, "w") as f:
+    with open(self.path + ".tmp", "w") as f:  # renamed into place: no half-written file
       f.writelines(keep)
+    os.replace(self.path + ".tmp", self.path)
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:

@@ -231,18 +231,7 @@ def make_train_step(task: tasks.Task, graphdef, rest, tx, schedule, accum: int, 
     if accum == 1:
       (loss, sums), grads = grad_fn(state["params"], batch, key)
     else:
-      micro = jax.tree.map(lambda x: x.reshape((accum, -1) + x.shape[1:]), batch)
-
-      def body(carry, xs):
-        mb, i = xs
-        (l, s), g = grad_fn(state["params"], mb, jax.random.fold_in(key, i))
-        return jax.tree.map(jnp.add, carry, (l, s, g)), None
-
-      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-          lambda: grad_fn(state["params"], jax.tree.map(lambda x: x[0], micro), key)))
-      zeros = (zeros[0][0], zeros[0][1], zeros[1])
-      (loss, sums, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
-      loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
+      loss, sums, grads = _accumulated(grad_fn, state["params"], batch, key, accum)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
@@ -250,6 +239,28 @@ def make_train_step(task: tasks.Task, graphdef, rest, tx, schedule, accum: int, 
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
   return step_fn
+
+
+def _accumulated(grad_fn, params, batch: dict, key, accum: int):
+  """(loss, sums, grads) of the whole batch from ``accum`` micro-batches, as one large
+  batch gives them: each micro-batch's mean loss and gradient weighted by its share of
+  the batch's loss count (tokens, examples), not averaged equally."""
+  micro = jax.tree.map(lambda x: x.reshape((accum, -1) + x.shape[1:]), batch)
+
+  def body(carry, xs):
+    mb, i = xs
+    (loss, sums), grads = grad_fn(params, mb, jax.random.fold_in(key, i))
+    count = sums["loss"][1]  # the loss is sums["loss"] as (total, count): total / count
+    grads = jax.tree.map(lambda g: g * count.astype(g.dtype), grads)
+    return jax.tree.map(jnp.add, carry, (sums, grads)), None
+
+  (_, first_sums), first_grads = jax.eval_shape(
+      lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), key))
+  zeros = jax.tree.map(jnp.zeros_like, (first_sums, first_grads))
+  (sums, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
+  count = jnp.maximum(sums["loss"][1], 1.0)
+  return tasks.base.mean_of(sums["loss"]), sums, jax.tree.map(
+      lambda g: g / count.astype(g.dtype), grads)
 
 
 def make_eval_step(task: tasks.Task, graphdef, rest, no_global: bool, seed: int):

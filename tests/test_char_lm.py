@@ -1,12 +1,15 @@
 """The paper's character LM (section 4): parameter counts of the paper-size configs,
 and every variant of ``configs/char_lm.py`` trained 2 steps on a tiny override."""
 
+import os
 import zipfile
 
 import numpy as np
 import pytest
 
-from conftest import load_config, losses
+from conftest import ROOT, load_config, losses
+
+README = os.path.join(ROOT, "README.md")
 
 VARIANTS = ("text8", "enwik8", "enwik8,large", "text8,window=fixed", "text8,window=decreasing",
             "text8,dilation=off", "text8,hf")  # tiny "ablation" is tiny "text8": not rerun
@@ -19,15 +22,30 @@ def param_count(config) -> int:
                                "causal_lm")
 
 
-@pytest.mark.parametrize("variant,paper_millions", [("text8", 41), ("enwik8", 41),
-                                                    ("enwik8,large", 102)])
-def test_paper_configs_have_the_papers_parameter_counts(variant, paper_millions):
-  """41M / 102M as the paper writes them (whole millions, truncated): every parameter,
-  the relative-position projections W_r and biases u, v included."""
+def closed_form_count(layers, d=512, ffn=2048, vocab=256) -> int:
+  """The paper's char-LM counted by hand: tied token embeddings and one token-type row,
+  per layer Q/K/V, W_r, u and v, the output projection, the FFN and two pre-LNs, then
+  the final LN and the LM-head bias."""
+  attention = 3 * (d * d + d) + d * d + 2 * d + (d * d + d)
+  layer = attention + (d * ffn + ffn) + (ffn * d + d) + 2 * (2 * d)
+  return vocab * d + d + layers * layer + 2 * d + vocab
+
+
+@pytest.mark.parametrize("variant,layers,exact,paper_millions", [
+    ("text8", 12, 41_119_488, 41), ("enwik8", 12, 41_119_488, 41),
+    ("enwik8,large", 30, 102_599_424, 102)])
+def test_paper_configs_have_the_papers_parameter_counts(variant, layers, exact,
+                                                        paper_millions):
+  """The README's exact counts, counted on the abstract model (nothing allocated): every
+  parameter, the relative-position projections W_r and biases u, v included; the
+  paper's 41M / 102M are these truncated to whole millions."""
   config = load_config("char_lm", variant)
   count = param_count(config)
   print(f"char_lm.py:{variant}: {count:,} parameters")
-  assert int(count // 1_000_000) == paper_millions, count
+  assert count == exact == closed_form_count(layers), (count, closed_form_count(layers))
+  with open(README) as f:
+    assert f"{exact:,}" in f.read()
+  assert exact // 1_000_000 == paper_millions
   assert config.model.position_embedding_type == "relative_sinusoidal"
   assert config.model.pre_layer_norm and len(config.phases) == 5
 

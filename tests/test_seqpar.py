@@ -10,6 +10,7 @@ from conftest import run_program
 # training test in test_train.py runs data 2 x sequence 4, symmetric, with scan: the
 # CPU default).
 # The one-device reference runs the scan backend.
+@pytest.mark.slow
 @pytest.mark.parametrize("layout,causal,impl", [("sequence=8", False, "pallas"),
                                                 ("data=2,sequence=4", True, "blocked")])
 def test_sequence_parallel_matches_one_device(layout, causal, impl):
@@ -21,6 +22,7 @@ def test_sequence_parallel_matches_one_device(layout, causal, impl):
     assert r["grad"] <= 1e-5, (layout, r)
 
 
+@pytest.mark.slow
 def test_131k_tokens_split_over_8_devices():
   r = run_program("seqpar_long.py", devices=8)
   assert r["finite"] and r["loss"] > 0, r

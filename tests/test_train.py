@@ -2,9 +2,9 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -35,6 +35,31 @@ def test_golden_one_step(tmp_path):
 
 GOLDEN_LOSS = 2.076249599456787
 GOLDEN_GRAD_NORM = 0.6764810085296631
+
+
+def test_gradient_accumulation_equals_one_large_batch(tmp_path):
+  """accum=2 over micro-batches of unequal weight (3 and 1 real examples of 4) gives
+  the whole batch's mean loss and gradient, not the mean of the two micro-batch means."""
+  import jax
+  from longformer_jax import train
+  batch = None
+  steps = {}
+  for accum in (1, 2):
+    c = tiny_config(tmp_path, train_steps=1, **{"optim.warmup_steps": 0,
+                                                "optim.grad_accum": accum})
+    runner = train.Runner(c, str(tmp_path / f"accum{accum}"))
+    state, _, it = runner.init_or_restore()
+    if batch is None:
+      batch = dict(next(it))
+      batch["weight"] = np.array([1, 1, 1, 0, 1, 0, 0, 0], batch["weight"].dtype)
+    _, step_fn, _ = runner.functions(runner.phases[0])
+    new_state, m = step_fn(state, runner.to_global(batch))
+    steps[accum] = jax.device_get((m["loss"], m["grad_norm"], new_state["params"]))
+  (loss1, norm1, params1), (loss2, norm2, params2) = steps[1], steps[2]
+  np.testing.assert_allclose(loss2, loss1, rtol=1e-6)
+  np.testing.assert_allclose(norm2, norm1, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(params2), jax.tree.leaves(params1)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
 # Layout tests compare 4 steps (one eval, at the end) without periodic checkpoints: a
@@ -89,26 +114,52 @@ def test_two_processes_match_one_device(tmp_path, single_device_losses):
   np.testing.assert_allclose([got[s] for s in single], list(single.values()), atol=1e-5, rtol=0)
 
 
+@pytest.fixture(scope="module")
+def full_run_losses(tmp_path_factory):
+  """Losses of the whole tiny run (20 steps), never interrupted."""
+  root = tmp_path_factory.mktemp("full")
+  return losses(train_in_subprocess(root, "reference"))
+
+
+def run_tiny(tmp_path, name: str, *flags, **overrides) -> subprocess.CompletedProcess:
+  """The tiny run in a fresh process, asynchronous saves (the default) unless told."""
+  overrides = {"async_checkpoints": True, **overrides}
+  return subprocess.run(
+      program_command("train_tiny.py", tmp_path / name, tmp_path / "data",
+                      json.dumps(overrides), *flags),
+      env=program_env(1), capture_output=True, text=True, timeout=600)
+
+
+def resumed_step(stderr: str) -> int:
+  found = re.findall(r"resumed from step (\d+)", stderr)
+  assert len(found) == 1, stderr[-3000:]
+  return int(found[0])
+
+
 @pytest.mark.slow
-def test_sigkill_resume_reproduces_losses(tmp_path):
-  reference = losses(train_in_subprocess(tmp_path, "reference"))
-  workdir = str(tmp_path / "killed")
-  kill_after = int(np.random.default_rng().integers(6, 16))
-  proc = subprocess.Popen(program_command("train_tiny.py", workdir, tmp_path / "data"),
-                          env=program_env(1), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  metrics = os.path.join(workdir, "metrics.jsonl")
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None:
-    if os.path.exists(metrics) and len(losses(workdir)) >= kill_after:
-      proc.send_signal(signal.SIGKILL)
-      break
-    time.sleep(0.05)
-  proc.wait()
-  assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-  assert len(losses(workdir)) < 20
-  train_in_subprocess(tmp_path, "killed")  # resumes from the newest checkpoint
-  assert losses(workdir) == reference  # exact, step for step
+def test_sigkill_during_async_saves_resumes_exactly(tmp_path, full_run_losses):
+  # killed at step 11: the asynchronous save of step 10 may still be in flight
+  killed = run_tiny(tmp_path, "run", "--signal=KILL", "--signal-at-step=11")
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  assert max(losses(tmp_path / "run")) == 11
+  resumed = run_tiny(tmp_path, "run")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert resumed_step(resumed.stderr) in (5, 10)  # the newest complete save
+  assert losses(tmp_path / "run") == full_run_losses  # exact, step for step
+
+
+@pytest.mark.slow
+def test_sigterm_saves_at_the_next_step_and_resumes_there(tmp_path, full_run_losses):
+  # SIGTERM while step 8 runs (step 7 is logged as step 8 computes): save 8, exit 0
+  stopped = run_tiny(tmp_path, "run", "--signal=TERM", "--signal-at-step=7")
+  assert stopped.returncode == 0, stopped.stderr[-3000:]
+  assert "stopped at step 8 on SIGTERM" in stopped.stderr
+  assert "8" in os.listdir(tmp_path / "run" / "checkpoints")
+  assert max(losses(tmp_path / "run")) == 8
+  resumed = run_tiny(tmp_path, "run")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert resumed_step(resumed.stderr) == 8
+  assert losses(tmp_path / "run") == full_run_losses
 
 
 def test_unreadable_checkpoint_is_skipped(tmp_path, caplog):
@@ -209,6 +260,7 @@ def test_mask_tokens_statistics():
   assert (inputs[~targets] == 7).all()
 
 
+@pytest.mark.slow
 def test_mlm_continues_from_an_hf_checkpoint(tmp_path):
   import jax
   import torch
@@ -258,8 +310,11 @@ def test_mlm_continues_from_an_hf_checkpoint(tmp_path):
 
 def test_rerunning_a_finished_run_reports_its_eval(tmp_path):
   from longformer_jax import train
-  c = tiny_config(tmp_path, train_steps=5, eval_every=5, checkpoint_every=5)
+  c = tiny_config(tmp_path, train_steps=5, eval_every=5, checkpoint_every=5,
+                  eval_without_global=True)  # the README's ablation, off in the tiny config
   first = train.train_and_evaluate(c, str(tmp_path / "run"))
   again = train.train_and_evaluate(c, str(tmp_path / "run"))
   assert again["eval_accuracy"] == first["eval_accuracy"]
+  assert again["eval_no_global_loss"] == first["eval_no_global_loss"]
+  assert first["eval_no_global_loss"] != first["eval_loss"]  # the global tokens were dropped
   assert len(losses(str(tmp_path / "run"))) == 5  # nothing retrained or logged twice
