@@ -10,7 +10,7 @@ the same documents, the long-document tagging problem people bring to the model:
 
 Examples are whole documents (``-DOCSTART-`` / ``#begin document`` lines), cut into
 4,096-token windows overlapping by 512; each word is labelled on its first
-sub-word. ``eval_entity_f1`` is conlleval's entity F1 (percent). Settings (ours,
+sub-word. ``eval_entity_f1`` is conlleval's entity F1 (a fraction). Settings (ours,
 not the paper's): 10 epochs of the 2,802 training documents at batch 32, LR 3e-5,
 warm-up 10%, global attention on <s>. ``:tiny`` is a 2-step random-init run.
 """

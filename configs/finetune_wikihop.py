@@ -10,7 +10,7 @@ Data: QAngaroo WikiHop's ``train.json`` / ``dev.json``:
 
 The query and the candidates lead the input with global attention; each candidate
 is scored on its first sub-word, and scores are averaged over the windows of an
-example's documents (``eval_accuracy``, percent). Paper settings: 15 epochs of the
+example's documents (``eval_accuracy``, a fraction). Paper settings: 15 epochs of the
 43,738 training questions at batch 32, LR 3e-5, 200 warm-up steps, 4,096 tokens.
 ``:tiny`` is a 2-step random-init run.
 """

@@ -19,6 +19,29 @@ if ROOT not in sys.path:
 JIT_CACHE = os.path.join(tempfile.gettempdir(), "longformer_jax_test_jit_cache")
 
 
+# ---- the rotating share of sampled sweeps -----------------------------------------
+# A sweep too long for every run (test_attention.py's oracle cases) runs a sample that
+# covers each feature, plus one of ROTATION_SHARES shares of the rest: the share of the
+# day, or LONGFORMER_JAX_TEST_ROTATION=K to rerun share K. The header names it.
+ROTATION_SHARES = 8
+ROTATION_ENV = "LONGFORMER_JAX_TEST_ROTATION"
+
+
+def oracle_rotation() -> int:
+  import datetime
+  return int(os.environ.get(ROTATION_ENV, datetime.date.today().toordinal())) % ROTATION_SHARES
+
+
+def pytest_configure(config):
+  os.environ.setdefault(ROTATION_ENV, str(oracle_rotation()))  # workers use the same share
+
+
+def pytest_terminal_summary(terminalreporter):
+  terminalreporter.write_line(
+      f"attention oracle sweep: rotating share {oracle_rotation()} of {ROTATION_SHARES} "
+      f"(rerun it with {ROTATION_ENV}={oracle_rotation()})")
+
+
 # ---- configs and runs -------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import WORDS, batch, save_hf, tiny_run
+from test_finetune import assert_same_eval, evaluated_predictions
 from longformer_jax import data as data_lib
 from longformer_jax import tasks, tokenization
 from longformer_jax.tasks import candidate_selection as cs_lib
@@ -46,7 +47,7 @@ def test_scores_are_averaged_over_windows():
   scores, records = task.score(rows, examples)
   # a: mean (-0.5, 0.25) -> y (right); b: the weight-0 row is padding -> v (wrong)
   assert [r["prediction"] for r in records] == ["y", "v"]
-  assert scores["accuracy"] == 50.0
+  assert scores["accuracy"] == 0.5  # a fraction, as scikit-learn's accuracy_score
 
 
 def wikihop_file(path, n, seed=0):
@@ -107,4 +108,17 @@ def test_finetune_wikihop_tiny_trains_and_evaluates(tmp_path, tokenizer_dir):
   files = dict(train=wikihop_file(tmp_path / "train.json", 6),
                validation=wikihop_file(tmp_path / "dev.json", 3, seed=1))
   out = tiny_run(tmp_path, "finetune_wikihop", tokenizer_dir, files)
-  assert np.isfinite(out["loss"]) and 0 <= out["eval_accuracy"] <= 100
+  assert np.isfinite(out["loss"])
+  metrics, records = evaluated_predictions(tmp_path / "finetune_wikihop")
+  assert_same_eval(out, metrics)
+  from sklearn.metrics import accuracy_score
+  with open(files["validation"]) as f:
+    questions = {q["id"]: q for q in json.load(f)}
+  assert sorted(r["id"] for r in records) == sorted(questions)
+  for r in records:
+    assert r["gold"] == questions[r["id"]]["answer"]
+    assert r["prediction"] in questions[r["id"]]["candidates"]
+  want = accuracy_score([questions[r["id"]]["answer"] for r in records],
+                        [r["prediction"] for r in records])
+  assert 0 <= out["eval_accuracy"] <= 1
+  np.testing.assert_allclose(out["eval_accuracy"], want, rtol=0, atol=1e-6)

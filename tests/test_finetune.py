@@ -153,11 +153,53 @@ def test_missing_files_name_the_field(tmp_path, tokenizer_dir):
 # ---- the configs ----------------------------------------------------------------------
 
 
+def evaluated_predictions(workdir, split="validation"):
+  """(metrics, predictions) of re-evaluating a run's last checkpoint on ``split`` with
+  the config the run recorded; the predictions are the records of the file it writes."""
+  import ml_collections
+  from longformer_jax import train
+  with open(os.path.join(workdir, "experiment.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  metrics = train.evaluate(config, str(workdir), split)
+  with open(os.path.join(workdir, f"predictions-{split}.jsonl")) as f:
+    return metrics, [json.loads(line) for line in f]
+
+
+def assert_same_eval(loop_metrics, metrics):
+  """The run's last eval metrics equal a re-evaluation of its last checkpoint."""
+  assert metrics and metrics == {k: loop_metrics[k] for k in metrics}
+
+
+def assert_classification_scores(metrics, records, gold_of_id):
+  """Accuracy and F1 (fractions) equal scikit-learn's on the predictions, whose golds
+  are the generated labels (``gold_of_id``: id -> label)."""
+  from sklearn.metrics import accuracy_score, f1_score
+  assert records and all(r["gold"] == gold_of_id[r["id"]] for r in records)
+  gold = [gold_of_id[r["id"]] for r in records]
+  predicted = [r["prediction"] for r in records]
+  reference = {
+      "eval_accuracy": accuracy_score(gold, predicted),
+      "eval_f1": f1_score(gold, predicted, pos_label=1, zero_division=0),
+      "eval_macro_f1": f1_score(gold, predicted, labels=[0, 1], average="macro",
+                                zero_division=0)}
+  for name, want in reference.items():
+    assert 0 <= metrics[name] <= 1, name
+    np.testing.assert_allclose(metrics[name], want, rtol=0, atol=1e-6, err_msg=name)
+
+
 def test_finetune_hyperpartisan_tiny_trains_and_evaluates(tmp_path, tokenizer_dir):
-  articles, truth = write_semeval(tmp_path, documents(60))
+  docs = documents(60)
+  articles, truth = write_semeval(tmp_path, docs)
   out = tiny_run(tmp_path, "finetune_hyperpartisan", tokenizer_dir,
                  dict(train=articles, labels=truth))
-  assert np.isfinite(out["loss"]) and 0 <= out["eval_f1"] <= 1
+  assert np.isfinite(out["loss"])
+  metrics, records = evaluated_predictions(tmp_path / "finetune_hyperpartisan")
+  assert_same_eval(out, metrics)
+  from longformer_jax.data import documents as docs_lib
+  validation = {i for i, _, _ in docs if docs_lib.split_of_id(i, (0.8, 0.1, 0.1), 0)
+                == "validation"}
+  assert sorted(r["id"] for r in records) == sorted(validation)
+  assert_classification_scores(out, records, {i: label for i, _, label in docs})
 
 
 # ---- a new user's path: HF directory + JSONL -> fine-tuned, predictions, HF export --------
@@ -190,9 +232,8 @@ def test_hf_directory_and_jsonl_to_predictions_and_export(tmp_path, tokenizer_di
   with open(os.path.join(workdir, "predictions-validation.jsonl")) as f:
     records = [json.loads(line) for line in f]
   assert [r["id"] for r in records] == [d[0] for d in dev]
-  assert [r["gold"] for r in records] == [d[2] for d in dev]
-  accuracy = np.mean([r["prediction"] == r["gold"] for r in records])
-  np.testing.assert_allclose(accuracy, metrics["eval_accuracy"], atol=1e-6)
+  assert_same_eval(trained, metrics)
+  assert_classification_scores(trained, records, {i: label for i, _, label in dev})
 
   out = tmp_path / "export"
   convert.main(["to-hf", workdir, str(out)])

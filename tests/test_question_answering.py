@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import PAD, SEP, WORDS, qa_batch, save_hf, tiny_run
+from test_finetune import assert_same_eval, evaluated_predictions
 from longformer_jax import data as data_lib
 from longformer_jax import model as model_lib
 from longformer_jax import tasks
@@ -186,11 +187,32 @@ def test_bad_answer_start_is_named_and_nothing_is_left(tmp_path, tokenizer_dir):
 
 
 def test_finetune_triviaqa_tiny_trains_and_evaluates(tmp_path, tokenizer_dir):
+  dev = generated_questions(3, seed=1)
   files = dict(train=squad_file(tmp_path / "train.json", generated_questions(6)),
-               validation=squad_file(tmp_path / "dev.json", generated_questions(3, seed=1)))
+               validation=squad_file(tmp_path / "dev.json", dev))
   out = tiny_run(tmp_path, "finetune_triviaqa", tokenizer_dir, files)
   assert np.isfinite(out["loss"]) and np.isfinite(out["eval_loss"])
-  assert 0 <= out["eval_exact_match"] <= 100 and 0 <= out["eval_f1"] <= 100
+  # every alias is a gold answer (squad_file names question k "qk")
+  answers = {f"q{k}": [t for t, _ in golds] + aliases
+             for k, (_, _, golds, aliases) in enumerate(dev)}
+  assert_squad_scores(tmp_path / "finetune_triviaqa", out, answers)
+
+
+def assert_squad_scores(workdir, loop_metrics, answers):
+  """The run's EM and F1 (percent) equal torchmetrics' SQuAD on the predictions file
+  of its last checkpoint against the generated ``answers`` (id -> gold texts)."""
+  from torchmetrics.functional.text import squad
+  metrics, records = evaluated_predictions(workdir)
+  assert_same_eval(loop_metrics, metrics)
+  assert sorted(r["id"] for r in records) == sorted(answers)
+  assert all(sorted(r["gold"]) == sorted(answers[r["id"]]) for r in records)
+  want = squad([{"id": r["id"], "prediction_text": r["prediction"]} for r in records],
+               [{"id": qid, "answers": {"text": texts, "answer_start": [-1] * len(texts)}}
+                for qid, texts in answers.items()])
+  for name in ("exact_match", "f1"):
+    got = loop_metrics[f"eval_{name}"]
+    assert 0 <= got <= 100, name
+    np.testing.assert_allclose(got, float(want[name]), rtol=1e-6, atol=1e-6, err_msg=name)
 
 
 def hotpot_file(path, n, seed=0):
@@ -224,7 +246,10 @@ def test_finetune_hotpotqa_tiny_trains_and_evaluates(tmp_path, tokenizer_dir):
   files = dict(train=hotpot_file(tmp_path / "train.json", 6),
                validation=hotpot_file(tmp_path / "dev.json", 3, seed=1))
   out = tiny_run(tmp_path, "finetune_hotpotqa", tokenizer_dir, files)
-  assert np.isfinite(out["loss"]) and 0 <= out["eval_f1"] <= 100
+  assert np.isfinite(out["loss"])
+  with open(files["validation"]) as f:
+    answers = {q["_id"]: [q["answer"]] for q in json.load(f)}
+  assert_squad_scores(tmp_path / "finetune_hotpotqa", out, answers)
 
 
 def test_answers_are_found_as_whole_words_and_zero_overlap_is_kept():

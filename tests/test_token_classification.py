@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import WORDS, batch, save_hf, tiny_run
+from test_finetune import assert_same_eval, evaluated_predictions
 from longformer_jax import data as data_lib
 from longformer_jax import tasks, tokenization
 from longformer_jax.data import conll
@@ -107,7 +108,7 @@ def test_scoring_gold_predictions_over_windows_gives_full_f1(tmp_path, tokenizer
               example_index=b["example_index"], weight=b["weight"])
   source = data_lib.stored_examples(cfg, "train")
   scores, records = task.score(rows, source)
-  assert scores["entity_f1"] == 100.0 and len(records) == 2
+  assert scores["entity_f1"] == 1.0 and len(records) == 2  # fractions, as seqeval's
   assert records[0]["prediction"] == [t for s in docs[0] for _, t in s]
   rows["prediction"] = np.zeros_like(rows["prediction"])  # all O: nothing found
   assert task.score(rows, source)[0]["entity_recall"] == 0.0
@@ -121,8 +122,32 @@ def test_bad_tag_is_named(tmp_path, tokenizer_dir):
 
 
 def test_finetune_ontonotes_tiny_trains_and_evaluates(tmp_path, tokenizer_dir):
+  dev = conll_documents(2, seed=1)
   files = dict(train=write_conll(tmp_path / "train.conll", conll_documents(4)),
-               validation=write_conll(tmp_path / "dev.conll", conll_documents(2, seed=1)))
+               validation=write_conll(tmp_path / "dev.conll", dev))
   out = tiny_run(tmp_path, "finetune_ontonotes", tokenizer_dir, files)
-  assert np.isfinite(out["loss"]) and 0 <= out["eval_accuracy"] <= 1
-  assert 0 <= out["eval_entity_f1"] <= 100
+  assert np.isfinite(out["loss"])
+  metrics, records = evaluated_predictions(tmp_path / "finetune_ontonotes")
+  assert_same_eval(out, metrics)
+  # documents are named FILE:K in file order; the predictions are cut into the
+  # generated sentences, where entities end
+  doc_of_id = {f"dev.conll:{k + 1}": doc for k, doc in enumerate(dev)}
+  assert sorted(r["id"] for r in records) == sorted(doc_of_id)
+  gold, predicted = [], []
+  for r in records:
+    doc = doc_of_id[r["id"]]
+    assert r["gold"] == [t for s in doc for _, t in s]
+    assert len(r["prediction"]) == len(r["gold"])
+    tags = iter(r["prediction"])
+    gold += [[t for _, t in s] for s in doc]
+    predicted += [[next(tags) for _ in s] for s in doc]
+  from seqeval import metrics as seqeval_metrics
+  from sklearn.metrics import accuracy_score
+  reference = {
+      "eval_accuracy": accuracy_score(sum(gold, []), sum(predicted, [])),
+      "eval_entity_f1": seqeval_metrics.f1_score(gold, predicted),
+      "eval_entity_precision": seqeval_metrics.precision_score(gold, predicted),
+      "eval_entity_recall": seqeval_metrics.recall_score(gold, predicted)}
+  for name, want in reference.items():
+    assert 0 <= out[name] <= 1, name
+    np.testing.assert_allclose(out[name], want, rtol=0, atol=1e-6, err_msg=name)

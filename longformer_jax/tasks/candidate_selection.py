@@ -141,8 +141,8 @@ class CandidateSelection(base.Task):
     return sums, base.eval_rows(batch, scores=scores_BxK)
 
   def score(self, rows: dict, examples) -> tuple[dict, list[dict]]:
-    """Scores averaged over each example's windows -> ``accuracy`` (percent of
-    examples) and predictions by candidate text."""
+    """Scores averaged over each example's windows -> ``accuracy`` (the fraction of
+    examples answered right) and predictions by candidate text."""
     totals: dict[int, list] = {}
     for e, scores in base.live_rows(rows, "scores"):
       acc = totals.setdefault(e, [0.0, 0])
@@ -156,4 +156,4 @@ class CandidateSelection(base.Task):
       right += pred == int(ex["label"])
       records.append({"id": base.text(ex["id"]), "prediction": names[pred],
                       "gold": names[int(ex["label"])]})
-    return {"accuracy": 100.0 * right / max(len(totals), 1)}, records
+    return {"accuracy": right / max(len(totals), 1)}, records

@@ -11,8 +11,8 @@ trained on and predicted exactly once; other positions carry -100 (ignored, the
 reference's convention).
 
 Metrics: ``loss``, token ``accuracy`` over labelled tokens and, from the
-per-example rows, entity-level ``precision`` / ``recall`` / ``f1`` (conlleval's
-definition, per sentence).
+per-example rows, ``entity_precision`` / ``entity_recall`` / ``entity_f1``
+(conlleval's definition, per sentence), all fractions in [0, 1] as seqeval's.
 
 Batch: ``input_ids``, ``attention_mask``, ``global_attention_mask``, ``labels``,
 ``word_index`` (B, L) int32 (-1 where no word is labelled); ``example_index``,
@@ -130,4 +130,4 @@ class TokenClassification(base.Task):
       records.append({"id": qid, "prediction": pred, "gold": gold})
     scores = eval_metrics.entity_f1([list(s) for s in pred_sentences],
                                     [list(s) for s in gold_sentences])
-    return {f"entity_{k}": 100.0 * v for k, v in scores.items()}, records
+    return {f"entity_{k}": v for k, v in scores.items()}, records
