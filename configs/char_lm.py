@@ -36,8 +36,9 @@ The zip is downloaded to ``data.path`` when it is missing and a network exists.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
-from longformer_jax.train import run_config
+from longformer_jax.recipes import run_config
 
 PHASE_SHAPES = (  # (seq_len, lr, batch, window_scale), paper Table 12
     (2048, 2.5e-4, 32, 1), (4096, 1.25e-4, 32, 2), (8192, 6.25e-5, 16, 4),
@@ -156,7 +157,7 @@ def get_config(variant: str = "text8") -> ml_collections.ConfigDict:
   c.phases = tuple(dict(seq_len=s, lr=lr, batch_size=b, steps=n, window_scale=w)
                    for s, lr, b, n, w in phases)
   c.seq_len, c.batch_size, c.train_steps = phases[0][0], phases[0][2], phases[0][3]
-  c.optim = dict(lr=phases[0][1], warmup_steps=None, warmup_frac=0.1,
+  c.optim = dict(lr=phases[0][1], warmup_steps=placeholder(int), warmup_frac=0.1,
                  max_warmup_steps=10_000, schedule="constant", weight_decay=0.01,
                  clip_norm=0.25, b1=0.9, b2=0.98, eps=1e-6, grad_accum=1)
   return c

@@ -14,7 +14,7 @@ Variants: ``:no_global`` trains with global attention off (the ablation);
 
 import ml_collections
 
-from longformer_jax.train import run_config
+from longformer_jax.recipes import run_config
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

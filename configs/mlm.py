@@ -15,8 +15,9 @@ checkpoint), in minutes: ``--config.data.path=FILE.txt``.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
-from longformer_jax.train import run_config
+from longformer_jax.recipes import run_config
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -38,8 +39,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # Byte tokens use ids 0..255; 256 is <mask>. RoBERTa's <mask> is 50264.
   c.mlm = dict(rate=0.15, mask_token_id=256 if cpu else 50264)
   c.data = dict(name="text_corpus", data_dir="/tmp/longformer_jax_data", path="",
-                tokenizer="" if cpu else None, format=None, text_field="text",
-                validation_fraction=0.05)
+                tokenizer="" if cpu else placeholder(str), format=placeholder(str),
+                text_field="text", validation_fraction=0.05)
   c.seq_len = 512 if cpu else 4096
   c.batch_size = 8 if cpu else 64
   c.train_steps = 300 if cpu else 65_000

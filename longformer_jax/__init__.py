@@ -1,4 +1,14 @@
-"""Longformer (Beltagy, Peters, Cohan 2020) in JAX / Flax nnx."""
+"""Longformer (Beltagy, Peters, Cohan 2020) in JAX / Flax nnx.
+
+The public names load on first use (``lj.from_hf``), and the package imports no
+JAX until a module that needs it: the config builders (``recipes``) import
+ml_collections only, so reading ``configs/*.py`` stays light.
+"""
+
+import importlib
+import importlib.machinery
+import importlib.util
+import sys
 
 
 def _skip_absent_tpu() -> None:
@@ -30,15 +40,51 @@ def _skip_absent_tpu() -> None:
       lambda record: "backend 'tpu'" not in record.getMessage())
 
 
-_skip_absent_tpu()
+# Modules that import no JAX: importing them leaves the TPU backend alone.
+_JAX_FREE = frozenset({"recipes"})
 
-from longformer_jax.config import LongformerConfig
-from longformer_jax.convert import from_hf, load_native, save_native, to_hf
-from longformer_jax.model import (TASKS, LongformerForMaskedLM, LongformerForMultipleChoice,
-                                  LongformerForQuestionAnswering,
-                                  LongformerForSequenceClassification,
-                                  LongformerForTokenClassification, LongformerModel,
-                                  create_model)
+
+class _SkipAbsentTpuFirst:
+  """Runs :func:`_skip_absent_tpu` before any JAX backend can start: right after JAX
+  itself is imported (whoever imports it), or before the first module of this package
+  that uses JAX. A meta path finder: it finds only JAX (to run the guard after it)."""
+
+  done = False
+
+  def find_spec(self, name, path=None, target=None):
+    if self.done:
+      return None
+    if name.startswith(__name__ + ".") and name.split(".")[1] not in _JAX_FREE:
+      type(self).done = True
+      _skip_absent_tpu()
+    elif name == "jax":
+      type(self).done = True
+      spec = importlib.machinery.PathFinder.find_spec(name, path)
+      if spec is not None and spec.loader is not None:
+        run_jax = spec.loader.exec_module
+
+        def run_jax_then_skip(module):
+          run_jax(module)
+          _skip_absent_tpu()
+        spec.loader.exec_module = run_jax_then_skip
+        return spec
+    return None
+
+
+if "jax" in sys.modules:
+  _skip_absent_tpu()
+else:
+  sys.meta_path.insert(0, _SkipAbsentTpuFirst())
+
+_LAZY = {
+    "LongformerConfig": "config", "from_hf": "longformer_convert",
+    "load_native": "longformer_convert", "save_native": "longformer_convert",
+    "to_hf": "longformer_convert", "TASKS": "model",
+    "LongformerForMaskedLM": "model", "LongformerForMultipleChoice": "model",
+    "LongformerForQuestionAnswering": "model", "LongformerForSequenceClassification": "model",
+    "LongformerForTokenClassification": "model", "LongformerModel": "model",
+    "create_model": "model",
+}
 
 __all__ = [
     "LongformerConfig", "LongformerModel", "LongformerForMaskedLM",
@@ -46,3 +92,19 @@ __all__ = [
     "LongformerForQuestionAnswering", "LongformerForMultipleChoice", "TASKS", "create_model",
     "from_hf", "to_hf", "save_native", "load_native",
 ]
+
+
+def __getattr__(name):
+  """A public name (``lj.from_hf``) or a submodule (``lj.convert``), imported on first use."""
+  if name in _LAZY:
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+  elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
+    value = importlib.import_module(f"{__name__}.{name}")
+  else:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  globals()[name] = value
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(__all__))

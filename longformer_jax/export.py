@@ -34,6 +34,7 @@ from jax import export as jax_export
 
 from longformer_jax import attention, attention_global
 from longformer_jax import inputs as inputs_lib
+from longformer_jax import longformer_convert
 
 # Pallas on GPU lowers to Triton calls, which jax.export does not promise to keep
 # loadable across versions; the artifact is still valid for this jaxlib.
@@ -118,7 +119,6 @@ def load(path: str | os.PathLike) -> ExportedModel:
 
 
 def main(argv=None) -> None:
-  from longformer_jax import convert
   p = argparse.ArgumentParser(prog="python -m longformer_jax.export",
                               description="HF Longformer checkpoint -> a serialised "
                               "jax.export artifact of its forward")
@@ -133,7 +133,7 @@ def main(argv=None) -> None:
   overrides = dict(attention_impl=args.attention_impl)
   if args.max_global_tokens is not None:
     overrides["max_global_tokens"] = args.max_global_tokens
-  model = convert.from_hf(args.checkpoint, args.task, **overrides)
+  model = longformer_convert.from_hf(args.checkpoint, args.task, **overrides)
   exported = export_model(model, seq_len=args.seq_len, batch=args.batch,
                           platforms=args.platforms.split(","))
   save(exported, args.out)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+from longformer_jax import led, led_convert, longformer_convert, model
 from longformer_jax.config import LongformerConfig
 from longformer_jax.led_config import LEDConfig
 
@@ -37,17 +38,15 @@ class Family:
 
 
 def _longformer() -> Family:
-  from longformer_jax import convert, model
   return Family(
-      "longformer", LongformerConfig, model.create_model, convert.hf_param_values,
-      convert.to_hf,
+      "longformer", LongformerConfig, model.create_model, longformer_convert.hf_param_values,
+      longformer_convert.to_hf,
       lambda cfg: None if cfg.relative_positions else (
           cfg.max_position_embeddings - cfg.pad_token_id - 1),
       "num_hidden_layers", "max_position_embeddings")
 
 
 def _led() -> Family:
-  from longformer_jax import led, led_convert
   return Family("led", LEDConfig, led.create_model, led_convert.hf_param_values,
                 led_convert.to_hf, lambda cfg: cfg.max_encoder_position_embeddings,
                 "encoder_layers", "max_encoder_position_embeddings")

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from longformer_jax import inputs as inputs_lib
+
 _NEG = -jnp.inf
 
 
@@ -288,7 +290,6 @@ def generate(model, input_ids, attention_mask=None, global_attention_mask=None, 
   gen = settings(model, **overrides)
   if gen.do_sample and key is None:
     raise ValueError("do_sample=True needs an explicit key (jax.random.key(...))")
-  from longformer_jax import inputs as inputs_lib
   ids = jnp.asarray(input_ids, jnp.int32)
   mask = jnp.ones_like(ids) if attention_mask is None else jnp.asarray(attention_mask)
   gmask = (jnp.zeros_like(ids).at[:, 0].set(1) if global_attention_mask is None

@@ -2,7 +2,7 @@
 
 Post-LN and RoBERTa-shaped by default: attribute names follow the reference
 checkpoints' module tree so that conversion is a mechanical renaming (see
-``convert.py``). ``pre_layer_norm`` and relative positions give the paper's
+``longformer_convert.py``). ``pre_layer_norm`` and relative positions give the paper's
 character LM instead (:class:`PreLNLayer`, ``relative_position.py``).
 """
 

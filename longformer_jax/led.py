@@ -25,6 +25,7 @@ from flax import nnx
 from flax import struct
 
 from longformer_jax import attention as attn
+from longformer_jax import generation
 from longformer_jax import inputs as inputs_lib
 from longformer_jax import layers
 from longformer_jax import outputs as out_lib
@@ -279,7 +280,6 @@ class LEDForConditionalGeneration(nnx.Module):
   def generate(self, input_ids, attention_mask=None, global_attention_mask=None, **kwargs):
     """Token ids (B, max_length): ``generation.generate`` on this model, HF's
     ``model.generate`` arguments (``max_length``, ``num_beams``, ``key`` to sample...)."""
-    from longformer_jax import generation
     return generation.generate(self, input_ids, attention_mask, global_attention_mask,
                                **kwargs)
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from longformer_jax import convert
+from longformer_jax import generation, hf_io
 from longformer_jax import led as led_lib
 from longformer_jax.led_config import LEDConfig
 
@@ -140,9 +140,8 @@ def from_hf(path: str | os.PathLike, task: str | None = None, **config_overrides
     d = json.load(f)
   cfg = LEDConfig.from_hf_dict(d, **config_overrides)
   model = led_lib.create_model(cfg, task or task_of_architectures(d))
-  load_hf_weights(model, convert.load_state_dict(path))
+  load_hf_weights(model, hf_io.load_state_dict(path))
   if os.path.exists(os.path.join(path, "generation_config.json")):
-    from longformer_jax import generation
     model.generation_config = generation.GenerationConfig.of_checkpoint(path)
   model.eval()
   return model
@@ -150,16 +149,10 @@ def from_hf(path: str | os.PathLike, task: str | None = None, **config_overrides
 
 def to_hf(model, path: str | os.PathLike) -> None:
   """``config.json`` + ``model.safetensors`` that transformers' LED loads."""
-  from safetensors.numpy import save_file
   path = os.fspath(path)
-  os.makedirs(path, exist_ok=True)
   arch = next(name for cls, name in led_lib.TASKS.values() if type(model) is cls)
-  with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump(model.config.to_hf_dict([arch]), f, indent=2, sort_keys=True)
-  save_file(hf_state_dict(model), os.path.join(path, "model.safetensors"),
-            metadata={"format": "pt"})
+  hf_io.save_weights(path, model.config.to_hf_dict([arch]), hf_state_dict(model))
   if getattr(model, "generation_config", None) is not None:  # HF's generation_config.json
-    from longformer_jax import generation
     gen = generation.default_config(model)
     with open(os.path.join(path, "generation_config.json"), "w") as f:
       json.dump({k: v for k, v in dataclasses.asdict(gen).items() if v is not None}, f,
@@ -211,7 +204,7 @@ def bart_to_led(src: str | os.PathLike, dst: str | os.PathLike, *,
                   max_decoder_position_embeddings=positions,
                   attention_window=(attention_window,) * d["encoder_layers"])
   sd = {}
-  for key, value in convert.load_state_dict(src).items():
+  for key, value in hf_io.load_state_dict(src).items():
     for led_key in _bart_key_to_led(key):
       sd[led_key] = value
   for side, rows in (("encoder", max_encoder_positions), ("decoder", positions)):

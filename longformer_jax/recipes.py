@@ -1,11 +1,17 @@
-"""Config builders shared by the experiment files (``configs/finetune_*.py``).
+"""Config builders shared by the experiment files (``configs/*.py``).
 
-:func:`finetune_config` holds the paper's fine-tuning setup (section 6, appendix
-D): start from a pretrained Longformer directory (``init_from_hf``, whose tokenizer
-is also the data's unless ``data.tokenizer`` is set), AdamW, linear decay after a
-warm-up, sequences of 4,096. :func:`tiny_finetune` shrinks one to a random-init
-model that runs in seconds (the ``:tiny`` variants the tests run on generated
-files in the real formats).
+This module imports ml_collections and absl flags only: reading a config imports
+neither JAX nor the training library.
+
+:func:`run_config` holds the run fields every config shares. :func:`finetune_config`
+holds the paper's fine-tuning setup (section 6, appendix D): start from a pretrained
+Longformer directory (``init_from_hf``, whose tokenizer is also the data's unless
+``data.tokenizer`` is set), AdamW, linear decay after a warm-up, sequences of 4,096.
+:func:`tiny_finetune` shrinks one to a random-init model that runs in seconds (the
+``:tiny`` variants the tests run on generated files in the real formats).
+
+A field whose default is None is a typed placeholder (None until set), so that
+``--config.KEY=VALUE`` can set it; list fields are set like tuples (``1,2``).
 """
 
 from __future__ import annotations
@@ -13,10 +19,52 @@ from __future__ import annotations
 import math
 
 import ml_collections
-
-from longformer_jax.train import run_config
+from ml_collections import config_flags
+from ml_collections.config_dict import placeholder
+from ml_collections.config_flags import tuple_parser
 
 PAPER_CHECKPOINT = "/tmp/longformer-base-4096"  # an HF Longformer directory
+
+
+class ListParser(tuple_parser.TupleParser):
+  """``--config.KEY=1,2`` (or ``'[1, 2]'``, or repeated) for a list field, as for tuples."""
+
+  def parse(self, argument):
+    return argument if isinstance(argument, list) else list(super().parse(argument))
+
+  def flag_type(self):
+    return "list"
+
+
+# ml_collections overrides tuples but not lists (e.g. char_lm's per-layer windows).
+config_flags.register_flag_parser_for_type(list, ListParser())
+
+
+def optional(value, field_type: type):
+  """``value``, or when None a placeholder of ``field_type``: None that the command line
+  can set (``--config.KEY=...`` needs a field's type)."""
+  return placeholder(field_type) if value is None else value
+
+
+def run_config(**overrides) -> ml_collections.ConfigDict:
+  """The run fields every experiment config shares (mesh, logging, eval, checkpoints).
+
+  Configs start from this and add ``task``, ``model``, ``data``, ``optim`` and the
+  phase fields (``seq_len``, ``batch_size``, ``train_steps`` or ``phases``).
+  """
+  c = ml_collections.ConfigDict(dict(
+      seed=0, phases=(), init_from_hf="",
+      mesh=dict(data=-1, fsdp=1, tensor=1, sequence=1),
+      # None: longformer_jax.sharding.DEFAULT_RULES; else (logical, mesh axes) pairs
+      sharding_rules=placeholder(tuple),
+      log_every=100, eval_every=1000, eval_split="validation",
+      eval_batches=0,  # 0: the whole split
+      eval_without_global=False, checkpoint_every=1000, keep_checkpoints=3,
+      async_checkpoints=True,
+      distributed=dict(enabled=False, coordinator_address=placeholder(str),
+                       num_processes=placeholder(int), process_id=placeholder(int))))
+  c.update(overrides)
+  return c
 
 
 def steps_for(epochs: float, train_examples: int, batch_size: int) -> int:
@@ -36,11 +84,11 @@ def finetune_config(task: str, data: dict, *, train_steps: int, lr: float = 3e-5
                  max_global_tokens=max_global_tokens, dtype="bfloat16", remat="matmuls",
                  block_size=128, attention_impl="auto")
   # tokenizer None: the one in the init_from_hf directory
-  c.data = dict(data_dir="/tmp/longformer_jax_data", tokenizer=None, **data)
+  c.data = dict(data_dir="/tmp/longformer_jax_data", tokenizer=placeholder(str), **data)
   c.seq_len = seq_len
   c.batch_size = batch_size
   c.train_steps = train_steps
-  c.optim = dict(lr=lr, warmup_steps=warmup_steps, warmup_frac=warmup_frac,
+  c.optim = dict(lr=lr, warmup_steps=optional(warmup_steps, int), warmup_frac=warmup_frac,
                  schedule="linear", end_lr_frac=0.0, weight_decay=0.01, clip_norm=1.0,
                  b1=0.9, b2=0.999, eps=1e-6, grad_accum=1)
   return c

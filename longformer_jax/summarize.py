@@ -25,7 +25,11 @@ import sys
 
 import numpy as np
 
+from longformer_jax import longformer_convert, tokenization
+from longformer_jax import workdir as workdir_lib
 from longformer_jax.data import documents
+from longformer_jax.tasks.seq2seq import generated_tokens
+from longformer_jax.train import write_jsonl_atomic
 
 _GENERATION_FLAGS = {"num_beams": int, "max_length": int, "min_length": int,
                      "length_penalty": float, "no_repeat_ngram_size": int}
@@ -33,12 +37,11 @@ _GENERATION_FLAGS = {"num_beams": int, "max_length": int, "min_length": int,
 
 def load_model(path: str):
   """(LED model in eval mode, tokenizer) of a workdir or an HF LED directory."""
-  from longformer_jax import convert, tokenization, workdir as workdir_lib
   if workdir_lib.is_workdir(path):
     model, info = workdir_lib.trained_model(path)
     tokenizer = info.get("tokenizer")
   else:
-    model = convert.from_hf(path)
+    model = longformer_convert.from_hf(path)
     tokenizer = path
   if not hasattr(model, "generate"):
     raise ValueError(f"{path} holds a {type(model).__name__}, not an LED for generation")
@@ -79,7 +82,6 @@ def encode_batch(texts: list[str], tok, max_input_length: int) -> tuple[np.ndarr
 def summarize(model, tok, texts: list[str], *, batch_size: int = 4,
               max_input_length: int | None = None, progress=None, **generation) -> list[str]:
   """The summaries of ``texts``; ``generation`` overrides the model's settings."""
-  from longformer_jax.tasks.seq2seq import generated_tokens
   limit = max_input_length or model.config.max_encoder_position_embeddings
   out = []
   for start in range(0, len(texts), batch_size):
@@ -109,7 +111,6 @@ def main(argv=None) -> None:
   args = p.parse_args(argv)
   model, tok = load_model(args.model)
   if args.tokenizer:
-    from longformer_jax import tokenization
     tok = tokenization.load_tokenizer(args.tokenizer)
   docs = read_documents(args.input, args.text_field, args.id_field)
   overrides = {k: getattr(args, k) for k in _GENERATION_FLAGS if getattr(args, k) is not None}
@@ -120,7 +121,6 @@ def main(argv=None) -> None:
     for (doc_id, _), summary in zip(docs, summaries):
       print(summary if len(docs) == 1 else json.dumps({"id": doc_id, "summary": summary}))
     return
-  from longformer_jax.train import write_jsonl_atomic
   write_jsonl_atomic(args.output, [{"id": d, "summary": s} for (d, _), s in zip(docs, summaries)])
 
 

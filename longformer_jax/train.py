@@ -18,20 +18,21 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from longformer_jax import attention, attention_pallas
 from longformer_jax import checkpoint as ckpt_lib
 from longformer_jax import compile_options
 from longformer_jax import data as data_lib
-from longformer_jax import families
+from longformer_jax import families, hf_io
 from longformer_jax import metrics as metrics_lib
-from longformer_jax import optim, tasks
+from longformer_jax import optim, run_files, tasks
 from longformer_jax import sharding as sh
-from longformer_jax import workdir as workdir_lib
+from longformer_jax.data.pipeline import data_config
+from longformer_jax.recipes import run_config  # noqa: F401 (configs' shared fields)
 
 log = logging.getLogger("longformer_jax")
 
@@ -48,26 +49,6 @@ class Phase:
   batch_size: int
   window_scale: float = 1.0
   warmup_steps: int | None = None  # None: optim.warmup_frac of the phase, capped
-
-
-def run_config(**overrides) -> ml_collections.ConfigDict:
-  """The run fields every experiment config shares (mesh, logging, eval, checkpoints).
-
-  Configs start from this and add ``task``, ``model``, ``data``, ``optim`` and the
-  phase fields (``seq_len``, ``batch_size``, ``train_steps`` or ``phases``).
-  """
-  c = ml_collections.ConfigDict(dict(
-      seed=0, phases=(), init_from_hf="",
-      mesh=dict(data=-1, fsdp=1, tensor=1, sequence=1),
-      sharding_rules=None,  # None: longformer_jax.sharding.DEFAULT_RULES
-      log_every=100, eval_every=1000, eval_split="validation",
-      eval_batches=0,  # 0: the whole split
-      eval_without_global=False, checkpoint_every=1000, keep_checkpoints=3,
-      async_checkpoints=True,
-      distributed=dict(enabled=False, coordinator_address=None, num_processes=None,
-                       process_id=None)))
-  c.update(overrides)
-  return c
 
 
 def resolve_phases(config) -> list[Phase]:
@@ -94,14 +75,6 @@ def phase_of(phases: list[Phase], step: int) -> Phase:
     if step < p.start + p.steps:
       return p
   return phases[-1]
-
-
-def data_config(config) -> dict:
-  """``config.data`` with ``tokenizer`` taken from ``init_from_hf`` when it is None."""
-  data = config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data)
-  if "tokenizer" in data and data["tokenizer"] is None and config.get("init_from_hf"):
-    data["tokenizer"] = config.init_from_hf
-  return data
 
 
 def model_config(config, phase: Phase, task: tasks.Task | None = None):
@@ -178,7 +151,6 @@ def optimizer_of(config, phases: list[Phase]):
 def resolve_backend(cfg, platform: str, seq_len: int, device_kind: str | None = None):
   """``cfg`` with ``attention_impl="auto"`` resolved for ``platform`` (the mesh's, which
   may be another machine's when compiling ahead of time) at ``seq_len`` tokens."""
-  from longformer_jax import attention, attention_pallas
   enc = cfg.encoder() if hasattr(cfg, "encoder") else cfg
   dtype = jnp.dtype(getattr(enc, "attention_dtype", None) or enc.dtype)
   vmem = attention_pallas.vmem_bytes(seq_len, enc.block_size, max(enc.attention_window),
@@ -361,7 +333,7 @@ class Runner:
     """Writes what the run is (experiment.json, model.json) into the workdir."""
     if jax.process_index() == 0:
       os.makedirs(self.workdir, exist_ok=True)
-      workdir_lib.record_run(
+      run_files.record_run(
           self.workdir, self.config, self.model_configs[-1], self.head,
           data_lib.pipeline.label_names(self.data_cfg) if self.task.named_labels else None,
           self.data_cfg.get("tokenizer"))
@@ -425,13 +397,12 @@ class Runner:
     directory of the model's family) put in, each array built shard by shard on its
     devices from the host copy: the whole model never sits on one device. Head
     weights the checkpoint lacks keep their values in ``params`` (the random init)."""
-    from longformer_jax import convert
     path = self.config.init_from_hf
     log.info("initialising parameters from %s", path)
     cfg = self.model_configs[0]
     family = families.of_config(cfg)
     abstract = nnx.eval_shape(lambda: family.create_model(cfg, self.head, self.config.seed))
-    values = family.hf_param_values(abstract, convert.load_state_dict(path))
+    values = family.hf_param_values(abstract, hf_io.load_state_dict(path))
     flat = dict(nnx.to_flat_state(params))
     for path_, host in values.items():
       if path_ not in flat:  # a buffer (LED's final_logits_bias): training keeps its init

@@ -109,7 +109,7 @@ def test_checkpoint_round_trip(tmp_path):
 def test_unknown_or_missing_weights_are_named(tmp_path):
   hf_led(tmp_path)
   model = led_lib.create_model(led_convert.LEDConfig.from_json(tmp_path / "hf"))
-  sd = led_convert.convert.load_state_dict(str(tmp_path / "hf"))
+  sd = lj.convert.load_state_dict(str(tmp_path / "hf"))
   with pytest.raises(ValueError, match="unknown keys"):
     led_convert.load_hf_weights(model, dict(sd, extra=np.zeros(3)))
   sd.pop("led.decoder.layers.1.fc2.weight")
@@ -214,8 +214,8 @@ def test_bart_to_led_is_bart_while_the_window_covers_the_input(tmp_path):
       encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48,
       decoder_ffn_dim=48, max_position_embeddings=64, dropout=0.0)).eval()
   bart.save_pretrained(tmp_path / "bart")
-  led_convert.convert.main(["bart-to-led", str(tmp_path / "bart"), str(tmp_path / "led"),
-                            "--max-length", "200", "--attention-window", "128"])
+  lj.convert.main(["bart-to-led", str(tmp_path / "bart"), str(tmp_path / "led"),
+                   "--max-length", "200", "--attention-window", "128"])
   ours = lj.from_hf(tmp_path / "led")
   assert ours.config.max_encoder_position_embeddings == 200
   table = np.asarray(ours.led.encoder.embed_positions.embedding[...])

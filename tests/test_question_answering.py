@@ -14,8 +14,8 @@ from longformer_jax import model as model_lib
 from longformer_jax import tasks
 from longformer_jax.config import LongformerConfig
 from longformer_jax.data import documents
+from longformer_jax.data import windows as windows_lib
 from longformer_jax.tasks import question_answering as qa_lib
-from longformer_jax.tasks import windows as windows_lib
 
 SPECIALS = documents.Specials(bos=0, eos=SEP, pad=PAD)
 

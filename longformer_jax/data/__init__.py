@@ -14,8 +14,8 @@ from longformer_jax.data.corpora import (CharCorpusConfig, Enwik8, Text8, TextCo
 from longformer_jax.data.kv_recall import (KvRecall, KvRecallConfig, kv_recall_example,
                                            kv_recall_token_ranges, kv_recall_vocab_size)
 from longformer_jax.data.language_modeling import eval_windows
-from longformer_jax.data.pipeline import (batch_spec, get_builder, make_iterator, num_labels,
-                                          prepare, stored_examples, vocab_size)
+from longformer_jax.data.pipeline import (batch_spec, data_config, get_builder, make_iterator,
+                                          num_labels, prepare, stored_examples, vocab_size)
 from longformer_jax.data.registry import DATASETS
 
 __all__ = [
@@ -23,5 +23,5 @@ __all__ = [
     "DATASETS", "registry", "pipeline", "kv_recall_example", "kv_recall_vocab_size",
     "kv_recall_token_ranges", "KvRecall", "KvRecallConfig", "Text8", "Enwik8",
     "CharCorpusConfig", "TextCorpus", "TextCorpusConfig", "char_split_bounds",
-    "load_split_tokens", "batch_spec",
+    "load_split_tokens", "batch_spec", "data_config",
 ]

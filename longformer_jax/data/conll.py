@@ -14,19 +14,23 @@
 * ``tokenizer``: a tokenizer.json or a checkpoint directory.
 
 Stored examples hold the document's sub-words, the word of each and the tags of
-the words; the ``token_classification`` task cuts them into windows.
+the words; :class:`Features` cuts them into windows for the ``token_classification``
+task.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from longformer_jax import outputs as out_lib
 from longformer_jax import tokenization
 from longformer_jax.data import documents, pipeline, registry
-from longformer_jax.tasks import token_classification as tc_lib
+from longformer_jax.data import windows as windows_lib
+from longformer_jax.data.windows import owner_windows, windows
 
 NAME = "conll_ner"
 FIELDS = ("files", "tag_column", "group_by", "label_names", "doc_stride", "tokenizer")
@@ -135,8 +139,65 @@ def num_tokens(builder, split: str) -> np.ndarray:
   return documents.cached_lengths(builder, split, lambda x: (len(x["input_ids"]),))[:, 0]
 
 
-def window_spec(cfg: dict, seq_len: int) -> tc_lib.TokenWindows:
-  return documents.spec_from(tc_lib.TokenWindows, cfg, seq_len, ("doc_stride",))
+# ---- examples -> features (host side, for tasks.token_classification) -------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenWindows:
+  seq_len: int
+  doc_stride: int = 128
+
+  def check(self) -> None:
+    if self.seq_len < 3:
+      raise ValueError(f"seq_len={self.seq_len} leaves no room between <s> and </s>")
+    if not 0 <= self.doc_stride < self.seq_len - 2:
+      raise ValueError(f"data_cfg.doc_stride={self.doc_stride} (the overlap of windows) "
+                       f"must be in [0, {self.seq_len - 2}) for seq_len={self.seq_len}")
+
+
+class Features(windows_lib.WindowedFeatures):
+  """The windows of stored examples, from their token counts."""
+
+  def __init__(self, examples, num_tokens_E, spec: TokenWindows, specials: documents.Specials):
+    spec.check()
+    self.examples, self.spec, self.s = examples, spec, specials
+    self.table = windows_lib.window_table(
+        [len(windows(max(int(n), 1), spec.seq_len - 2, spec.doc_stride))
+         for n in np.asarray(num_tokens_E)])
+
+  def feature(self, example: dict, example_index: int, window: int) -> dict:
+    s, L = self.s, self.spec.seq_len
+    ids = np.asarray(example["input_ids"], np.int32)
+    word_ids = np.asarray(example["word_ids"], np.int64)
+    tags = np.asarray(example["tags"], np.int32)
+    spans = windows(max(len(ids), 1), L - 2, self.spec.doc_stride)
+    start, length = spans[window]
+    length = min(length, len(ids) - start)
+    out = documents.pack([[s.bos], ids[start:start + length], [s.eos]], L, s.pad)
+    out["global_attention_mask"] = np.zeros(L, np.int32)
+    out["global_attention_mask"][0] = 1
+    t = np.arange(start, start + length)
+    first = np.ones(len(ids), bool)
+    first[1:] = word_ids[1:] != word_ids[:-1]
+    owned = owner_windows(spans, max(len(ids), 1))[:len(ids)] == window
+    keep = (first & owned)[t]
+    out["word_index"] = np.full(L, -1, np.int32)
+    out["word_index"][1 + np.flatnonzero(keep)] = word_ids[t[keep]]
+    out["labels"] = np.full(L, out_lib.IGNORE_INDEX, np.int32)
+    out["labels"][1 + np.flatnonzero(keep)] = tags[word_ids[t[keep]]]
+    out["example_index"] = np.int32(example_index)
+    return out
+
+  @staticmethod
+  def element_spec(spec: TokenWindows) -> dict:
+    spec.check()
+    row = ((spec.seq_len,), np.int32)
+    return dict(documents.document_spec(spec.seq_len), word_index=row, labels=row,
+                example_index=documents.EXAMPLE_INDEX)
+
+
+def window_spec(cfg: dict, seq_len: int) -> TokenWindows:
+  return documents.spec_from(TokenWindows, cfg, seq_len, ("doc_stride",))
 
 
 def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
@@ -144,7 +205,7 @@ def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
     raise ValueError(f"{NAME}: no {split} split; set data_cfg.files.{split}")
   specials = documents.Specials.of(documents.tokenizer_of(cfg, NAME))
   spec = window_spec(cfg, seq_len)
-  features = tc_lib.Features(builder.as_data_source()[split], num_tokens(builder, split),
+  features = Features(builder.as_data_source()[split], num_tokens(builder, split),
                              spec, specials)
   return pipeline.example_dataset(features, documents.WithWeight(), split=split, **shard)
 
@@ -152,7 +213,7 @@ def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
 def _element_spec(cfg: dict, *, split: str, seq_len: int, model_cfg=None) -> dict:
   del model_cfg
   documents.check_split_named(cfg, split, NAME)
-  return documents.WithWeight.spec(tc_lib.Features.element_spec(window_spec(cfg, seq_len)))
+  return documents.WithWeight.spec(Features.element_spec(window_spec(cfg, seq_len)))
 
 
 registry.register(registry.Dataset(

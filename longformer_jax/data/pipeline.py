@@ -49,6 +49,14 @@ def _as_dict(data_cfg: Any) -> dict:
   raise ValueError(f"data_cfg must be a ConfigDict or a dict, got {type(data_cfg).__name__}")
 
 
+def data_config(config) -> dict:
+  """``config.data`` with ``tokenizer`` taken from ``init_from_hf`` when it is None."""
+  data = config.data.to_dict() if hasattr(config.data, "to_dict") else dict(config.data)
+  if "tokenizer" in data and data["tokenizer"] is None and config.get("init_from_hf"):
+    data["tokenizer"] = config.init_from_hf
+  return data
+
+
 def dataset_of(data_cfg) -> registry.Dataset:
   """The registered dataset named by ``data_cfg.name``."""
   return registry.get(_as_dict(data_cfg).get("name"))

@@ -12,11 +12,12 @@
   ``config.model.max_global_tokens`` must hold them).
 * ``tokenizer``: a tokenizer.json or a checkpoint directory.
 
-The ``candidate_selection`` task cuts stored examples into windows.
+:class:`Features` cuts stored examples into windows for the ``candidate_selection`` task.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -24,7 +25,8 @@ import tensorflow_datasets as tfds
 
 from longformer_jax import tokenization
 from longformer_jax.data import documents, pipeline, registry
-from longformer_jax.tasks import candidate_selection as cs_lib
+from longformer_jax.data import windows as windows_lib
+from longformer_jax.data.windows import windows
 
 NAME = "wikihop"
 FIELDS = ("files", "doc_stride", "max_candidates", "max_prefix_tokens", "tokenizer")
@@ -83,8 +85,75 @@ def _lengths(example) -> tuple:
           len(example["candidate_lengths"]), len(example["support_ids"]))
 
 
-def window_spec(cfg: dict, seq_len: int) -> cs_lib.CandidateWindows:
-  return documents.spec_from(cs_lib.CandidateWindows, cfg, seq_len,
+# ---- examples -> features (host side, for tasks.candidate_selection) --------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidateWindows:
+  seq_len: int
+  doc_stride: int = 256
+  max_candidates: int = 80
+  max_prefix_tokens: int = 512  # <s>, query and candidates: all global
+
+  def capacity(self, prefix_len: int) -> int:
+    return self.seq_len - prefix_len - 1
+
+
+class Features(windows_lib.WindowedFeatures):
+  """The windows of stored examples, from their lengths (question, candidates'
+  total, number of candidates, documents)."""
+
+  def __init__(self, examples, lengths_Ex4: np.ndarray, spec: CandidateWindows,
+               specials: documents.Specials):
+    self.examples, self.spec, self.s = examples, spec, specials
+    counts = []
+    for e, (q, c_total, c_count, docs) in enumerate(np.asarray(lengths_Ex4).reshape(-1, 4)):
+      if c_count > spec.max_candidates:
+        raise ValueError(f"example {e} has {c_count} candidates, more than "
+                         f"data_cfg.max_candidates={spec.max_candidates}")
+      prefix = 2 + int(q) + int(c_total) + int(c_count)
+      if prefix > spec.max_prefix_tokens:
+        raise ValueError(f"example {e}: the question and candidates take {prefix} tokens, "
+                         f"more than data_cfg.max_prefix_tokens={spec.max_prefix_tokens}")
+      cap = spec.capacity(prefix)
+      if cap <= spec.doc_stride:
+        raise ValueError(f"example {e}: the question and candidates take {prefix} tokens, "
+                         f"leaving {cap} of seq_len={spec.seq_len} for documents; "
+                         f"data_cfg.doc_stride={spec.doc_stride} needs more")
+      counts.append(len(windows(max(int(docs), 1), cap, spec.doc_stride)))
+    self.table = windows_lib.window_table(counts)
+
+  def feature(self, example: dict, example_index: int, window: int) -> dict:
+    s, spec = self.s, self.spec
+    q = np.asarray(example["question_ids"], np.int32)
+    lengths = np.asarray(example["candidate_lengths"], np.int64)
+    cands = np.split(np.asarray(example["candidate_ids"], np.int32), np.cumsum(lengths)[:-1])
+    docs = np.asarray(example["support_ids"], np.int32)
+    prefix = [[s.bos], q, [s.eos]]
+    positions, at = [], len(q) + 2
+    for c in cands:
+      positions.append(at)
+      prefix += [c, [s.eos]]
+      at += len(c) + 1
+    spans = windows(max(len(docs), 1), spec.capacity(at), spec.doc_stride)
+    start, length = spans[window]
+    out = documents.pack(prefix + [docs[start:start + length], [s.eos]], spec.seq_len, s.pad)
+    out["global_attention_mask"] = (np.arange(spec.seq_len) < at).astype(np.int32)
+    out["candidate_positions"] = np.full(spec.max_candidates, -1, np.int32)
+    out["candidate_positions"][:len(positions)] = positions
+    out["labels"] = np.int32(example["label"])
+    out["example_index"] = np.int32(example_index)
+    return out
+
+  @staticmethod
+  def element_spec(spec: CandidateWindows) -> dict:
+    return dict(documents.document_spec(spec.seq_len),
+                candidate_positions=((spec.max_candidates,), np.int32),
+                labels=((), np.int32), example_index=documents.EXAMPLE_INDEX)
+
+
+def window_spec(cfg: dict, seq_len: int) -> CandidateWindows:
+  return documents.spec_from(CandidateWindows, cfg, seq_len,
                              ("doc_stride", "max_candidates", "max_prefix_tokens"))
 
 
@@ -93,7 +162,7 @@ def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
     raise ValueError(f"{NAME}: no {split} split; set data_cfg.files.{split}")
   specials = documents.Specials.of(documents.tokenizer_of(cfg, NAME))
   spec = window_spec(cfg, seq_len)
-  features = cs_lib.Features(builder.as_data_source()[split],
+  features = Features(builder.as_data_source()[split],
                              documents.cached_lengths(builder, split, _lengths), spec, specials)
   return pipeline.example_dataset(features, documents.WithWeight(), split=split, **shard)
 
@@ -101,7 +170,7 @@ def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
 def _element_spec(cfg: dict, *, split: str, seq_len: int, model_cfg=None) -> dict:
   del model_cfg
   documents.check_split_named(cfg, split, NAME)
-  return documents.WithWeight.spec(cs_lib.Features.element_spec(window_spec(cfg, seq_len)))
+  return documents.WithWeight.spec(Features.element_spec(window_spec(cfg, seq_len)))
 
 
 registry.register(registry.Dataset(

@@ -1,9 +1,5 @@
 """Tasks (see :mod:`.base`): the registry and every task module, registered on import."""
 
-# The dataset modules build their examples with the tasks' code: loading them first
-# makes either package importable on its own.
-from longformer_jax import data as _data  # noqa: F401
-
 from longformer_jax.tasks.base import (TASKS, Task, build, finalize, forward, get,
                                        position_ids, register)
 from longformer_jax.tasks import (candidate_selection, classification,  # noqa: F401

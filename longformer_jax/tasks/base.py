@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from longformer_jax.data import pipeline
 from longformer_jax.data.documents import as_text as text  # noqa: F401  (for the tasks)
 
 TASKS: dict[str, type["Task"]] = {}
@@ -68,7 +69,6 @@ class Task:
   def from_config(cls, config) -> "Task":
     """The task of an experiment config; tasks with ``named_labels`` get the data's."""
     if cls.named_labels:
-      from longformer_jax.data import pipeline
       return cls(pipeline.label_names(config.data))
     return cls()
 

@@ -28,7 +28,6 @@ the context); ``start_positions``, ``end_positions`` (B, K) int32 (-1 pads);
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import jax
@@ -36,91 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from longformer_jax import eval_metrics
-from longformer_jax.data import documents
+from longformer_jax.data.extractive_qa import Features, WindowSpec  # noqa: F401  (Features too)
 from longformer_jax.tasks import base
-from longformer_jax.tasks import windows as windows_lib
-from longformer_jax.tasks.windows import owner_windows, windows
 
 MAX_ANSWER_LENGTH = 30  # tokens, the reference's scripts' default
-
-
-# ---- examples -> features (host side) ---------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class WindowSpec:
-  """How examples are cut: the model length, the overlap of consecutive windows and
-  the longest question kept (longer ones are truncated)."""
-
-  seq_len: int
-  doc_stride: int = 128
-  max_query_length: int = 64
-  max_occurrences: int = 8  # answer occurrences kept per window (static K)
-
-  def capacity(self, query_len: int) -> int:
-    """Context tokens a window holds after <s> q </s></s> ... </s>."""
-    return self.seq_len - min(query_len, self.max_query_length) - 4
-
-  def check(self) -> None:
-    room = self.capacity(self.max_query_length)
-    if room < 1:
-      raise ValueError(f"seq_len={self.seq_len} leaves no room for the context after a "
-                       f"data_cfg.max_query_length={self.max_query_length} question")
-    if not 0 <= self.doc_stride < room:
-      raise ValueError(f"data_cfg.doc_stride={self.doc_stride} (the overlap of windows) "
-                       f"must be in [0, {room}) for seq_len={self.seq_len}")
-
-
-class Features(windows_lib.WindowedFeatures):
-  """The windows of stored examples; ``lengths_Ex2`` holds each example's (question,
-  context) token counts."""
-
-  def __init__(self, examples, lengths_Ex2: np.ndarray, spec: WindowSpec,
-               specials: documents.Specials):
-    spec.check()
-    self.examples, self.spec, self.s = examples, spec, specials
-    self.table = windows_lib.window_table(
-        [len(windows(int(c), spec.capacity(int(q)), spec.doc_stride))
-         for q, c in np.asarray(lengths_Ex2).reshape(-1, 2)])
-
-  def feature(self, example: dict, example_index: int, window: int) -> dict:
-    spec, s = self.spec, self.s
-    q = np.asarray(example["question_ids"], np.int32)[:spec.max_query_length]
-    ctx = np.asarray(example["context_ids"], np.int32)
-    spans = windows(len(ctx), spec.capacity(len(q)), spec.doc_stride)
-    start, length = spans[window]
-    first = len(q) + 3  # position of the window's first context token
-    out = documents.pack([[s.bos], q, [s.eos, s.eos], ctx[start:start + length], [s.eos]],
-                         spec.seq_len, s.pad)
-    L = spec.seq_len
-    out["global_attention_mask"] = (np.arange(L) < len(q) + 1).astype(np.int32)
-    pos = np.arange(first, first + length)
-    out["end_mask"] = np.zeros(L, np.int32)
-    out["end_mask"][pos] = 1
-    out["start_mask"] = np.zeros(L, np.int32)
-    out["start_mask"][pos[owner_windows(spans, len(ctx))[start:start + length] == window]] = 1
-    out["offsets"] = np.full((L, 2), -1, np.int32)
-    out["offsets"][pos] = np.asarray(example["offsets"], np.int32).reshape(-1, 2)[
-        start:start + length]
-    gold = np.asarray(example["spans"], np.int64).reshape(-1, 2)
-    inside = gold[(gold[:, 0] >= start) & (gold[:, 1] < start + length)]
-    inside = inside[:spec.max_occurrences] - start + first
-    if len(inside) == 0:
-      inside = np.zeros((1, 2), np.int64)  # no answer here: point at <s>
-    out["start_positions"] = np.full(spec.max_occurrences, -1, np.int32)
-    out["end_positions"] = np.full(spec.max_occurrences, -1, np.int32)
-    out["start_positions"][:len(inside)], out["end_positions"][:len(inside)] = inside.T
-    out["example_index"] = np.int32(example_index)
-    return out
-
-  @staticmethod
-  def element_spec(spec: WindowSpec) -> dict:
-    spec.check()
-    L, K = spec.seq_len, spec.max_occurrences
-    row, occurrences = ((L,), np.int32), ((K,), np.int32)
-    return dict(documents.document_spec(L), start_mask=row, end_mask=row,
-                offsets=((L, 2), np.int32), start_positions=occurrences,
-                end_positions=occurrences, example_index=documents.EXAMPLE_INDEX)
 
 
 # ---- loss and decoding (device side) ------------------------------------------------

@@ -29,7 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from longformer_jax import generation as gen_lib
+from longformer_jax import tokenization
+from longformer_jax.data import summarization
+from longformer_jax.data.pipeline import data_config
 from longformer_jax.eval_metrics import rouge
+from longformer_jax.led import shift_tokens_right
 from longformer_jax.outputs import IGNORE_INDEX
 from longformer_jax.tasks import base
 
@@ -73,14 +77,13 @@ class Seq2Seq(base.Task):
 
   @classmethod
   def from_config(cls, config) -> "Seq2Seq":
-    from longformer_jax import train
     opts = dict(config.get("seq2seq") or {})
     unknown = sorted(set(opts) - set(OPTIONS))
     if unknown:
       raise ValueError(f"config.seq2seq has unknown fields {unknown} (known: {OPTIONS})")
     init = config.get("init_from_hf")
     return cls(opts.get("label_smoothing", 0.0), opts.get("generate", True),
-               dict(opts.get("generation") or {}), train.data_config(config).get("tokenizer"),
+               dict(opts.get("generation") or {}), data_config(config).get("tokenizer"),
                gen_lib.GenerationConfig.of_checkpoint(init) if init else None)
 
   def generation_config(self, model_cfg) -> gen_lib.GenerationConfig:
@@ -88,7 +91,6 @@ class Seq2Seq(base.Task):
         gen_lib.defaults(model_cfg, self.checkpoint_generation), **self.generation))
 
   def check_model(self, model_cfg, data_cfg: dict) -> None:
-    from longformer_jax.data import summarization
     positions = model_cfg.max_decoder_position_embeddings
     target = summarization.target_length(data_cfg)
     if target > positions:
@@ -105,7 +107,6 @@ class Seq2Seq(base.Task):
 
   def loss_and_metrics(self, model, batch, *, key=None, no_global=False):
     del key
-    from longformer_jax.led import shift_tokens_right
     cfg, labels = model.config, batch["labels"]
     decoder_ids = shift_tokens_right(labels, cfg.pad_token_id, cfg.decoder_start_token_id)
     logits = model(batch["input_ids"], batch["attention_mask"],
@@ -131,7 +132,6 @@ class Seq2Seq(base.Task):
   def score(self, rows: dict, examples) -> tuple[dict, list[dict]]:
     """ROUGE of the generated summaries against the stored references; predictions
     ``{id, prediction, gold}`` as text."""
-    from longformer_jax import tokenization
     if not self.tokenizer:
       raise ValueError("seq2seq: scoring generated summaries needs data_cfg.tokenizer")
     tok = tokenization.load_tokenizer(self.tokenizer)

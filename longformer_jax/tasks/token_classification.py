@@ -21,71 +21,12 @@ Batch: ``input_ids``, ``attention_mask``, ``global_attention_mask``, ``labels``,
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax.numpy as jnp
 import numpy as np
 
 from longformer_jax import eval_metrics
 from longformer_jax import outputs as out_lib
-from longformer_jax.data import documents
 from longformer_jax.tasks import base
-from longformer_jax.tasks import windows as windows_lib
-from longformer_jax.tasks.windows import owner_windows, windows
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenWindows:
-  seq_len: int
-  doc_stride: int = 128
-
-  def check(self) -> None:
-    if self.seq_len < 3:
-      raise ValueError(f"seq_len={self.seq_len} leaves no room between <s> and </s>")
-    if not 0 <= self.doc_stride < self.seq_len - 2:
-      raise ValueError(f"data_cfg.doc_stride={self.doc_stride} (the overlap of windows) "
-                       f"must be in [0, {self.seq_len - 2}) for seq_len={self.seq_len}")
-
-
-class Features(windows_lib.WindowedFeatures):
-  """The windows of stored examples, from their token counts."""
-
-  def __init__(self, examples, num_tokens_E, spec: TokenWindows, specials: documents.Specials):
-    spec.check()
-    self.examples, self.spec, self.s = examples, spec, specials
-    self.table = windows_lib.window_table(
-        [len(windows(max(int(n), 1), spec.seq_len - 2, spec.doc_stride))
-         for n in np.asarray(num_tokens_E)])
-
-  def feature(self, example: dict, example_index: int, window: int) -> dict:
-    s, L = self.s, self.spec.seq_len
-    ids = np.asarray(example["input_ids"], np.int32)
-    word_ids = np.asarray(example["word_ids"], np.int64)
-    tags = np.asarray(example["tags"], np.int32)
-    spans = windows(max(len(ids), 1), L - 2, self.spec.doc_stride)
-    start, length = spans[window]
-    length = min(length, len(ids) - start)
-    out = documents.pack([[s.bos], ids[start:start + length], [s.eos]], L, s.pad)
-    out["global_attention_mask"] = np.zeros(L, np.int32)
-    out["global_attention_mask"][0] = 1
-    t = np.arange(start, start + length)
-    first = np.ones(len(ids), bool)
-    first[1:] = word_ids[1:] != word_ids[:-1]
-    owned = owner_windows(spans, max(len(ids), 1))[:len(ids)] == window
-    keep = (first & owned)[t]
-    out["word_index"] = np.full(L, -1, np.int32)
-    out["word_index"][1 + np.flatnonzero(keep)] = word_ids[t[keep]]
-    out["labels"] = np.full(L, out_lib.IGNORE_INDEX, np.int32)
-    out["labels"][1 + np.flatnonzero(keep)] = tags[word_ids[t[keep]]]
-    out["example_index"] = np.int32(example_index)
-    return out
-
-  @staticmethod
-  def element_spec(spec: TokenWindows) -> dict:
-    spec.check()
-    row = ((spec.seq_len,), np.int32)
-    return dict(documents.document_spec(spec.seq_len), word_index=row, labels=row,
-                example_index=documents.EXAMPLE_INDEX)
 
 
 @base.register

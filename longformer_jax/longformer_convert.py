@@ -1,0 +1,313 @@
+"""HF checkpoints in and out, RoBERTa -> Longformer (paper section 5), native checkpoints.
+
+* :func:`from_hf` loads an HF Longformer directory (``config.json`` + safetensors
+  or ``pytorch_model.bin``, sharded or not) into our model.
+* :func:`to_hf` writes a directory that ``transformers`` loads.
+* :func:`extend_checkpoint` turns a RoBERTa checkpoint into a Longformer one
+  (position embeddings copied up to the new length, global Q/K/V from local ones),
+  or gives a Longformer checkpoint more positions the same way.
+* :func:`save_native` / :func:`load_native`: orbax checkpoint + config.json.
+
+The command line over these is ``python -m longformer_jax.convert`` (``convert.py``);
+HF file reading and writing, shared with the LED converter, is ``hf_io.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from longformer_jax import hf_io, led_convert
+from longformer_jax import model as model_lib
+from longformer_jax.config import LongformerConfig
+
+log = logging.getLogger(__name__)
+
+_RENAME_TO_HF = {"self_attn": "self"}
+_LEAF_TO_HF = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}
+# Keys that HF checkpoints may hold and that we derive or do not need (the decoder
+# weight is the word embeddings' unless the model has an untied decoder).
+_IGNORED = re.compile(r"(^|\.)(embeddings\.position_ids|lm_head\.decoder\.(weight|bias))$")
+# Keys of some HF Longformer head or the pooler: fine to skip, or to initialise.
+_HEAD = re.compile(r"^(lm_head|classifier|qa_outputs)\.|(^|\.)pooler\.")
+
+
+def task_of(model) -> str:
+  for task, (cls, _) in model_lib.TASKS.items():
+    if type(model) is cls:
+      return task
+  raise TypeError(f"{type(model).__name__} is not a Longformer model of this package")
+
+
+def hf_name(path: tuple) -> str:
+  """Our parameter path -> the HF state-dict key."""
+  parts = [_RENAME_TO_HF.get(str(p), str(p)) for p in path[:-1]]
+  leaf = str(path[-1])
+  if path[-2:] == ("lm_head", "bias"):
+    return "lm_head.bias"
+  return ".".join(parts + [_LEAF_TO_HF[leaf]])
+
+
+def _to_hf_array(path: tuple, value) -> np.ndarray:
+  x = np.asarray(value, np.float32)
+  return np.ascontiguousarray(x.T) if path[-1] == "kernel" else x
+
+
+def _from_hf_array(path: tuple, value: np.ndarray) -> np.ndarray:
+  x = np.asarray(value, np.float32)
+  return x.T if path[-1] == "kernel" else x
+
+
+def _entries(model):
+  """(HF key, our path, variable, layer index or None) for every parameter.
+
+  Scanned encoders hold one stacked array per parameter (leading layer axis);
+  it stands for ``layer.0`` ... ``layer.{L-1}`` in HF names.
+  """
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    if "layers" in path:
+      k = path.index("layers")
+      for i in range(var.shape[0]):
+        yield hf_name(path[:k] + ("layer", i) + path[k + 1:]), path, var, i
+    else:
+      yield hf_name(path), path, var, None
+
+
+def hf_state_dict(model) -> dict[str, np.ndarray]:
+  """Our parameters as an HF state dict (float32 numpy, HF layouts)."""
+  out = {}
+  for key, path, var, i in _entries(model):
+    value = np.asarray(var[...])
+    out[key] = _to_hf_array(path, value if i is None else value[i])
+  return out
+
+
+def _align_prefix(sd: dict, task: str) -> dict:
+  """Adds or strips ``longformer.`` so the keys match the model of ``task``."""
+  prefixed = any(k.startswith("longformer.") for k in sd)
+  if task == "base" and prefixed:
+    return {k[len("longformer."):] if k.startswith("longformer.") else k: v
+            for k, v in sd.items()}
+  if task != "base" and not prefixed:
+    return {k if _HEAD.match(k) else "longformer." + k: v for k, v in sd.items()}
+  return sd
+
+
+def hf_param_values(model, sd: dict[str, np.ndarray]) -> dict[tuple, np.ndarray]:
+  """The parameters an HF state dict gives ``model``, as host arrays by parameter path.
+
+  ``model`` may be abstract (``nnx.eval_shape``): only its structure and shapes are
+  read. Raises on unknown keys, missing body weights or shapes. Missing head (or
+  pooler) weights are left out, with a warning: they keep their random init, as
+  when fine-tuning a pretrained body on a new task.
+  """
+  task = task_of(model)
+  expected = {key: (path, var, i) for key, path, var, i in _entries(model)}
+  sd = {k: v for k, v in _align_prefix(sd, task).items()
+        if k in expected or not _IGNORED.search(k)}
+  unknown = sorted(k for k in sd if k not in expected and not _HEAD.search(k))
+  if unknown:
+    raise ValueError(f"checkpoint has {len(unknown)} unknown keys for a Longformer {task} "
+                     f"model: {unknown[:8]}")
+  unused = sorted(k for k in sd if k not in expected)
+  if unused:
+    log.warning("checkpoint weights not used by the %s model: %s", task, unused[:8])
+  missing = sorted(k for k in expected if k not in sd)
+  body_missing = [k for k in missing if not _HEAD.search(k)]
+  if body_missing:
+    raise ValueError(f"checkpoint lacks {len(body_missing)} weights of the Longformer body: "
+                     f"{body_missing[:8]}")
+  if missing:
+    log.warning("newly initialised (not in the checkpoint): %s", missing)
+  values: dict[tuple, np.ndarray] = {}
+  for key, (path, var, i) in expected.items():
+    if key not in sd:
+      continue
+    shape = var.shape if i is None else var.shape[1:]
+    value = _from_hf_array(path, sd[key])
+    if value.shape != shape:
+      raise ValueError(f"checkpoint key {key} has shape {sd[key].shape}, the model expects "
+                       f"{_to_hf_array(path, np.zeros(shape)).shape}")
+    if i is None:
+      values[path] = value
+    else:  # one layer of a stacked (scanned) array; the body has every layer
+      values.setdefault(path, np.zeros(var.shape, np.float32))[i] = value
+  return values
+
+
+def load_hf_weights(model, sd: dict[str, np.ndarray]) -> None:
+  """Copies an HF state dict into ``model`` (see :func:`hf_param_values`)."""
+  values = hf_param_values(model, sd)
+  flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  nnx.update(model, nnx.from_flat_state(
+      [(path, flat[path].replace(jnp.asarray(v, flat[path].dtype))) for path, v in values.items()]))
+
+
+def from_hf(path: str | os.PathLike, task: str | None = None, **config_overrides):
+  """Loads an HF Longformer (or LED) checkpoint directory and returns our model (eval
+  mode).
+
+  Args:
+    path: directory with ``config.json`` and the weights.
+    task: one of ``model.TASKS`` (``base``, ``masked_lm``, ...); default from the
+      config's ``architectures`` (``base`` when absent).
+    **config_overrides: fields of :class:`LongformerConfig` to change (``dtype``,
+      ``block_size``, ``attention_impl``, ``max_global_tokens``, dropout rates...).
+
+  A checkpoint whose ``model_type`` is ``led`` loads as ``led.LEDModel`` or
+  ``led.LEDForConditionalGeneration`` (``led_convert.from_hf``).
+  """
+  path = os.fspath(path)
+  config_json = os.path.join(path, "config.json")
+  if os.path.exists(config_json):
+    with open(config_json) as f:
+      if json.load(f).get("model_type") == "led":
+        return led_convert.from_hf(path, task, **config_overrides)
+  cfg = LongformerConfig.from_json(path, **config_overrides)
+  if task is None:
+    with open(os.path.join(path, "config.json")) as f:
+      archs = json.load(f).get("architectures") or ["LongformerModel"]
+    task = model_lib.task_of_architecture(archs[0])
+  model = model_lib.create_model(cfg, task)
+  load_hf_weights(model, hf_io.load_state_dict(path))
+  model.eval()
+  return model
+
+
+def _hf_unsupported(cfg: LongformerConfig) -> list[str]:
+  """Fields of ``cfg`` that transformers' Longformer would silently run differently."""
+  bad = []
+  if cfg.causal:
+    bad.append("causal=True (transformers runs a symmetric window)")
+  if cfg.attention_dilation is not None and any(d != 1 for layer in cfg.attention_dilation
+                                                for d in layer):
+    bad.append(f"attention_dilation={cfg.attention_dilation} (transformers has no dilation)")
+  return bad
+
+
+def to_hf(model, path: str | os.PathLike, *, allow_unsupported: bool = False) -> None:
+  """Writes ``config.json`` + ``model.safetensors`` that transformers loads.
+
+  A causal or dilated model would load there and run as a plain symmetric,
+  undilated one: that raises (save it with :func:`save_native`), or with
+  ``allow_unsupported=True`` is written anyway with a warning.
+  """
+  cfg = model.config
+  if cfg.relative_positions or cfg.pre_layer_norm:
+    raise ValueError("transformers' Longformer has no pre-LN layers or relative positions "
+                     f"(pre_layer_norm={cfg.pre_layer_norm}, position_embedding_type="
+                     f"{cfg.position_embedding_type!r}); use save_native")
+  bad = _hf_unsupported(model.config)
+  if bad and not allow_unsupported:
+    raise ValueError(f"transformers cannot run this model as it is: {'; '.join(bad)}. Use "
+                     "save_native, or pass allow_unsupported=True to export anyway")
+  if bad:
+    log.warning("exporting to transformers, which will ignore: %s", "; ".join(bad))
+  arch = model_lib.TASKS[task_of(model)][1]
+  hf_io.save_weights(os.fspath(path), model.config.to_hf_dict([arch]), hf_state_dict(model))
+
+
+# ---- RoBERTa -> Longformer ---------------------------------------------------
+NEW_POSITIONS = ("copy", "random")
+
+
+def extend_positions(pos_PxD: np.ndarray, new_positions: int, offset: int = 2, *,
+                     init: str = "copy", std: float = 0.02, seed: int = 0) -> np.ndarray:
+  """Position table of ``new_positions`` rows: the first ``offset`` rows and the
+  learned rows kept; the rows after them the learned ones copied over and over
+  (``init="copy"``, the paper's initialisation) or drawn from N(0, ``std``²)
+  (``"random"``, the paper's ablation)."""
+  if init not in NEW_POSITIONS:
+    raise ValueError(f"new positions init={init!r} is not one of {NEW_POSITIONS}")
+  learned = pos_PxD[offset:]
+  out = np.empty((new_positions, pos_PxD.shape[1]), pos_PxD.dtype)
+  out[:offset] = pos_PxD[:offset]
+  for start in range(offset, new_positions, len(learned)):
+    take = min(len(learned), new_positions - start)
+    out[start:start + take] = learned[:take]
+  if init == "random":
+    fresh = out[len(pos_PxD):]
+    fresh[...] = np.random.default_rng(seed).normal(0.0, std, fresh.shape)
+  return out
+
+
+def extend_checkpoint(src: str, dst: str, max_length: int = 4096,
+                      attention_window: int | None = None, new_positions: str = "copy",
+                      seed: int = 0) -> None:
+  """Writes ``src``, an HF RoBERTa or Longformer directory, as a Longformer of
+  ``max_length`` positions (paper section 5): the learned position rows copied over
+  and over (``new_positions="random"``: drawn at the checkpoint's initializer_range
+  with ``seed``); from RoBERTa also the global Q/K/V copied from the local ones and a
+  window of ``attention_window`` (512 if None) on every layer. The tokenizer files
+  come along. ``dst`` is assembled beside itself and renamed in: a failure leaves
+  nothing half-written.
+  """
+  with open(os.path.join(src, "config.json")) as f:
+    cfg = json.load(f)
+  kind = cfg.get("model_type")
+  if kind not in ("roberta", "longformer"):
+    raise ValueError(f"{src}/config.json: model_type={kind!r}, expected 'roberta' or "
+                     "'longformer'")
+  if attention_window is not None and (attention_window <= 0 or attention_window % 2):
+    raise ValueError(f"attention_window must be a positive even number, got {attention_window}")
+  offset = cfg.get("pad_token_id", 1) + 1
+  if max_length + offset < cfg["max_position_embeddings"]:
+    raise ValueError(f"max_length={max_length} would shorten {src}'s "
+                     f"{cfg['max_position_embeddings'] - offset} positions")
+  sd = {re.sub(r"^roberta\.", "longformer.", k): v
+        for k, v in hf_io.load_state_dict(src).items() if not k.endswith("position_ids")}
+  for k in list(sd):
+    if k.endswith("embeddings.position_embeddings.weight"):
+      sd[k] = extend_positions(sd[k], max_length + offset, offset, init=new_positions,
+                               std=cfg.get("initializer_range", 0.02), seed=seed)
+    m = re.match(r"(.*attention\.self\.)(query|key|value)\.(weight|bias)$", k)
+    if m and kind == "roberta":
+      sd[f"{m[1]}{m[2]}_global.{m[3]}"] = sd[k].copy()
+  if kind == "roberta" or attention_window is not None:
+    cfg["attention_window"] = [attention_window or 512] * cfg["num_hidden_layers"]
+  archs = [a.replace("Roberta", "Longformer") for a in cfg.get("architectures") or []]
+  cfg.update(model_type="longformer", max_position_embeddings=max_length + offset,
+             architectures=archs or ["LongformerModel"])
+  cfg.pop("position_embedding_type", None)
+  hf_io.write_hf_dir(dst, cfg, sd, src)
+
+
+def roberta_to_longformer(src: str, dst: str, max_length: int = 4096,
+                          attention_window: int = 512) -> None:
+  """Converts an HF RoBERTa checkpoint directory into an HF Longformer one."""
+  extend_checkpoint(src, dst, max_length, attention_window)
+
+
+# ---- native (orbax) checkpoints ---------------------------------------------
+def save_native(model, path: str | os.PathLike) -> None:
+  """Orbax checkpoint of the parameters in ``path/params`` + ``path/config.json``."""
+  import orbax.checkpoint as ocp
+  path = os.path.abspath(os.fspath(path))
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(model.config.to_hf_dict([model_lib.TASKS[task_of(model)][1]]), f, indent=2)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(path, "params"), nnx.state(model, nnx.Param), force=True)
+
+
+def load_native(path: str | os.PathLike, **config_overrides):
+  """Inverse of :func:`save_native`; returns the model in eval mode."""
+  import orbax.checkpoint as ocp
+  path = os.path.abspath(os.fspath(path))
+  cfg = LongformerConfig.from_json(path, **config_overrides)
+  with open(os.path.join(path, "config.json")) as f:
+    task = model_lib.task_of_architecture(json.load(f)["architectures"][0])
+  model = model_lib.create_model(cfg, task)
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                        nnx.state(model, nnx.Param))
+  with ocp.StandardCheckpointer() as ckptr:
+    nnx.update(model, ckptr.restore(os.path.join(path, "params"), target))
+  model.eval()
+  return model
