@@ -241,6 +241,31 @@ def markdown(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def summary(rows: list[dict]) -> str:
+  """Each run's last phase on every topology: per-chip HBM, fits, the bound's tokens/s."""
+  ok = [r for r in rows if "error" not in r]
+  tops = [t for t in TOPOLOGIES if any(r["topology"] == t for r in ok)]
+  last = {}
+  for r in ok:
+    key = (r["run"], r["topology"])
+    if key not in last or r["phase"] > last[key]["phase"]:
+      last[key] = r
+  lines = ["| run (last phase) | " + " | ".join(tops) + " |", "|---|" + "---|" * len(tops)]
+  for name in dict.fromkeys(run.name for run in runs()):
+    cells = []
+    for top in tops:
+      r = last.get((name, top))
+      if r is None:
+        cells.append("not compiled")
+      elif not r["fits"]:
+        cells.append(f"{r['hbm_used'] / 2**30:.1f} GiB, **does not fit**")
+      else:
+        cells.append(f"{r['hbm_used'] / 2**30:.1f} GiB, {r['tokens_per_s'] / 1e6:.2f}M tok/s, "
+                     f"{r['backend']}")
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def plot(rows: list[dict], path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
@@ -329,7 +354,8 @@ def main():
               "\n\n")
     f.write("HBM per chip, fits: compiled fact (XLA's memory analysis of the train step). "
             "Step bound, tokens/s, MFU: a roofline estimate, max(FLOPs / peak, HBM bytes / "
-            "bandwidth) with the loop-aware counts of hlo_cost.py.\n\n" + table + "\n")
+            "bandwidth) with the loop-aware counts of hlo_cost.py.\n\n## Each run's last "
+            "phase\n\n" + summary(rows) + "\n\n## Every phase\n\n" + table + "\n")
   with open(args.out + ".json", "w") as f:
     json.dump(rows, f, indent=1)
   plot(rows, args.out + ".png")
