@@ -22,7 +22,7 @@ Variant flags (comma-separated after the corpus):
   256 and 512 characters); ``tiny``: smaller still, one phase of 2 steps (tests).
 
 The paper's model: pre-LN layers; Transformer-XL relative sinusoidal positions
-inside the banded attention (``relative_position.py``; no position table); causal
+inside the banded attention (``attention/relative_position.py``; no position table); causal
 windows growing linearly with depth from 32 (layer 0) to 512 (top layer), rounded
 to even numbers; dilation on 2 heads (paper: 0 on the lower layers, then 1, 2, 3 on
 the upper ones; ours is the paper's + 1); bf16 compute with the attention's

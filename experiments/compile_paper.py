@@ -40,7 +40,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from longformer_jax.config import LongformerConfig  # noqa: E402
-from longformer_jax.led_config import LEDConfig  # noqa: E402
+from longformer_jax.led.config import LEDConfig  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
 TOPOLOGIES = ("v5e-256", "v5p-128", "v6e-256", "v4-128", "h100-8", "a100-8")

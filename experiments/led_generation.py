@@ -57,7 +57,7 @@ def worker(side: str, checkpoint: str, n: int) -> dict:
   settings = dict(max_length=NEW_TOKENS + 1, min_length=NEW_TOKENS + 1, num_beams=1)
   if side == "ours":
     import longformer_jax as lj
-    from longformer_jax import generation
+    from longformer_jax.led import generation
     model = lj.from_hf(checkpoint)
     run = lambda: generation.generate(model, ids, mask, gmask, **settings).block_until_ready()
   else:

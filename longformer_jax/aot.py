@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
-from longformer_jax import attention_global as attn_global
+from longformer_jax.attention import global_tokens as attn_global
 from longformer_jax import checkpoint as ckpt_lib
 from longformer_jax import data as data_lib
 from longformer_jax import hlo_cost, model_flops
@@ -106,7 +106,7 @@ def _out_of_memory(error, chip: topo_lib.Chip) -> dict:
   text = str(error)
   if ("RESOURCE_EXHAUSTED" in text and "Vmem" in text) or "memory space vmem" in text:
     raise ValueError("config.model.attention_impl='pallas': the kernels' VMEM exceeds the "
-                     "TPU core's at this sequence length (attention_pallas.vmem_bytes); use "
+                     "TPU core's at this sequence length (attention.pallas.vmem_bytes); use "
                      f"attention_impl='blocked' or 'auto' ({text.splitlines()[0][:120]})"
                      ) from None
   if "RESOURCE_EXHAUSTED" not in text or "HBM" not in text:
@@ -149,7 +149,7 @@ def compile_steps(config, workdir: str, target: topo_lib.Target,
     for kind, lower in steps:
       t0 = time.time()
       # A deviceless GPU compile cannot hold a host callback: the run-time check of the
-      # global-token bound (attention_global.check_global_bound) is left out there.
+      # global-token bound (attention.global_tokens.check_global_bound) is left out there.
       checks = (attn_global.counts_checked_by_caller() if target.platform == "cuda"
                 else contextlib.nullcontext())
       flops = model_flops.step_flops(cfg, runner.head, seq_len=phase.seq_len,

@@ -3,7 +3,7 @@
 The command line:
 ``python -m longformer_jax.convert {roberta,extend,bart-to-led,to-native,to-hf} ...``
 (``--help``). The converters are libraries: ``longformer_convert.py`` (Longformer),
-``led_convert.py`` (LED), ``hf_io.py`` (HF files); their public names are also
+``led/convert.py`` (LED), ``hf_io.py`` (HF files); their public names are also
 reachable here, as ``convert.from_hf`` and so on. No module of the package imports
 this one.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from longformer_jax import led_convert
+from longformer_jax.led import convert as led_convert
 from longformer_jax import model as model_lib
 from longformer_jax.hf_io import load_state_dict  # noqa: F401  (convert.load_state_dict)
 from longformer_jax.longformer_convert import (  # noqa: F401  (convert.<name>)

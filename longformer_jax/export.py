@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 from jax import export as jax_export
 
-from longformer_jax import attention, attention_global
+from longformer_jax import attention
+from longformer_jax.attention import global_tokens as attention_global
 from longformer_jax import inputs as inputs_lib
 from longformer_jax import longformer_convert
 

@@ -1,6 +1,6 @@
 """The model families the training library builds, looked up by a task's ``family``
 or by a model config's type: the Longformer encoder models (``model.py``) and the
-Longformer-Encoder-Decoder (``led.py``).
+Longformer-Encoder-Decoder (``led/model.py``).
 
 A family says how to build a config and a model, how many input tokens its
 positions take, and how HF checkpoints come in and go out; ``train.py``,
@@ -12,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from longformer_jax import led, led_convert, longformer_convert, model
+from longformer_jax import longformer_convert, model
+from longformer_jax.led import convert as led_convert
+from longformer_jax.led import model as led
 from longformer_jax.config import LongformerConfig
-from longformer_jax.led_config import LEDConfig
+from longformer_jax.led.config import LEDConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Post-LN and RoBERTa-shaped by default: attribute names follow the reference
 checkpoints' module tree so that conversion is a mechanical renaming (see
 ``longformer_convert.py``). ``pre_layer_norm`` and relative positions give the paper's
-character LM instead (:class:`PreLNLayer`, ``relative_position.py``).
+character LM instead (:class:`PreLNLayer`, ``attention/relative_position.py``).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from longformer_jax import attention as attn
-from longformer_jax import attention_weights as attn_weights
-from longformer_jax import relative_position as relpos
-from longformer_jax import seqpar
+from longformer_jax.attention import weights as attn_weights
+from longformer_jax.attention import relative_position as relpos
+from longformer_jax.attention import seqpar
 from longformer_jax import sharding as sh
 from longformer_jax.config import LongformerConfig
 
@@ -138,7 +138,7 @@ class Embeddings(nnx.Module):
 
 
 class SelfAttention(nnx.Module):
-  """Local Q/K/V and global Q_g/K_g/V_g projections around ``attention.py``; with
+  """Local Q/K/V and global Q_g/K_g/V_g projections around ``attention/__init__.py``; with
   relative positions Q/K/V, W_r (``relative_key``) and the biases u and v instead."""
 
   def __init__(self, cfg: LongformerConfig, layer: int, rngs: nnx.Rngs):
@@ -171,7 +171,7 @@ class SelfAttention(nnx.Module):
   def __call__(self, x_BxNxD, valid_BxN, is_global_BxN, gidx: attn.GlobalIndex | None,
                output_attentions: bool = False):
     """(B, N, E) output; with ``output_attentions`` also the probabilities (local rows
-    (B, H, N, G + w + 1), global rows (B, H, N, G); see ``attention_weights.py``)."""
+    (B, H, N, G + w + 1), global rows (B, H, N, G); see ``attention/weights.py``)."""
     if output_attentions and self.relative:  # before any work is traced
       raise ValueError("output_attentions is not available with relative positions "
                        "(position_embedding_type='relative_sinusoidal')")

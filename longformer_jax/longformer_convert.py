@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from longformer_jax import hf_io, led_convert
+from longformer_jax import hf_io
+from longformer_jax.led import convert as led_convert
 from longformer_jax import model as model_lib
 from longformer_jax.config import LongformerConfig
 

@@ -105,7 +105,7 @@ class Partitioning(NamedTuple):
   """Where a model's activations live: the mesh and the logical-name rules. Passed to
   the model (``model_lib.create_model(..., partitioning=)``), it pins activations at
   layer boundaries and, when the rules split ``length`` over a ``sequence`` axis of
-  more than one device, runs attention sequence-parallel (``seqpar.py``)."""
+  more than one device, runs attention sequence-parallel (``attention/seqpar.py``)."""
 
   mesh: Mesh
   rules: tuple

@@ -23,7 +23,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from longformer_jax import attention, attention_pallas
+from longformer_jax import attention
+from longformer_jax.attention import pallas as attention_pallas
 from longformer_jax import checkpoint as ckpt_lib
 from longformer_jax import compile_options
 from longformer_jax import data as data_lib

@@ -18,7 +18,8 @@ import ml_collections
 from flax import nnx
 
 from longformer_jax import checkpoint as ckpt_lib
-from longformer_jax import families, generation, train
+from longformer_jax import families, train
+from longformer_jax.led import generation
 from longformer_jax.hf_io import atomic_dir, copy_tokenizer
 from longformer_jax.run_files import EXPERIMENT, MODEL, is_workdir, read
 

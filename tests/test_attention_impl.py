@@ -12,7 +12,8 @@ from flax import nnx
 
 import longformer_jax as lj
 from longformer_jax import attention as attn
-from longformer_jax import attention_band, attention_pallas
+from longformer_jax.attention import band as attention_band
+from longformer_jax.attention import pallas as attention_pallas
 from longformer_jax import model as model_lib
 from longformer_jax.config import LongformerConfig
 

@@ -10,9 +10,9 @@ transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
 import longformer_jax as lj  # noqa: E402
-from longformer_jax import led as led_lib  # noqa: E402
-from longformer_jax import generation  # noqa: E402
-from longformer_jax import led_convert  # noqa: E402
+from longformer_jax.led import model as led_lib  # noqa: E402
+from longformer_jax.led import generation  # noqa: E402
+from longformer_jax.led import convert as led_convert  # noqa: E402
 
 
 def hf_led(tmp_path, **kw):

@@ -174,7 +174,7 @@ def test_attention_probabilities_reproduce_the_output_dilated_causal():
   """Dilated and causal (no reference has them): sum_j p_ij v_j must give the attention
   output, which the float64 oracle checks (tests/test_attention.py)."""
   from longformer_jax import attention as attn
-  from longformer_jax import attention_weights as aw
+  from longformer_jax.attention import weights as aw
   rng = np.random.default_rng(0)
   b, n, h, d = 2, 37, 3, 4
   q, k, v = (jnp.asarray(rng.normal(size=(b, n, h, d)), jnp.float32) for _ in range(3))

@@ -1,6 +1,6 @@
 """Attention dropout in the ``pallas`` backend's kernels: keep bits hashed in-kernel
 from the key and the position, checked against a float64 dense reference fed the
-same mask (``attention_pallas.dropout_keep_mask``), and the mask's statistics."""
+same mask (``attention.pallas.dropout_keep_mask``), and the mask's statistics."""
 
 import math
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from longformer_jax import attention as attn
-from longformer_jax import attention_pallas
+from longformer_jax.attention import pallas as attention_pallas
 
 RATE = 0.3
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from longformer_jax import attention as attn
-from longformer_jax import relative_position as relpos
+from longformer_jax.attention import relative_position as relpos
 
 
 def sinusoids_f64(t, dim):

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from longformer_jax import generation as gen_lib
+from longformer_jax.led import generation as gen_lib
 from longformer_jax import tokenization
 from longformer_jax.data import summarization
 from longformer_jax.data.pipeline import data_config

@@ -1,6 +1,6 @@
 """Attention probabilities for ``output_attentions`` (the reference's layouts), O(n).
 
-The attention itself (``attention.py``) never forms probabilities outside a
+The attention itself (``attention/__init__.py``) never forms probabilities outside a
 block; these functions recompute them, for inspection, in the layouts of the
 reference implementation:
 

@@ -20,7 +20,7 @@ gradients). Element (example-head bh = b*H + h, query row i, key column j):
   (wrapping int32 multiplies, xor, logical shifts) per element.
 
 Row i is the query row of the padded (B, H, Nq, D) queries; band key j the index
-into the padded key array of ``attention_band.py`` (position p is ``j = p + left``
+into the padded key array of ``attention/band.py`` (position p is ``j = p + left``
 when the keys carry no halo); global key g is column ``-1 - g``, disjoint from the
 band's. Dropout scales the normalised probabilities by 1 / (1 - rate) (the
 softmax denominator and the saved log-sum-exp are those without dropout);
@@ -30,7 +30,7 @@ per block): same distribution, other draws.
 
 Each ``pallas_call`` is lowered per platform: Triton on GPU, Mosaic on TPU, and
 Pallas interpret mode elsewhere (CPU), so the same kernels are tested anywhere.
-Operands and result as in ``attention_band.py``; scores, softmax and
+Operands and result as in ``attention/band.py``; scores, softmax and
 accumulators are fp32 whatever the input dtype.
 
 Not supported here (errors name the field): relative positions. On GPU the
@@ -46,7 +46,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 import numpy as np
 
-from longformer_jax.attention_band import NEG_INF, Band, acc_dtype
+from longformer_jax.attention.band import NEG_INF, Band, acc_dtype
 
 _PLATFORMS = ("cuda", "rocm", "tpu")
 

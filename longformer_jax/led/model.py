@@ -8,7 +8,7 @@
   given (what LED summarisation uses).
 * Decoder: BART's post-LN layers: causal self-attention, cross-attention over the
   encoder, feed-forward; its own learned positions. Decoding runs on a static-shape
-  key/value cache (:class:`DecoderCache`, ``generation.py``).
+  key/value cache (:class:`DecoderCache`, ``led/generation.py``).
 * LM head: the shared embeddings, plus ``final_logits_bias`` (a buffer, not trained).
 
 Shape suffixes: B batch, N encoder length, T decoder length, S cache length, E width,
@@ -25,13 +25,13 @@ from flax import nnx
 from flax import struct
 
 from longformer_jax import attention as attn
-from longformer_jax import generation
+from longformer_jax.led import generation
 from longformer_jax import inputs as inputs_lib
 from longformer_jax import layers
 from longformer_jax import outputs as out_lib
 from longformer_jax import sharding as sh
-from longformer_jax.attention_band import NEG_INF
-from longformer_jax.led_config import LEDConfig
+from longformer_jax.attention.band import NEG_INF
+from longformer_jax.led.config import LEDConfig
 
 
 class Buffer(nnx.Variable):

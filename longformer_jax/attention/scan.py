@@ -5,7 +5,7 @@ keys its block reaches (one dynamic slice), so a step's scores stay cache-sized
 and the program is small whatever the length. The backward pass is hand-written
 (flash-attention style): it keeps q, k, v, the output and each row's
 log-sum-exp, and recomputes the probabilities block by block. Operands and
-result as in ``attention_band.py``.
+result as in ``attention/band.py``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 import numpy as np
 
-from longformer_jax import relative_position as relpos
-from longformer_jax.attention_band import (NEG_INF, Band, acc_dtype, band_mask,
+from longformer_jax.attention import relative_position as relpos
+from longformer_jax.attention.band import (NEG_INF, Band, acc_dtype, band_mask,
                                            dropout_keep, unblock, widths)
 
 

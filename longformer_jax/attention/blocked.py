@@ -7,8 +7,8 @@ accelerator runs the whole band as a few large batched products. Memory is
 O(N (w + Q) + N G) per head, the gathered keys about (1 + w / Q) N rows: nothing
 of size N x N. Gradients are plain autodiff of this computation (its
 intermediates are of the same size). Dropout draws the same mask per block as
-the ``scan`` backend (``attention_band.dropout_keep``). Operands and result as
-in ``attention_band.py``.
+the ``scan`` backend (``band.dropout_keep``). Operands and result as
+in ``attention/band.py``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from longformer_jax import relative_position as relpos
-from longformer_jax.attention_band import (NEG_INF, Band, acc_dtype, band_mask,
+from longformer_jax.attention import relative_position as relpos
+from longformer_jax.attention.band import (NEG_INF, Band, acc_dtype, band_mask,
                                            dropout_keep, widths)
 
 

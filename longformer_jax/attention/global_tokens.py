@@ -5,10 +5,10 @@ Global tokens are listed per example in a static number G of slots
 projections Q_g, K_g, V_g (causal mode: keys at or before it), in one fp32
 softmax; the sums of that softmax (:class:`GlobalPartial`) can be taken over a
 part of the keys and merged by log-sum-exp, which is how a sequence split over
-devices computes them (``seqpar.py``). The local rows' side (every row also sees
-every global key) is in ``attention.py``, which composes the two.
+devices computes them (``attention/seqpar.py``). The local rows' side (every row also sees
+every global key) is in ``attention/__init__.py``, which composes the two.
 
-Shape suffixes as in ``attention.py``.
+Shape suffixes as in ``attention/__init__.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from longformer_jax.attention_band import NEG_INF, acc_dtype
+from longformer_jax.attention.band import NEG_INF, acc_dtype
 
 
 class GlobalIndex(NamedTuple):

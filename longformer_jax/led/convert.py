@@ -1,4 +1,4 @@
-"""HF LED checkpoints in and out: ``from_hf`` / ``to_hf`` for ``led.py``'s models, and
+"""HF LED checkpoints in and out: ``from_hf`` / ``to_hf`` for ``led/model.py``'s models, and
 ``bart_to_led`` (BART -> LED, paper section 7).
 
 Our parameter paths follow HF's names except inside the encoder's layers, which are
@@ -20,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from longformer_jax import generation, hf_io
-from longformer_jax import led as led_lib
-from longformer_jax.led_config import LEDConfig
+from longformer_jax import hf_io
+from longformer_jax.led import generation
+from longformer_jax.led import model as led_lib
+from longformer_jax.led.config import LEDConfig
 
 log = logging.getLogger(__name__)
 

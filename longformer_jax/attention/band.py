@@ -1,6 +1,6 @@
 """What the banded-attention backends share: the static description of one call.
 
-A backend (``attention_scan.py``, ``attention_blocked.py``) computes, for every
+A backend (``attention/scan.py``, ``attention/blocked.py``) computes, for every
 block of ``q_block`` queries, one softmax over the contiguous span of keys the
 block reaches plus the global keys. Every backend takes the same operands, laid
 out by ``attention.banded_attention``:
@@ -11,7 +11,7 @@ out by ``attention.banded_attention``:
 * ``gk``, ``gv`` (B, H, G, D) and ``global_ok`` (B, Nb*Q, G), or None;
 * ``rng``: a dropout key, or None;
 * ``qr`` (B, H, Nb*Q, D), pre-scaled, and ``rel`` (H, W, D), or None: relative
-  positions (``relative_position.py``);
+  positions (``attention/relative_position.py``);
 
 and returns the output as (B*Nb, H, Q, D) in ``v``'s dtype.
 """

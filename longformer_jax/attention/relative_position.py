@@ -10,7 +10,7 @@ times the head's dilation), so the position term of a block of queries is one
 (Q, W) product with a (W, D) table per head, skewed into the (Q, S) layout of
 the block's span of keys: nothing of size n x n exists, forward or backward.
 
-Shape suffixes as in ``attention.py``; W the band width (left + right + 1).
+Shape suffixes as in ``attention/__init__.py``; W the band width (left + right + 1).
 """
 
 from __future__ import annotations

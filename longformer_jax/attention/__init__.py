@@ -13,12 +13,12 @@ Semantics (those of the reference checkpoints):
   attend to, give zeros (never NaN).
 
 :func:`attend` is the one entry point: the model, the sequence-parallel path
-(``seqpar.py``) and :func:`longformer_attention` all call it. The local part is
+(``attention/seqpar.py``) and :func:`longformer_attention` all call it. The local part is
 blocked: each block of ``block_size`` queries reads only the contiguous span of
 keys its window reaches, so memory and time are O(n * (w + block_size) + n * G)
 for G global slots; nothing of size n x n exists, forward or backward. How the
 blocks are run is a named backend (``attention_impl``): ``scan`` (one block at a
-time, ``attention_scan.py``) or ``blocked`` (all at once, ``attention_blocked.py``).
+time, ``attention/scan.py``) or ``blocked`` (all at once, ``attention/blocked.py``).
 Scores and softmax are fp32 whatever the input dtype; products of probabilities
 and values accumulate in fp32.
 
@@ -36,13 +36,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from longformer_jax import attention_blocked
-from longformer_jax import attention_pallas
-from longformer_jax import attention_scan
-from longformer_jax import relative_position as relpos
-from longformer_jax.attention_band import NEG_INF, Band, unblock  # noqa: F401
+from longformer_jax.attention import blocked as attention_blocked
+from longformer_jax.attention import pallas as attention_pallas
+from longformer_jax.attention import scan as attention_scan
+from longformer_jax.attention import relative_position as relpos
+from longformer_jax.attention.band import NEG_INF, Band, unblock  # noqa: F401
 # The global side, re-exported: callers see one attention module.
-from longformer_jax.attention_global import (  # noqa: F401
+from longformer_jax.attention.global_tokens import (  # noqa: F401
     GlobalIndex, GlobalMasks, GlobalPartial, GlobalProjections, GlobalWeights,
     check_global_bound, count_global, gather_tokens, global_attention,
     global_attention_from_inputs, global_index, global_masks, global_output,
@@ -61,7 +61,7 @@ def window_radii(window: int, causal: bool) -> tuple[int, int]:
 
 
 # The backends of the banded part, by name: same operands, same result
-# (``attention_band.py``), checked against one float64 oracle.
+# (``attention/band.py``), checked against one float64 oracle.
 _BACKENDS = {"scan": attention_scan.scan_core, "blocked": attention_blocked.blocked_core,
              "pallas": attention_pallas.pallas_core}
 ATTENTION_IMPLS = ("auto", "scan", "blocked", "pallas")
@@ -111,11 +111,11 @@ def banded_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, key_ok_BxN, *, left: int,
 
   With ``rel_q`` (pre-scaled) and ``rel`` (row o + left for key j = i + o, W =
   left + right + 1 rows), the score of (i, j) gains ``rel_q[i] . rel[j - i + left]``
-  (``relative_position.py``).
+  (``attention/relative_position.py``).
 
   With ``halo``, ``k``, ``v`` and ``key_ok`` already hold ``left`` positions
   before the N queries and ``right`` after them (a sequence shard plus its
-  neighbours' edges, see ``seqpar.py``); otherwise keys beyond the ends are absent.
+  neighbours' edges, see ``attention/seqpar.py``); otherwise keys beyond the ends are absent.
 
   Queries go in blocks of ``block_size``, each reading the contiguous span of
   ``block_size + left + right`` keys it reaches; ``impl`` names the backend that
@@ -260,7 +260,7 @@ def local_attention(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, is_global_BxN
   ``q`` is pre-scaled. Rows at global positions are computed too (:func:`attend`
   overwrites them with the global rows); padded rows are zero. With ``relative``,
   ``q`` holds the content queries (q + u) and the scores gain the relative-position
-  term (``relative_position.py``; no global tokens then).
+  term (``attention/relative_position.py``; no global tokens then).
   """
   n, heads = q_BxNxHxD.shape[1:3]
   left, right = window_radii(window, causal)
@@ -330,7 +330,7 @@ def attend(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, is_global_BxN,
   (then ``q`` holds q + u) and the global queries. ``gidx`` lists the global
   tokens (:func:`global_index`), ``is_global_BxN`` marks them. ``impl`` names
   the banded backend (:func:`resolve_impl`). ``seq`` says where the keys live
-  (the whole sequence, or a device's chunk of it: ``seqpar.py``). Returns
+  (the whole sequence, or a device's chunk of it: ``attention/seqpar.py``). Returns
   (B, N, H, D) in ``v``'s dtype (or the global rows', if wider), padded rows zero.
   """
   check_impl(impl)
