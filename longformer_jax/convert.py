@@ -25,27 +25,41 @@ def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m longformer_jax.convert",
                                    description=__doc__.split("\n\n")[0])
   sub = parser.add_subparsers(dest="cmd", required=True)
-  p = sub.add_parser("roberta", help="RoBERTa HF checkpoint -> Longformer HF checkpoint")
-  p.add_argument("src"), p.add_argument("dst")
-  p.add_argument("--max-length", type=int, default=4096)
-  p.add_argument("--attention-window", type=int, default=512)
+  formatter = argparse.ArgumentDefaultsHelpFormatter
+  p = sub.add_parser("roberta", help="RoBERTa HF checkpoint -> Longformer HF checkpoint",
+                     formatter_class=formatter)
+  p.add_argument("src", help="the RoBERTa HF directory")
+  p.add_argument("dst", help="the Longformer HF directory to write")
+  p.add_argument("--max-length", type=int, default=4096, help="positions of the new model")
+  p.add_argument("--attention-window", type=int, default=512,
+                 help="the sliding window of every layer")
   p = sub.add_parser("extend", help="HF Longformer checkpoint -> the same with more "
-                     "positions (rows copied)")
-  p.add_argument("src"), p.add_argument("dst")
-  p.add_argument("--max-length", type=int, required=True)
+                     "positions (rows copied)", formatter_class=formatter)
+  p.add_argument("src", help="the HF Longformer directory")
+  p.add_argument("dst", help="the HF directory to write")
+  p.add_argument("--max-length", type=int, required=True, help="positions of the new model")
   p.add_argument("--new-positions", choices=NEW_POSITIONS, default="copy",
                  help="copy the learned rows (default, the paper's) or draw them at random")
   p = sub.add_parser("bart-to-led", help="BART HF checkpoint -> LED HF checkpoint "
-                     "(positions copied, global Q/K/V from the local ones)")
-  p.add_argument("src"), p.add_argument("dst")
-  p.add_argument("--max-length", type=int, default=16384)
-  p.add_argument("--attention-window", type=int, default=1024)
-  p = sub.add_parser("to-native", help="HF Longformer checkpoint -> orbax checkpoint")
-  p.add_argument("src"), p.add_argument("dst")
-  p.add_argument("--task", default=None, choices=sorted(model_lib.TASKS))
+                     "(positions copied, global Q/K/V from the local ones)",
+                     formatter_class=formatter)
+  p.add_argument("src", help="the BART HF directory")
+  p.add_argument("dst", help="the LED HF directory to write")
+  p.add_argument("--max-length", type=int, default=16384,
+                 help="encoder positions of the new model")
+  p.add_argument("--attention-window", type=int, default=1024,
+                 help="the encoder's sliding window of every layer")
+  p = sub.add_parser("to-native", help="HF Longformer checkpoint -> orbax checkpoint",
+                     formatter_class=formatter)
+  p.add_argument("src", help="the HF Longformer directory")
+  p.add_argument("dst", help="the orbax checkpoint directory to write")
+  p.add_argument("--task", default=None, choices=sorted(model_lib.TASKS),
+                 help="the head to load; none: the config's architectures")
   p = sub.add_parser("to-hf", help="training workdir (its newest checkpoint) or orbax "
-                     "checkpoint -> HF Longformer directory")
-  p.add_argument("src"), p.add_argument("dst")
+                     "checkpoint -> HF Longformer directory", formatter_class=formatter)
+  p.add_argument("src", help="a training workdir (its newest checkpoint) or an orbax "
+                 "checkpoint directory")
+  p.add_argument("dst", help="the HF directory to write")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
   if args.cmd == "roberta":

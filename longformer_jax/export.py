@@ -36,6 +36,8 @@ from longformer_jax import attention
 from longformer_jax.attention import global_tokens as attention_global
 from longformer_jax import inputs as inputs_lib
 from longformer_jax import longformer_convert
+from longformer_jax import model as model_lib
+from longformer_jax import run_files
 
 # Pallas on GPU lowers to Triton calls, which jax.export does not promise to keep
 # loadable across versions; the artifact is still valid for this jaxlib.
@@ -120,21 +122,34 @@ def load(path: str | os.PathLike) -> ExportedModel:
 
 
 def main(argv=None) -> None:
-  p = argparse.ArgumentParser(prog="python -m longformer_jax.export",
-                              description="HF Longformer checkpoint -> a serialised "
-                              "jax.export artifact of its forward")
-  p.add_argument("checkpoint"), p.add_argument("out")
-  p.add_argument("--seq-len", type=int, required=True)
-  p.add_argument("--batch", type=int, default=None, help="static batch (default: dynamic)")
+  p = argparse.ArgumentParser(
+      prog="python -m longformer_jax.export",
+      description="A Longformer (an HF directory or a training workdir's newest checkpoint) "
+      "-> a serialised jax.export artifact of its forward, loadable without this package's "
+      "model code (longformer_jax.export.load).",
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("checkpoint", help="an HF Longformer directory or a training workdir")
+  p.add_argument("out", help="the artifact file to write")
+  p.add_argument("--seq-len", type=int, required=True,
+                 help="the sequence length of the inputs the artifact takes")
+  p.add_argument("--batch", type=int, default=None, help="a static batch size; none: dynamic")
   p.add_argument("--platforms", default="cpu", help="comma-separated: cpu,cuda,rocm,tpu")
-  p.add_argument("--attention-impl", default="auto")
-  p.add_argument("--max-global-tokens", type=int, default=None)
-  p.add_argument("--task", default=None)
+  p.add_argument("--attention-impl", default="auto",
+                 help="the attention backend compiled in: auto, scan, blocked, pallas")
+  p.add_argument("--max-global-tokens", type=int, default=None,
+                 help="the static bound on global tokens per example; none: the config's")
+  p.add_argument("--task", default=None, choices=sorted(model_lib.TASKS),
+                 help="the head of an HF directory; none: its config's architectures")
   args = p.parse_args(argv)
   overrides = dict(attention_impl=args.attention_impl)
   if args.max_global_tokens is not None:
     overrides["max_global_tokens"] = args.max_global_tokens
-  model = longformer_convert.from_hf(args.checkpoint, args.task, **overrides)
+  if run_files.is_workdir(args.checkpoint):
+    from longformer_jax import workdir  # the training library: slow to import
+    model, info = workdir.trained_model(args.checkpoint, **overrides)
+    print(f"step {info['step']} of {args.checkpoint}")
+  else:
+    model = longformer_convert.from_hf(args.checkpoint, args.task, **overrides)
   exported = export_model(model, seq_len=args.seq_len, batch=args.batch,
                           platforms=args.platforms.split(","))
   save(exported, args.out)

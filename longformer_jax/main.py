@@ -42,6 +42,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def parse_flags(argv):
   """absl's flag parsing, with a ``--config.KEY`` that names no config field reported as
   a flags error naming it (ml_collections raises a bare KeyError / AttributeError)."""
+  if any(arg in ("-h", "--help", "--helpshort") for arg in argv[1:]):
+    app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)  # absl's own exits 1
   try:
     return app.parse_flags_with_usage(argv)
   except (KeyError, AttributeError) as e:

@@ -16,6 +16,7 @@ A field whose default is None is a typed placeholder (None until set), so that
 
 from __future__ import annotations
 
+import ast
 import math
 
 import ml_collections
@@ -26,8 +27,34 @@ from ml_collections.config_flags import tuple_parser
 PAPER_CHECKPOINT = "/tmp/longformer-base-4096"  # an HF Longformer directory
 
 
-class ListParser(tuple_parser.TupleParser):
-  """``--config.KEY=1,2`` (or ``'[1, 2]'``, or repeated) for a list field, as for tuples."""
+def _literal(text: str):
+  """A Python literal (``3``, ``'a'``, ``1e-3``), or the text itself (``neg``)."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+class TupleParser(tuple_parser.TupleParser):
+  """``--config.KEY=neg,pos`` -> ``('neg', 'pos')`` for a tuple field (ml_collections
+  alone gives ``('neg,pos',)``: bare words are not literals); ``'("a", 1)'`` and
+  ``1,2`` parse as before."""
+
+  def parse(self, argument):
+    if not (isinstance(argument, str) and "," in argument):
+      return super().parse(argument)
+    try:
+      parsed = super().parse(argument)
+    except (ValueError, SyntaxError):  # not a literal: "a b,1e-3"
+      parsed = None
+    if parsed is None or (len(parsed) == 1 and parsed[0] == argument.strip()):
+      parsed = tuple(_literal(part.strip()) for part in argument.split(","))
+    return parsed
+
+
+class ListParser(TupleParser):
+  """The same for a list field (ml_collections overrides tuples but not lists, e.g.
+  char_lm's per-layer windows): ``--config.KEY=1,2``, ``'[1, 2]'`` or repeated."""
 
   def parse(self, argument):
     return argument if isinstance(argument, list) else list(super().parse(argument))
@@ -36,7 +63,7 @@ class ListParser(tuple_parser.TupleParser):
     return "list"
 
 
-# ml_collections overrides tuples but not lists (e.g. char_lm's per-layer windows).
+config_flags.register_flag_parser_for_type(tuple, TupleParser())
 config_flags.register_flag_parser_for_type(list, ListParser())
 
 

@@ -97,17 +97,22 @@ def summarize(model, tok, texts: list[str], *, batch_size: int = 4,
 
 
 def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(prog="python -m longformer_jax.summarize",
+                              description=__doc__.split("\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("model", help="a seq2seq training workdir or an HF LED directory")
   p.add_argument("input", help="a text file (one document) or a JSONL file")
-  p.add_argument("--output", default=None, help="JSONL {id, summary}; default stdout")
-  p.add_argument("--tokenizer", default=None, help="default: the model's")
-  p.add_argument("--text_field", default="document")
-  p.add_argument("--id_field", default="id")
-  p.add_argument("--batch_size", type=int, default=4)
-  p.add_argument("--max_input_length", type=int, default=None)
+  p.add_argument("--output", default=None, help="JSONL {id, summary}; none: stdout")
+  p.add_argument("--tokenizer", default=None, help="a tokenizer directory; none: the model's")
+  p.add_argument("--text_field", default="document", help="the JSONL field of the text")
+  p.add_argument("--id_field", default="id", help="the JSONL field of the id")
+  p.add_argument("--batch_size", type=int, default=4, help="documents per generate call")
+  p.add_argument("--max_input_length", type=int, default=None,
+                 help="tokens kept of each document; none: the model's positions")
   for name, kind in _GENERATION_FLAGS.items():
-    p.add_argument(f"--{name}", type=kind, default=None)
+    p.add_argument(f"--{name}", type=kind, default=None,
+                   help="as HF generate's argument of that name; none: the model's "
+                   "generation config")
   args = p.parse_args(argv)
   model, tok = load_model(args.model)
   if args.tokenizer:

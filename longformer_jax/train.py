@@ -447,6 +447,7 @@ class Runner:
         metrics.update(scores)
         if predictions_path and name == "eval" and jax.process_index() == 0:
           write_jsonl_atomic(predictions_path, predictions)
+          log.info("wrote %d predictions to %s", len(predictions), predictions_path)
       out.update({f"{name}_{k}": v for k, v in metrics.items()})
     return out
 

@@ -26,12 +26,13 @@ from longformer_jax.run_files import EXPERIMENT, MODEL, is_workdir, read
 __all__ = ["EXPERIMENT", "MODEL", "is_workdir", "trained_model", "export_hf"]
 
 
-def trained_model(workdir: str):
-  """(model in eval mode, model.json contents) from the newest readable checkpoint."""
+def trained_model(workdir: str, **overrides):
+  """(model in eval mode, model.json contents) from the newest readable checkpoint;
+  ``overrides`` replace run fields of its config (``attention_impl=...``)."""
   config = ml_collections.ConfigDict(read(workdir, EXPERIMENT))
   info = read(workdir, MODEL)
   family = families.get(info.get("family", "longformer"))
-  cfg = family.config_cls(**info["config"])
+  cfg = family.config_cls(**{**info["config"], **overrides})
   tx = train.optimizer_of(config, train.resolve_phases(config))[1]
   abstract = jax.eval_shape(lambda: train.init_state(cfg, info["head"], tx, config.seed))
   # On this host's first device, whatever mesh the run was saved from.

@@ -124,3 +124,45 @@ def test_main_names_an_unknown_flag_or_config_key(tmp_path, flag, named):
   assert proc.returncode != 0
   assert named in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
   assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
+
+
+def _parsers(main, argv):
+  """The argparse parsers ``main(argv)`` builds (the top one, then its subcommands')."""
+  import argparse
+  built = []
+  parse = argparse.ArgumentParser.parse_args
+
+  def keep(self, *args, **kwargs):
+    built.append(self)
+    raise SystemExit(0)
+  argparse.ArgumentParser.parse_args = keep
+  try:
+    with pytest.raises(SystemExit):
+      main(argv)
+  finally:
+    argparse.ArgumentParser.parse_args = parse
+  subcommands = [a.choices for a in built[0]._actions
+                 if isinstance(a, argparse._SubParsersAction)]
+  return built + [p for choices in subcommands for p in choices.values()]
+
+
+@pytest.mark.parametrize("module", ["convert", "export", "summarize"])
+def test_command_line_help_describes_every_argument(module):
+  """Every argument and option of the command lines says what it is."""
+  import importlib
+  main = importlib.import_module(f"longformer_jax.{module}").main
+  parsers = _parsers(main, [])
+  assert len(parsers) >= (6 if module == "convert" else 1)
+  for parser in parsers:
+    assert parser.prog.startswith(f"python -m longformer_jax.{module}"), parser.prog
+    for action in parser._actions:
+      if action.dest not in ("help", "cmd"):
+        assert action.help, f"{parser.prog}: {action.dest} has no help"
+
+
+def test_main_help_exits_zero_and_lists_the_flags():
+  proc = subprocess.run([sys.executable, "-m", "longformer_jax.main", "--help"],
+                        capture_output=True, text=True, timeout=120, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  for flag in ("--config", "--workdir", "--mode", "--topology"):
+    assert flag in proc.stdout, flag

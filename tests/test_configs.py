@@ -93,3 +93,13 @@ def test_every_field_overrides(name, variant):
   for key, want in expected.items():
     got = get_path(config, key)
     assert (got, type(got)) == (want, type(want)), f"--config.{key}"
+
+
+@pytest.mark.parametrize("text,want", [
+    ("neg,pos", ("neg", "pos")), ("'neg', 'pos'", ("neg", "pos")), ("3,4", (3, 4)),
+    ("neg", ("neg",)), ("a b,1e-3", ("a b", 1e-3))])
+def test_tuple_override_of_bare_words(text, want):
+  """``--config.data.label_names=neg,pos`` is two names, not one ``'neg,pos'``."""
+  argv = ["prog", f"--config={os.path.join(ROOT, 'configs', 'finetune_imdb')}.py:tiny",
+          f"--config.data.label_names={text}"]
+  assert parse(argv).data.label_names == want

@@ -254,6 +254,13 @@ def test_hf_directory_and_jsonl_to_predictions_and_export(tmp_path, tokenizer_di
   back = __import__("longformer_jax").from_hf(out)
   for a, b in zip(jax_leaves(nnx.state(back, nnx.Param)), jax_leaves(nnx.state(ours, nnx.Param))):
     assert np.array_equal(a, b)
+  # the same workdir exported as a jax.export artifact: the trained model's logits
+  from longformer_jax import export
+  artifact = tmp_path / "run.jax_exported"
+  export.main([workdir, str(artifact), "--seq-len", str(ids.shape[1]),
+               "--max-global-tokens", "1"])
+  from_artifact = export.load(artifact)(ids, np.ones_like(ids), gmask)["logits"]
+  np.testing.assert_allclose(np.asarray(from_artifact), np.asarray(got), rtol=0, atol=1e-5)
 
 
 def jax_leaves(tree):

@@ -130,7 +130,7 @@ def _label_ids(label, names: tuple, multi: bool, where: str) -> list[int]:
   try:
     return [names.index(v) for v in values]
   except ValueError:
-    raise ValueError(f"{where}: label {label!r} is not one of data_cfg.label_names "
+    raise ValueError(f"{where}: label {label!r} is not one of config.data.label_names "
                      f"{list(names)}") from None
 
 

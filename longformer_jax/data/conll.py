@@ -119,7 +119,7 @@ class Conll(documents.FileBuilder, skip_registration=True):
       unknown = sorted({t for s in sentences for _, t in s} - set(names))
       if unknown:
         raise ValueError(f"{NAME}: {path}, document {doc_id}: tags {unknown} are not in "
-                         f"data_cfg.label_names {names}")
+                         f"config.data.label_names {names}")
       ids, word_ids = encode_words(tok, words)
       yield doc_id, {"id": doc_id, "input_ids": ids, "word_ids": word_ids,
                      "tags": np.asarray([names.index(t) for s in sentences for _, t in s],
