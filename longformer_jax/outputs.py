@@ -31,6 +31,8 @@ class ModelOutput:
 
   def __getitem__(self, key):
     if isinstance(key, str):
+      if key in _ENCODER_FIELDS and not hasattr(type(self), key):
+        getattr(self, key)  # the AttributeError that says how to get it
       if key not in self.keys():
         raise KeyError(key)
       return getattr(self, key)
@@ -38,6 +40,17 @@ class ModelOutput:
 
   def __contains__(self, key):
     return key in self.keys()
+
+  def __getattr__(self, name):  # only reached for names that are not fields
+    if name in _ENCODER_FIELDS:
+      raise AttributeError(
+          f"{type(self).__name__} (a task head's output) has no {name}: load the model "
+          "with task='base' for the encoder's outputs, or call it with "
+          "output_hidden_states=True and read hidden_states[-1]")
+    raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+_ENCODER_FIELDS = ("last_hidden_state", "pooler_output")
 
 
 @struct.dataclass

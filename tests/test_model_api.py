@@ -13,6 +13,7 @@ from flax import nnx
 
 import longformer_jax as lj
 from longformer_jax import model as model_lib
+from longformer_jax import outputs
 from conftest import (HF_ATOL, PAD, SEP, VOCAB, batch, hf_heads, qa_batch, run_both, save_hf,
                       task_inputs)
 
@@ -357,3 +358,15 @@ def test_causal_lm_head_shifts_labels_and_needs_causal_windows():
   np.testing.assert_allclose(float(out.loss), float(want), rtol=1e-6)
   with pytest.raises(ValueError, match="causal=True"):
     model_lib.create_model(cfg.replace(causal=False), "causal_lm")
+
+
+def test_head_output_says_how_to_get_the_encoder_states():
+  """A head's output read as the encoder's (the quick start on an MLM checkpoint) says
+  to load with task='base' instead of a bare AttributeError; real fields still read."""
+  out = outputs.LogitsOutput(logits=jnp.zeros((1, 2, 3)))
+  for read in (lambda: out.last_hidden_state, lambda: out["pooler_output"]):
+    with pytest.raises(AttributeError, match="task='base'.*hidden_states\\[-1\\]"):
+      read()
+  with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+    out.nonsense
+  assert out["logits"].shape == (1, 2, 3) and "last_hidden_state" not in out

@@ -72,7 +72,8 @@ def checkpoints(tmp_path_factory):
   root = tmp_path_factory.mktemp("doc_checkpoints")
   small = dict(vocab_size=50265, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                intermediate_size=37)
-  transformers.LongformerModel(transformers.LongformerConfig(
+  # Saved with an MLM head, as the published base checkpoints are (architectures names it).
+  transformers.LongformerForMaskedLM(transformers.LongformerConfig(
       **small, attention_window=[8, 8], max_position_embeddings=4098)).save_pretrained(
           root / "longformer")
   transformers.RobertaModel(transformers.RobertaConfig(
