@@ -39,6 +39,7 @@ class Checkpointer:
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
+    log.info("checkpoint of step %d: %s", step, os.path.join(self.directory, str(step)))
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())

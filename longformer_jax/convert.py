@@ -11,8 +11,8 @@ this one.
 from __future__ import annotations
 
 import argparse
-import logging
 
+from longformer_jax import cli
 from longformer_jax.led import convert as led_convert
 from longformer_jax import model as model_lib
 from longformer_jax.hf_io import load_state_dict  # noqa: F401  (convert.load_state_dict)
@@ -60,8 +60,15 @@ def main(argv=None):
   p.add_argument("src", help="a training workdir (its newest checkpoint) or an orbax "
                  "checkpoint directory")
   p.add_argument("dst", help="the HF directory to write")
+  for command in sub.choices.values():
+    cli.add_verbosity(command)
   args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(message)s")
+  cli.setup_logging(args.verbosity)
+  cli.run(lambda: run_command(args), args.verbosity)
+
+
+def run_command(args) -> None:
+  """Runs the parsed ``convert`` command."""
   if args.cmd == "roberta":
     roberta_to_longformer(args.src, args.dst, args.max_length, args.attention_window)
   elif args.cmd == "extend":

@@ -8,7 +8,9 @@ reloaded and run without this package's model code.
 
 The exported function takes ``input_ids``, ``attention_mask`` and
 ``global_attention_mask``, (B, ``seq_len``) int32, and returns the model's output
-fields as a dict (``last_hidden_state``, ``logits``, ...); an example with more
+fields as a dict (``last_hidden_state``, ``logits``, ...); the loaded artifact also
+takes shorter inputs (padded to ``seq_len``, per-token outputs cut back) and defaults
+the masks as the model does (all ones; no global tokens); an example with more
 global tokens than ``max_global_tokens`` raises, as in the model. The batch is symbolic
 unless ``batch`` is given. ``platforms`` lists where the artifact may run; it is
 lowered for each of them here, none needs to be present. The attention backend is
@@ -32,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import export as jax_export
 
-from longformer_jax import attention
+from longformer_jax import attention, cli
 from longformer_jax.attention import global_tokens as attention_global
 from longformer_jax import inputs as inputs_lib
 from longformer_jax import longformer_convert
@@ -77,21 +79,52 @@ def export_model(model, *, seq_len: int, batch: int | None = None,
   spec = jax.ShapeDtypeStruct((b, seq_len), jnp.int32)
   exported = jax_export.export(jax.jit(forward), platforms=tuple(platforms),
                                disabled_checks=_UNSTABLE_KERNELS)(spec, spec, spec)
-  return ExportedModel(exported, bound)
+  return ExportedModel(exported, bound, token_fields(forward, seq_len),
+                       model.config.pad_token_id)
+
+
+def token_fields(forward, seq_len: int) -> tuple[str, ...]:
+  """The outputs of ``forward`` with a token axis (axis 1 follows the input's length):
+  those a shorter input's call cuts back to its length."""
+  if seq_len < 2:
+    return ()
+  shapes = [jax.eval_shape(forward, *[jax.ShapeDtypeStruct((1, n), jnp.int32)] * 3)
+            for n in (seq_len, seq_len - 1)]
+  return tuple(sorted(k for k, v in shapes[0].items()
+                      if k != "global_tokens" and v.shape != shapes[1][k].shape))
 
 
 class ExportedModel:
   """An exported forward and its global-token bound. Calling it runs the program and
   raises (eagerly, or under ``jit`` when it runs) if an example had more global
-  tokens than the bound; it returns the model's output fields."""
+  tokens than the bound; it returns the model's output fields.
 
-  def __init__(self, exported: jax_export.Exported, max_global_tokens: int):
+  Inputs shorter than the exported length are padded to it (``pad_token_id``, masked
+  out) and the per-token outputs cut back to their length; ``attention_mask``
+  defaults to all ones and ``global_attention_mask`` to no global tokens, as in the
+  model."""
+
+  def __init__(self, exported: jax_export.Exported, max_global_tokens: int,
+               token_outputs: Sequence[str] = (), pad_token_id: int = 1):
     self.exported, self.max_global_tokens = exported, int(max_global_tokens)
+    self.token_outputs, self.pad_token_id = tuple(token_outputs), int(pad_token_id)
+    self.seq_len = exported.in_avals[0].shape[1]
 
-  def __call__(self, input_ids, attention_mask, global_attention_mask):
-    out = dict(self.exported.call(input_ids, attention_mask, global_attention_mask))
+  def __call__(self, input_ids, attention_mask=None, global_attention_mask=None):
+    n = input_ids.shape[-1]
+    if n > self.seq_len:
+      raise ValueError(f"input_ids has {n} tokens; the artifact takes at most "
+                       f"{self.seq_len} (export it with a larger --seq-len)")
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    if global_attention_mask is None:
+      global_attention_mask = jnp.zeros_like(input_ids)
+    pad = [(0, 0)] * (input_ids.ndim - 1) + [(0, self.seq_len - n)]
+    args = [jnp.pad(jnp.asarray(x, jnp.int32), pad, constant_values=fill) for x, fill in
+            ((input_ids, self.pad_token_id), (attention_mask, 0), (global_attention_mask, 0))]
+    out = dict(self.exported.call(*args))
     attention_global.check_global_bound(out.pop("global_tokens"), self.max_global_tokens)
-    return out
+    return {k: v[:, :n] if k in self.token_outputs else v for k, v in out.items()}
 
 
 def save(model: ExportedModel, path: str | os.PathLike) -> None:
@@ -99,7 +132,8 @@ def save(model: ExportedModel, path: str | os.PathLike) -> None:
   the serialised ``jax.export`` program."""
   path = os.fspath(path)
   header = dict(format=FORMAT, max_global_tokens=model.max_global_tokens,
-                platforms=list(model.exported.platforms))
+                platforms=list(model.exported.platforms),
+                token_outputs=list(model.token_outputs), pad_token_id=model.pad_token_id)
   tmp = f"{path}.tmp{os.getpid()}"
   try:
     with open(tmp, "wb") as f:
@@ -118,7 +152,8 @@ def load(path: str | os.PathLike) -> ExportedModel:
   meta = json.loads(header)
   if meta.get("format") != FORMAT:
     raise ValueError(f"{path} is not a {FORMAT} artifact (header {header[:80]!r})")
-  return ExportedModel(jax_export.deserialize(bytearray(program)), meta["max_global_tokens"])
+  return ExportedModel(jax_export.deserialize(bytearray(program)), meta["max_global_tokens"],
+                       meta.get("token_outputs", ()), meta.get("pad_token_id", 1))
 
 
 def main(argv=None) -> None:
@@ -140,7 +175,14 @@ def main(argv=None) -> None:
                  help="the static bound on global tokens per example; none: the config's")
   p.add_argument("--task", default=None, choices=sorted(model_lib.TASKS),
                  help="the head of an HF directory; none: its config's architectures")
+  cli.add_verbosity(p)
   args = p.parse_args(argv)
+  cli.setup_logging(args.verbosity)
+  cli.run(lambda: export_command(args), args.verbosity)
+
+
+def export_command(args) -> None:
+  """Runs the parsed ``export`` command."""
   overrides = dict(attention_impl=args.attention_impl)
   if args.max_global_tokens is not None:
     overrides["max_global_tokens"] = args.max_global_tokens

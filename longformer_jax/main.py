@@ -13,6 +13,10 @@ topology without the hardware (``v5e-256``, ``v4-128``, ``v5p-128``, ``v6e-256``
 ``v5e:2x2``, ``h100-8``, ``a100-8``, ``cpu-N``; see ``aot.py``), prints per-device
 memory, fit, FLOPs, bytes, collectives and a roofline bound, and writes
 ``WORKDIR/compile/NAME.json``.
+
+Logs: the run's progress and milestones; other libraries' records only from WARNING
+(``--verbosity=1``: everything, and the traceback of a failed run, which otherwise ends
+in one ``error:`` line).
 """
 
 import sys
@@ -20,7 +24,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from longformer_jax import train
+from longformer_jax import cli, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics; resumes if present.")
@@ -63,6 +67,11 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.setup_logging(FLAGS.verbosity)
+  cli.run(run_mode, FLAGS.verbosity)
+
+
+def run_mode():
   if FLAGS.mode == "compile":
     if not FLAGS.topology:
       raise app.UsageError("--mode=compile needs --topology (e.g. v5e-256, v5e:2x2, cpu-8)")

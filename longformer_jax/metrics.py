@@ -22,6 +22,7 @@ class MetricWriter:
     self.enabled = enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
+    self._pending: dict | None = None  # the current step's record, not yet written
     if enabled:
       os.makedirs(workdir, exist_ok=True)
       try:
@@ -41,16 +42,45 @@ class MetricWriter:
     os.replace(self.path + ".tmp", self.path)
 
   def write(self, step: int, scalars: dict) -> None:
+    """Adds ``scalars`` to step ``step``'s record: a step's train and eval scalars make one
+    JSON object, written when a later step begins, on :meth:`flush` or on :meth:`close`."""
     if not self.enabled:
       return
-    with open(self.path, "a") as f:
-      f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
+    if self._pending is not None and self._pending["step"] != int(step):
+      self.flush()
+    if self._pending is None:
+      self._pending = {"step": int(step)}
+    self._pending.update({k: float(v) for k, v in scalars.items()})
     if self._tb is not None:
       for k, v in scalars.items():
         self._tb.add_scalar(k, float(v), int(step))
       self._tb.flush()
 
+  def flush(self) -> None:
+    """Appends the pending step's record to ``metrics.jsonl``."""
+    if self._pending is not None:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(self._pending) + "\n")
+      self._pending = None
+
+  def merge_into_file(self, step: int, scalars: dict) -> None:
+    """Adds ``scalars`` to the record of ``step`` already in the file (a new record if it
+    has none), rewriting the file atomically: ``--mode=evaluate`` after a run."""
+    if not self.enabled:
+      return
+    self.flush()
+    records = read_jsonl(os.path.dirname(self.path)) if os.path.exists(self.path) else []
+    record = next((r for r in records if r["step"] == int(step)), None)
+    if record is None:
+      record = {"step": int(step)}
+      records.append(record)
+    record.update({k: float(v) for k, v in scalars.items()})
+    with open(self.path + ".tmp", "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(self.path + ".tmp", self.path)
+
   def close(self):
+    self.flush()
     if self._tb is not None:
       self._tb.close()
 

@@ -25,7 +25,7 @@ import sys
 
 import numpy as np
 
-from longformer_jax import longformer_convert, tokenization
+from longformer_jax import cli, longformer_convert, tokenization
 from longformer_jax import workdir as workdir_lib
 from longformer_jax.data import documents
 from longformer_jax.tasks.seq2seq import generated_tokens
@@ -113,7 +113,14 @@ def main(argv=None) -> None:
     p.add_argument(f"--{name}", type=kind, default=None,
                    help="as HF generate's argument of that name; none: the model's "
                    "generation config")
+  cli.add_verbosity(p)
   args = p.parse_args(argv)
+  cli.setup_logging(args.verbosity)
+  cli.run(lambda: summarize_command(args), args.verbosity)
+
+
+def summarize_command(args) -> None:
+  """Runs the parsed ``summarize`` command."""
   model, tok = load_model(args.model)
   if args.tokenizer:
     tok = tokenization.load_tokenizer(args.tokenizer)

@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 
@@ -451,12 +452,20 @@ class Runner:
       out.update({f"{name}_{k}": v for k, v in metrics.items()})
     return out
 
+  def prepare_data(self) -> None:
+    """Prepares the dataset for every phase's length before anything is written to the
+    workdir: a run whose data fails leaves no workdir behind."""
+    for seq_len in sorted({p.seq_len for p in self.phases}):
+      data_lib.prepare(self.data_cfg, seq_len=seq_len)
+
   def run(self) -> dict:
+    self.prepare_data()
     self.record()
     count = sum(x.size for x in jax.tree.leaves(self.abstract_state["params"]))
     log.info("model: %s parameters (%.1fM)", f"{count:,}", count / 1e6)
     preempt = _Preemption()
     state, step, it = self.init_or_restore()
+    compiled = set()
     progress = metrics_lib.Progress(self.total, step)
     phase = phase_of(self.phases, step)
     pending, last = None, {}
@@ -468,7 +477,12 @@ class Runner:
       batch = next(it)
       if step == 0 or step == phase.start:
         check_batch(batch, cfg)
+      t_call = time.time()
       state, m = jstep(state, self.to_global(batch))
+      if phase.index not in compiled:  # its first call compiled it
+        compiled.add(phase.index)
+        log.info("compiled the train step of phase %d (%d tokens x %d) in %.1fs",
+                 phase.index, phase.seq_len, phase.batch_size, time.time() - t_call)
       step += 1
       if pending is not None:  # read step-1's metrics while step runs
         last = self.report(*pending, progress)
@@ -484,6 +498,7 @@ class Runner:
         log.info("step %d | %s", step, " | ".join(f"{k} {v:.4f}" for k, v in ev.items()))
         last.update(ev)
       if must_save:
+        self.writer.flush()
         self.ckpt.save(step, state, it)
       if stop and step < self.total:
         log.warning("stopped at step %d on SIGTERM; the run resumes from here", step)
@@ -547,7 +562,7 @@ def evaluate(config, workdir: str, split: str | None = None,
   split = split or config.get("eval_split", "validation")
   path = predictions_path or os.path.join(workdir, f"predictions-{split}.jsonl")
   metrics = runner.evaluate(state, runner.phases[-1], split, path)
-  runner.writer.write(step, {f"{split}_{k}": v for k, v in metrics.items()})
+  runner.writer.merge_into_file(step, {f"{split}_{k}": v for k, v in metrics.items()})
   log.info("%s at step %d | %s", split, step,
            " | ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
   runner.ckpt.close()
@@ -562,8 +577,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   maybe_initialize_distributed(config)
-  os.makedirs(workdir, exist_ok=True)
-  t0 = time.time()
-  result = Runner(config, workdir).run()
-  log.info("done in %.0fs", time.time() - t0)
+  t0, existed = time.time(), os.path.exists(workdir)
+  try:
+    result = Runner(config, workdir).run()
+  except BaseException:
+    if not existed:
+      remove_if_unstarted(workdir)
+    raise
+  log.info("done in %.0fs: metrics in %s", time.time() - t0,
+           os.path.join(workdir, "metrics.jsonl"))
   return result
+
+
+def remove_if_unstarted(workdir: str) -> None:
+  """Removes a workdir this run created if it failed before logging a step or saving a
+  checkpoint (what is left is its record of a run that never ran)."""
+  ckpts = os.path.join(workdir, "checkpoints")
+  started = (os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+             or (os.path.isdir(ckpts) and os.listdir(ckpts)))
+  if jax.process_index() == 0 and os.path.isdir(workdir) and not started:
+    shutil.rmtree(workdir, ignore_errors=True)

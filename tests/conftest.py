@@ -69,7 +69,7 @@ def losses(workdir) -> dict:
   """{step: train loss} of a run's metrics.jsonl; asserts no step is logged twice."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
-  steps = [r["step"] for r in rows if "loss" in r]
+  steps = [r["step"] for r in rows]  # train and eval scalars of a step share one record
   assert len(steps) == len(set(steps)), f"steps logged more than once: {sorted(steps)}"
   return {r["step"]: r["loss"] for r in rows if "loss" in r}
 

@@ -106,6 +106,7 @@ def test_main_trains_and_writes_metrics(tmp_path):
   with open(tmp_path / "run" / "metrics.jsonl") as f:
     rows = [json.loads(line) for line in f]
   train_rows = [r for r in rows if "loss" in r]
+  assert [r["step"] for r in rows] == [1, 2], rows  # one record per step, eval included
   assert [r["step"] for r in train_rows] == [1, 2], rows
   assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in train_rows), rows
   evals = [r for r in rows if "eval_accuracy" in r]

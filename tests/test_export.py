@@ -105,3 +105,22 @@ def test_cli_exports_an_hf_checkpoint(tmp_path):
   got = export.load(out)(ids, mask, gmask)["logits"]
   np.testing.assert_allclose(np.asarray(got), np.asarray(model(ids, mask, gmask).logits),
                              atol=1e-5, rtol=0)
+
+
+def test_artifact_takes_shorter_inputs_and_default_masks(tmp_path):
+  """An artifact exported at 45 tokens serves a 30-token input with no masks, as the
+  model does the same call: per-token outputs cut to 30, pooled ones whole; a longer
+  input is named."""
+  model = _model("scan", "token_classification")
+  ids, _, _ = _inputs()
+  export.save(export.export_model(model, seq_len=ids.shape[1]), tmp_path / "m")
+  loaded = export.load(tmp_path / "m")
+  assert loaded.token_outputs == ("logits",)
+  short = ids[:, :30]
+  got, want = loaded(short)["logits"], model(short).logits
+  assert got.shape == want.shape == (2, 30, 3)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
+  base = export.export_model(_model("scan"), seq_len=ids.shape[1])
+  assert base.token_outputs == ("last_hidden_state",)
+  with pytest.raises(ValueError, match="input_ids has 46 tokens.*at most 45"):
+    loaded(np.concatenate([ids, ids[:, :1]], axis=1))

@@ -24,7 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
+import shutil
+import sys
+import time
 from typing import Any, Mapping
 
 import grain
@@ -33,6 +37,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from longformer_jax.data import registry
+
+log = logging.getLogger("longformer_jax")
 
 DEFAULT_NUM_THREADS = 4
 DEFAULT_PREFETCH = 8  # batches
@@ -115,20 +121,49 @@ def prepare(data_cfg, *, seq_len: int | None = None) -> tfds.core.DatasetBuilder
   """Builds the dataset's array_record files under ``data_dir`` if absent; returns the builder.
 
   Processes sharing a ``data_dir`` take turns: the first builds, the others wait
-  and reuse its files.
+  and reuse its files. A preparation that fails removes the folders it created.
   """
   builder = get_builder(data_cfg, seq_len=seq_len)
   if builder.is_prepared():
     return builder
-  lock = os.path.join(_data_dir(_as_dict(data_cfg)), ".locks",
-                      f"{builder.name}-{builder.builder_config.name}.lock")
-  with _file_lock(lock):
-    builder = get_builder(data_cfg, seq_len=seq_len)
-    if not builder.is_prepared():
-      builder.download_and_prepare(
-          file_format="array_record",
-          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  root = _data_dir(_as_dict(data_cfg))
+  created = _first_missing(root, builder.data_dir)
+  lock = os.path.join(root, ".locks", f"{builder.name}-{builder.builder_config.name}.lock")
+  try:
+    with _file_lock(lock):
+      builder = get_builder(data_cfg, seq_len=seq_len)
+      if not builder.is_prepared():
+        _download_and_prepare(builder)
+  except BaseException:
+    if created is not None:
+      shutil.rmtree(created, ignore_errors=True)
+    raise
   return builder
+
+
+def _first_missing(root: str, path: str) -> str | None:
+  """The outermost folder from ``root`` down to ``path`` that does not exist yet."""
+  path, root = os.path.abspath(path), os.path.abspath(root)
+  chain = [path]
+  while chain[-1] != root and os.path.dirname(chain[-1]) != chain[-1]:
+    chain.append(os.path.dirname(chain[-1]))
+  return next((p for p in reversed(chain) if not os.path.exists(p)), None)
+
+
+def _download_and_prepare(builder) -> None:
+  """tfds's preparation, announced with the folder it fills; tfds's progress bars only on
+  a terminal (a log file would keep their redraws)."""
+  if not sys.stderr.isatty():
+    tfds.disable_progress_bar()
+  name = f"{builder.name}/{builder.builder_config.name}"
+  log.info("preparing %s in %s", name, builder.data_dir)
+  t0 = time.time()
+  builder.download_and_prepare(
+      file_format="array_record",
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  counts = ", ".join(f"{split} {info.num_examples:,}"
+                     for split, info in builder.info.splits.items())
+  log.info("prepared %s in %.0fs: %s examples", name, time.time() - t0, counts)
 
 
 def stored_examples(data_cfg, split: str, *, seq_len: int | None = None):
