@@ -103,6 +103,22 @@ def copy_tokenizer(source: str | None, out_dir: str) -> None:
       shutil.copy(os.path.join(source, name), os.path.join(out_dir, name))
 
 
+def remember_tokenizer(model, source: str | None) -> None:
+  """Records ``source`` (a tokenizer.json, or a directory with tokenizer files) on
+  ``model``: the HF and native directories later written from it carry those files."""
+  if source and not os.path.exists(source):
+    log.warning("the tokenizer %s is gone: directories written from this model will have "
+                "no tokenizer files", source)
+  elif source and (os.path.isfile(source) or any(
+      os.path.isfile(os.path.join(source, n)) for n in TOKENIZER_FILES)):
+    model.tokenizer_source = os.path.abspath(source)
+
+
+def tokenizer_of(model) -> str | None:
+  """The tokenizer :func:`remember_tokenizer` recorded on ``model`` (None if none)."""
+  return getattr(model, "tokenizer_source", None)
+
+
 def write_hf_dir(dst: str, config: dict, sd: dict[str, np.ndarray],
                  tokenizer_src: str | None) -> None:
   """:func:`save_weights` and the tokenizer's files into ``dst``, atomically."""

@@ -178,6 +178,7 @@ def from_hf(path: str | os.PathLike, task: str | None = None, **config_overrides
     task = model_lib.task_of_architecture(archs[0])
   model = model_lib.create_model(cfg, task)
   load_hf_weights(model, hf_io.load_state_dict(path))
+  hf_io.remember_tokenizer(model, path)
   model.eval()
   return model
 
@@ -213,6 +214,7 @@ def to_hf(model, path: str | os.PathLike, *, allow_unsupported: bool = False) ->
     log.warning("exporting to transformers, which will ignore: %s", "; ".join(bad))
   arch = model_lib.TASKS[task_of(model)][1]
   hf_io.save_weights(os.fspath(path), model.config.to_hf_dict([arch]), hf_state_dict(model))
+  hf_io.copy_tokenizer(hf_io.tokenizer_of(model), os.fspath(path))
 
 
 # ---- RoBERTa -> Longformer ---------------------------------------------------
@@ -288,7 +290,8 @@ def roberta_to_longformer(src: str, dst: str, max_length: int = 4096,
 
 # ---- native (orbax) checkpoints ---------------------------------------------
 def save_native(model, path: str | os.PathLike) -> None:
-  """Orbax checkpoint of the parameters in ``path/params`` + ``path/config.json``."""
+  """Orbax checkpoint of the parameters in ``path/params`` + ``path/config.json``, and the
+  tokenizer files of the directory the model was loaded from."""
   import orbax.checkpoint as ocp
   path = os.path.abspath(os.fspath(path))
   os.makedirs(path, exist_ok=True)
@@ -296,6 +299,7 @@ def save_native(model, path: str | os.PathLike) -> None:
     json.dump(model.config.to_hf_dict([model_lib.TASKS[task_of(model)][1]]), f, indent=2)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(path, "params"), nnx.state(model, nnx.Param), force=True)
+  hf_io.copy_tokenizer(hf_io.tokenizer_of(model), path)
 
 
 def load_native(path: str | os.PathLike, **config_overrides):
@@ -310,5 +314,6 @@ def load_native(path: str | os.PathLike, **config_overrides):
                         nnx.state(model, nnx.Param))
   with ocp.StandardCheckpointer() as ckptr:
     nnx.update(model, ckptr.restore(os.path.join(path, "params"), target))
+  hf_io.remember_tokenizer(model, path)
   model.eval()
   return model

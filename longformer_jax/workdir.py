@@ -20,7 +20,8 @@ from flax import nnx
 from longformer_jax import checkpoint as ckpt_lib
 from longformer_jax import families, train
 from longformer_jax.led import generation
-from longformer_jax.hf_io import atomic_dir, copy_tokenizer
+from longformer_jax import hf_io
+from longformer_jax.hf_io import atomic_dir
 from longformer_jax.run_files import EXPERIMENT, MODEL, is_workdir, read
 
 __all__ = ["EXPERIMENT", "MODEL", "is_workdir", "trained_model", "export_hf"]
@@ -51,6 +52,7 @@ def trained_model(workdir: str, **overrides):
   nnx.update(model, state["params"])
   if info.get("generation"):
     model.generation_config = generation.GenerationConfig.from_dict(info["generation"])
+  hf_io.remember_tokenizer(model, info.get("tokenizer"))
   model.eval()
   return model, dict(info, step=step)
 
@@ -69,6 +71,5 @@ def export_hf(workdir: str, out_dir: str) -> int:
                  label2id={n: i for i, n in enumerate(names)})
     model.config = model.config.replace(extra_json=json.dumps(extra, sort_keys=True))
   with atomic_dir(out_dir) as tmp:
-    families.of_config(model.config).to_hf(model, tmp)
-    copy_tokenizer(info.get("tokenizer"), tmp)
+    families.of_config(model.config).to_hf(model, tmp)  # with the run's tokenizer
   return info["step"]

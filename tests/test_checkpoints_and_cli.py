@@ -69,10 +69,17 @@ def test_convert_cli_round_trip_through_native(tmp_path, capsys):
   checkpoint computes the HF model's outputs."""
   from longformer_jax import convert
   hf, path = save_hf(TASK, tmp_path, seed=2)
+  tokenizer = {"tokenizer.json": '{"model": {}}', "vocab.json": "{}", "merges.txt": "#"}
+  for name, text in tokenizer.items():
+    (path / name).write_text(text)
   native, back_dir = tmp_path / "native", tmp_path / "hf_again"
   convert.main(["to-native", str(path), str(native)])
   convert.main(["to-hf", str(native), str(back_dir)])
   assert capsys.readouterr().out.splitlines()[-1] == f"wrote {back_dir}"
+  for name, text in tokenizer.items():  # the tokenizer travels with the weights
+    assert (back_dir / name).read_text() == text, name
+  lj.to_hf(lj.from_hf(path), tmp_path / "python_api")
+  assert (tmp_path / "python_api" / "merges.txt").read_text() == "#"
   back = hf_heads()[TASK].from_pretrained(back_dir).eval()
   want, got = hf.state_dict(), back.state_dict()
   assert want.keys() == got.keys()

@@ -144,6 +144,7 @@ def from_hf(path: str | os.PathLike, task: str | None = None, **config_overrides
   load_hf_weights(model, hf_io.load_state_dict(path))
   if os.path.exists(os.path.join(path, "generation_config.json")):
     model.generation_config = generation.GenerationConfig.of_checkpoint(path)
+  hf_io.remember_tokenizer(model, path)
   model.eval()
   return model
 
@@ -153,6 +154,7 @@ def to_hf(model, path: str | os.PathLike) -> None:
   path = os.fspath(path)
   arch = next(name for cls, name in led_lib.TASKS.values() if type(model) is cls)
   hf_io.save_weights(path, model.config.to_hf_dict([arch]), hf_state_dict(model))
+  hf_io.copy_tokenizer(hf_io.tokenizer_of(model), path)
   if getattr(model, "generation_config", None) is not None:  # HF's generation_config.json
     gen = generation.default_config(model)
     with open(os.path.join(path, "generation_config.json"), "w") as f:
