@@ -207,6 +207,10 @@ class LongformerConfig:
   def from_json(cls, path: str | os.PathLike, **overrides) -> "LongformerConfig":
     """Reads ``config.json`` (a file or a directory holding one)."""
     path = os.fspath(path)
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
+      raise FileNotFoundError(
+          f"{path} holds no config.json: it is not a checkpoint directory (HF or native) "
+          "nor a training workdir (experiment.json, model.json, checkpoints/)")
     if os.path.isdir(path):
       path = os.path.join(path, "config.json")
     if not os.path.exists(path):

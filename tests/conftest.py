@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -72,6 +73,18 @@ def losses(workdir) -> dict:
   steps = [r["step"] for r in rows]  # train and eval scalars of a step share one record
   assert len(steps) == len(set(steps)), f"steps logged more than once: {sorted(steps)}"
   return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+# An INFO record of another library, in absl's format or logging's default one (the
+# command lines write theirs as "HH:MM:SS message" and drop other libraries' INFO).
+OTHER_INFO = re.compile(r"^(I\d{4} \d\d:\d\d|INFO[:\s])", re.M)
+
+
+def assert_clean_stderr(stderr: str) -> None:
+  """A command's stderr holds no traceback, no RuntimeWarning, no other library's INFO."""
+  assert "Traceback" not in stderr, stderr[-3000:]
+  assert "RuntimeWarning" not in stderr, stderr[-3000:]
+  assert not OTHER_INFO.search(stderr), OTHER_INFO.search(stderr).group(0) + stderr[-3000:]
 
 
 def program_env(devices: int) -> dict:

@@ -121,7 +121,7 @@ def test_multi_label_width_comes_from_the_config(tmp_path, tokenizer_dir):
   assert structure(got) == structure(batch) and got["labels"].shape == (6, 3)
   named = dict(offline, label_names=["economy", "politics", "sports"])
   assert structure(data_lib.batch_spec(named, **args)) == structure(batch)
-  with pytest.raises(ValueError, match=r"data_cfg.label_names or the model config's num_labels"):
+  with pytest.raises(ValueError, match=r"config.data.label_names or the model config's num_labels"):
     data_lib.batch_spec(offline, **args)
 
 
@@ -133,10 +133,10 @@ def test_what_the_iterator_refuses_is_refused(tmp_path):
     data_lib.batch_spec(kv, split="test", seq_len=128, batch_size=8)
   with pytest.raises(ValueError, match=r"batch_size must be a positive integer"):
     data_lib.batch_spec(kv, split="train", seq_len=128, batch_size=0)
-  with pytest.raises(ValueError, match=r"differs from data_cfg.seq_len=128"):
+  with pytest.raises(ValueError, match=r"differs from config.data.seq_len=128"):
     data_lib.batch_spec(kv, split="train", seq_len=64, batch_size=8)
   qa = dict(load_config("finetune_triviaqa", "").data.to_dict(), files=dict(train="train.json"))
-  with pytest.raises(ValueError, match=r"data_cfg.doc_stride=256 \(the overlap"):
+  with pytest.raises(ValueError, match=r"config.data.doc_stride=256 \(the overlap"):
     data_lib.batch_spec(qa, split="train", seq_len=128, batch_size=2)
-  with pytest.raises(ValueError, match=r"no validation split; set data_cfg.files.validation"):
+  with pytest.raises(ValueError, match=r"no validation split; set config.data.files.validation"):
     data_lib.batch_spec(qa, split="validation", seq_len=4096, batch_size=2)

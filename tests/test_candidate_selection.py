@@ -86,7 +86,7 @@ def test_wikihop_windows_lead_with_global_question_and_candidates(tmp_path, toke
 def test_prefix_longer_than_the_global_bound_is_named(tmp_path, tokenizer_dir):
   cfg = dict(name="wikihop", data_dir=str(tmp_path / "data"), tokenizer=str(tokenizer_dir),
              files=dict(train=wikihop_file(tmp_path / "w.json", 3)), max_prefix_tokens=20)
-  with pytest.raises(ValueError, match=r"more than data_cfg.max_prefix_tokens=20"):
+  with pytest.raises(ValueError, match=r"more than config.data.max_prefix_tokens=20"):
     next(data_lib.make_iterator(cfg, split="train", seq_len=64, batch_size=4, seed=0))
   from conftest import load_config
   c = load_config("finetune_wikihop")

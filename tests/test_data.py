@@ -332,12 +332,12 @@ def test_errors_name_the_field(kv_cfg, text8, tmp_path, monkeypatch):
     _iterator(dict(cfg8, path=str(tmp_path / "text8.zip")))
   missing = str(tmp_path / "nowhere" / "enwik8.zip")
   cfg = dict(name="enwik8", data_dir=str(tmp_path / "tfds"), path=missing, download=False)
-  with pytest.raises(FileNotFoundError, match="enwik8.zip.*data_cfg.path"):
+  with pytest.raises(FileNotFoundError, match="enwik8.zip.*config.data.path"):
     _iterator(cfg)
 
   def no_network(*args, **kwargs):
     raise OSError("network is unreachable")
 
   monkeypatch.setattr(corpora.urllib.request, "urlopen", no_network)
-  with pytest.raises(FileNotFoundError, match="enwik8.zip.*data_cfg.path.*unreachable"):
+  with pytest.raises(FileNotFoundError, match="enwik8.zip.*config.data.path.*unreachable"):
     _iterator(dict(cfg, download=True))

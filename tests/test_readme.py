@@ -22,7 +22,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, losses, program_env
+from conftest import ROOT, assert_clean_stderr, losses, program_env
 
 transformers = pytest.importorskip("transformers")
 
@@ -121,6 +121,7 @@ def run_bash(block: Block, code: str, cwd):
   proc = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, f"{block} failed:\n{code}\n{proc.stderr[-3000:]}"
+  assert_clean_stderr(proc.stderr)
 
 
 # ---- what each file's blocks leave behind --------------------------------------------

@@ -77,7 +77,7 @@ def test_tfds_imdb_reviews_split_reads_without_tensorflow(tmp_path, tokenizer_di
     assert b["input_ids"][k].tolist() == tok.encode(want[k]["text"].decode()).ids[:31] + [2]
     assert b["labels"][k] == want[k]["label"]
   bad = dict(cfg, files=dict(train=f"{directory}:dev"))
-  with pytest.raises(ValueError, match=r"data_cfg.files.train: .* not 'dev'"):
+  with pytest.raises(ValueError, match=r"config.data.files.train: .* not 'dev'"):
     data_lib.prepare(bad)
 
 

@@ -50,28 +50,28 @@ def _jsonl_records(path: str, cfg: dict):
   id_field = cfg.get("id_field") or "id"
   for lineno, rec in documents.read_jsonl(path, NAME):
     where = f"{NAME}: {path}:{lineno}"
-    text = documents.field_of(rec, text_field, str, where, "data_cfg.text_field")
+    text = documents.field_of(rec, text_field, str, where, "config.data.text_field")
     if label_field not in rec:
-      raise ValueError(f"{where} has no field {label_field!r} (data_cfg.label_field)")
+      raise ValueError(f"{where} has no field {label_field!r} (config.data.label_field)")
     yield str(rec.get(id_field, lineno)), text, rec[label_field], where
 
 
 def _semeval_records(cfg: dict):
   """Hyperpartisan: articles XML (files.train) joined with the labels XML (files.labels)."""
-  articles = documents.check_file(cfg["files"].get("train"), "data_cfg.files.train", NAME)
+  articles = documents.check_file(cfg["files"].get("train"), "config.data.files.train", NAME)
   labels_path = documents.check_file((cfg["files"] or {}).get("labels"),
-                                     "data_cfg.files.labels", NAME)
+                                     "config.data.files.labels", NAME)
   try:
     truth = {a.get("id"): a.get("hyperpartisan") == "true"
              for a in ET.parse(labels_path).getroot().iter("article")}
     root = ET.parse(articles).getroot()
   except ET.ParseError as e:
-    raise ValueError(f"{NAME}: malformed XML ({e}) in data_cfg.files") from None
+    raise ValueError(f"{NAME}: malformed XML ({e}) in config.data.files") from None
   for k, article in enumerate(root.iter("article")):
     doc_id = article.get("id")
     where = f"{NAME}: {articles}, article {k} (id {doc_id})"
     if doc_id not in truth:
-      raise ValueError(f"{where} has no label in {labels_path} (data_cfg.files.labels)")
+      raise ValueError(f"{where} has no label in {labels_path} (config.data.files.labels)")
     title = article.get("title") or ""
     body = " ".join(" ".join(p.itertext()).strip() for p in article.iter("p"))
     yield doc_id, (title + "\n" + body).strip(), int(truth[doc_id]), where
@@ -79,14 +79,14 @@ def _semeval_records(cfg: dict):
 
 def _tfds_records(cfg: dict, split: str):
   """A split prepared by tfds itself (``imdb_reviews``...): ``files.SPLIT`` = DIR:SPLIT."""
-  field = f"data_cfg.files.{split}"
+  field = f"config.data.files.{split}"
   source = documents.tfds_split((cfg.get("files") or {}).get(split), field, NAME)
   text_field, label_field = cfg.get("text_field") or "text", cfg.get("label_field") or "label"
   for k in range(len(source)):
     rec, where = source[k], f"{NAME}: {field}, example {k}"
     if text_field not in rec or label_field not in rec:
       raise ValueError(f"{where} has no field {text_field!r} or {label_field!r} "
-                       "(data_cfg.text_field, data_cfg.label_field)")
+                       "(config.data.text_field, config.data.label_field)")
     label = rec[label_field]
     label = [int(x) for x in label] if np.ndim(label) else int(label)
     yield f"{split}:{k}", documents.as_text(rec[text_field]), label, where
@@ -95,7 +95,7 @@ def _tfds_records(cfg: dict, split: str):
 def read_records(cfg: dict, split: str):
   fmt = cfg.get("format") or "jsonl"
   if fmt not in FORMATS:
-    raise ValueError(f"{NAME}: data_cfg.format={fmt!r} is not one of {FORMATS}")
+    raise ValueError(f"{NAME}: config.data.format={fmt!r} is not one of {FORMATS}")
   by_id = cfg.get("split_fractions")
   source = "train" if by_id else split
   if fmt == "semeval_xml":
@@ -126,7 +126,7 @@ def label_names(cfg: dict) -> tuple:
 def _label_ids(label, names: tuple, multi: bool, where: str) -> list[int]:
   values = label if isinstance(label, list) else [label]
   if not multi and (isinstance(label, list) or len(values) != 1):
-    raise ValueError(f"{where}: label {label!r} is a list; set data_cfg.multi_label=True")
+    raise ValueError(f"{where}: label {label!r} is a list; set config.data.multi_label=True")
   try:
     return [names.index(v) for v in values]
   except ValueError:
@@ -209,8 +209,8 @@ class ClassificationElement:
 
 def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
   if split not in builder.info.splits:
-    raise ValueError(f"{NAME}: no {split} split; set data_cfg.files.{split} or "
-                     "data_cfg.split_fractions")
+    raise ValueError(f"{NAME}: no {split} split; set config.data.files.{split} or "
+                     "config.data.split_fractions")
   specials = documents.Specials.of(documents.tokenizer_of(cfg, NAME))
   return pipeline.example_dataset(pipeline.Indexed(builder.as_data_source()[split]),
                                   ClassificationElement(seq_len, specials), split=split,
@@ -225,7 +225,7 @@ def _label_count(cfg: dict, model_cfg) -> int:
   num = getattr(model_cfg, "num_labels", None)
   if num is None or num < 1:
     raise ValueError(f"{NAME}: multi-label batches are as wide as the classes; without data "
-                     "they come from data_cfg.label_names or the model config's num_labels")
+                     "they come from config.data.label_names or the model config's num_labels")
   return int(num)
 
 

@@ -41,7 +41,7 @@ def read_conll(path: str, cfg: dict):
   """(id, sentences [[(word, tag)]]) of each document (or sentence) of a file."""
   column, by_sentence = int(cfg.get("tag_column") or -1), cfg.get("group_by") == "sentence"
   if cfg.get("group_by") not in (None, "document", "sentence"):
-    raise ValueError(f"{NAME}: data_cfg.group_by={cfg['group_by']!r} is not 'document' "
+    raise ValueError(f"{NAME}: config.data.group_by={cfg['group_by']!r} is not 'document' "
                      "or 'sentence'")
   doc, sentence, count = [], [], 0
 
@@ -77,7 +77,7 @@ def read_conll(path: str, cfg: dict):
         tag = parts[column]
         if tag != "O" and not (tag[:2] in ("B-", "I-") and len(tag) > 2):
           raise ValueError(f"{NAME}: {path}:{lineno}: tag {tag!r} is not O, B-X or I-X "
-                           f"(column {column}, data_cfg.tag_column)")
+                           f"(column {column}, config.data.tag_column)")
         sentence.append((parts[0], tag))
   flush_sentence()
   yield from documents_out()
@@ -151,7 +151,7 @@ class TokenWindows:
     if self.seq_len < 3:
       raise ValueError(f"seq_len={self.seq_len} leaves no room between <s> and </s>")
     if not 0 <= self.doc_stride < self.seq_len - 2:
-      raise ValueError(f"data_cfg.doc_stride={self.doc_stride} (the overlap of windows) "
+      raise ValueError(f"config.data.doc_stride={self.doc_stride} (the overlap of windows) "
                        f"must be in [0, {self.seq_len - 2}) for seq_len={self.seq_len}")
 
 
@@ -202,7 +202,7 @@ def window_spec(cfg: dict, seq_len: int) -> TokenWindows:
 
 def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
   if split not in builder.info.splits:
-    raise ValueError(f"{NAME}: no {split} split; set data_cfg.files.{split}")
+    raise ValueError(f"{NAME}: no {split} split; set config.data.files.{split}")
   specials = documents.Specials.of(documents.tokenizer_of(cfg, NAME))
   spec = window_spec(cfg, seq_len)
   features = Features(builder.as_data_source()[split], num_tokens(builder, split),

@@ -55,8 +55,8 @@ def ensure_corpus_zip(name: str, path: str, *, download: bool = True) -> str:
     return path
   url = CHAR_URLS[name]
   if not download:
-    raise FileNotFoundError(f"{name}: no corpus zip at {path} (data_cfg.path) and "
-                            f"downloading {url} is off (data_cfg.download=False)")
+    raise FileNotFoundError(f"{name}: no corpus zip at {path} (config.data.path) and "
+                            f"downloading {url} is off (config.data.download=False)")
   part = f"{path}.part{os.getpid()}"  # processes fetching at once do not collide
   try:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -67,7 +67,7 @@ def ensure_corpus_zip(name: str, path: str, *, download: bool = True) -> str:
   except Exception as e:  # no network, DNS failure, HTTP error, read-only disk...
     if os.path.exists(part):
       os.remove(part)
-    raise FileNotFoundError(f"{name}: no corpus zip at {path} (data_cfg.path) and "
+    raise FileNotFoundError(f"{name}: no corpus zip at {path} (config.data.path) and "
                             f"downloading {url} failed: {e}") from None
   return path
 
@@ -78,7 +78,7 @@ def zip_member_size(path: str, member: str) -> int:
     try:
       return z.getinfo(member).file_size
     except KeyError:
-      raise ValueError(f"data_cfg.path={path} holds no member {member!r} "
+      raise ValueError(f"config.data.path={path} holds no member {member!r} "
                        f"(it has {z.namelist()[:5]})") from None
 
 
@@ -147,7 +147,7 @@ class _CharCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     del dl_manager
     cfg = self.builder_config
     if not cfg.path:
-      raise ValueError(f"{self.name}: data_cfg.path (the {self.MEMBER}.zip) is not set")
+      raise ValueError(f"{self.name}: config.data.path (the {self.MEMBER}.zip) is not set")
     data = np.frombuffer(read_zip_member(cfg.path, self.MEMBER), np.uint8)
     bounds = char_split_bounds(len(data))
     self.info.metadata["num_chars"] = int(len(data))
@@ -205,12 +205,12 @@ class TextCorpusConfig(tfds.core.BuilderConfig):
            chunk_size: int = DEFAULT_CHUNK_SIZE) -> "TextCorpusConfig":
     """Validates the fields (ValueError / FileNotFoundError naming them) and names the config."""
     if not path:
-      raise ValueError("text_corpus: data_cfg.path (the text or JSONL file) is not set")
+      raise ValueError("text_corpus: config.data.path (the text or JSONL file) is not set")
     path = os.fspath(path)
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"text_corpus: no file at {path} (data_cfg.path)")
+      raise FileNotFoundError(f"text_corpus: no file at {path} (config.data.path)")
     if tokenizer and not os.path.exists(tokenizer):
-      raise FileNotFoundError(f"text_corpus: no tokenizer at {tokenizer} (data_cfg.tokenizer)")
+      raise FileNotFoundError(f"text_corpus: no tokenizer at {tokenizer} (config.data.tokenizer)")
     if format == "auto":
       format = "jsonl" if path.endswith((".jsonl", ".json")) else "text"
     if format not in ("text", "jsonl"):
@@ -240,7 +240,7 @@ def read_documents(cfg: TextCorpusConfig):
     return
   for lineno, record in documents.read_jsonl(cfg.path, "text_corpus"):
     yield documents.field_of(record, cfg.text_field, str,
-                             f"text_corpus: {cfg.path}:{lineno}", "data_cfg.text_field")
+                             f"text_corpus: {cfg.path}:{lineno}", "config.data.text_field")
 
 
 def tokenize_corpus(cfg: TextCorpusConfig) -> tuple[np.ndarray, int]:
@@ -258,7 +258,7 @@ def tokenize_corpus(cfg: TextCorpusConfig) -> tuple[np.ndarray, int]:
     eos_id = tok.token_to_id(cfg.eos_token)
     if eos_id is None:
       raise ValueError(f"text_corpus: eos_token={cfg.eos_token!r} is not in the vocabulary "
-                       f"of {cfg.tokenizer} (data_cfg.eos_token)")
+                       f"of {cfg.tokenizer} (config.data.eos_token)")
     eos = [eos_id]
   pieces, batch = [], []
 
@@ -275,7 +275,7 @@ def tokenize_corpus(cfg: TextCorpusConfig) -> tuple[np.ndarray, int]:
   stream = np.concatenate(pieces) if pieces else np.zeros((0,), np.int32)
   if stream.size and (stream.min() < 0 or stream.max() >= vocab):
     raise ValueError(f"text_corpus: token id {int(stream.max())} >= vocab size {vocab} "
-                     f"of {cfg.tokenizer} (data_cfg.tokenizer)")
+                     f"of {cfg.tokenizer} (config.data.tokenizer)")
   return stream, vocab
 
 

@@ -45,11 +45,11 @@ def split_files(cfg: Mapping, dataset: str) -> dict[str, str]:
   files = dict(cfg.get("files") or {})
   unknown = sorted(set(files) - set(SPLIT_NAMES))
   if unknown:
-    raise ValueError(f"{dataset}: data_cfg.files has splits {unknown}, not among "
+    raise ValueError(f"{dataset}: config.data.files has splits {unknown}, not among "
                      f"{SPLIT_NAMES}")
   if not files.get("train"):
-    raise ValueError(f"{dataset}: data_cfg.files.train (the training file) is not set")
-  return {split: check_file(path, f"data_cfg.files.{split}", dataset)
+    raise ValueError(f"{dataset}: config.data.files.train (the training file) is not set")
+  return {split: check_file(path, f"config.data.files.{split}", dataset)
           for split, path in files.items() if path}
 
 
@@ -113,7 +113,7 @@ class Specials:
 
   @classmethod
   def of(cls, tok) -> "Specials":
-    field = "data_cfg.tokenizer"
+    field = "config.data.tokenizer"
     return cls(tokenization.token_id(tok, "<s>", field),
                tokenization.token_id(tok, "</s>", field),
                tokenization.token_id(tok, "<pad>", field))
@@ -128,10 +128,10 @@ def spec_from(cls, cfg: Mapping, seq_len: int, fields: tuple[str, ...]):
 def tokenizer_of(cfg: Mapping, dataset: str):
   path = cfg.get("tokenizer")
   if not path:
-    raise ValueError(f"{dataset}: data_cfg.tokenizer (a tokenizer.json, or a checkpoint "
+    raise ValueError(f"{dataset}: config.data.tokenizer (a tokenizer.json, or a checkpoint "
                      "directory with tokenizer files) is not set")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{dataset}: no tokenizer at {path} (data_cfg.tokenizer)")
+    raise FileNotFoundError(f"{dataset}: no tokenizer at {path} (config.data.tokenizer)")
   return tokenization.load_tokenizer(path)
 
 
@@ -207,7 +207,7 @@ def check_split_named(cfg: Mapping, split: str, dataset: str) -> None:
   """Raises ValueError, as the elements of a prepared dataset do, for a split the
   config gives no file (with ``split_fractions`` every split is named)."""
   if not cfg.get("split_fractions") and not (cfg.get("files") or {}).get(split):
-    raise ValueError(f"{dataset}: no {split} split; set data_cfg.files.{split}")
+    raise ValueError(f"{dataset}: no {split} split; set config.data.files.{split}")
 
 
 def cached_lengths(builder, split: str, lengths_of) -> np.ndarray:

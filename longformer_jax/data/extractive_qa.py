@@ -149,7 +149,7 @@ class ExtractiveQA(documents.FileBuilder, skip_registration=True):
     elif fmt == "hotpotqa":
       records = read_hotpotqa(path)
     else:
-      records = read_tfds_trivia_qa(path, "data_cfg.files")
+      records = read_tfds_trivia_qa(path, "config.data.files")
     for qid, question, context, answers, where in records:
       enc = tok.encode(context, add_special_tokens=False)
       offsets = np.asarray(enc.offsets, np.int32).reshape(-1, 2)
@@ -165,7 +165,7 @@ class ExtractiveQA(documents.FileBuilder, skip_registration=True):
 def _builder(cfg: dict, data_dir: str, seq_len: int | None):
   del seq_len  # examples are stored whole; windows are cut per seq_len
   if (cfg.get("format") or "squad") not in FORMATS:
-    raise ValueError(f"{NAME}: data_cfg.format={cfg['format']!r} is not one of {FORMATS}")
+    raise ValueError(f"{NAME}: config.data.format={cfg['format']!r} is not one of {FORMATS}")
   return documents.file_builder(ExtractiveQA, cfg, data_dir, "qa",
                                 ("files", "format", "find_all_occurrences"))
 
@@ -194,9 +194,9 @@ class WindowSpec:
     room = self.capacity(self.max_query_length)
     if room < 1:
       raise ValueError(f"seq_len={self.seq_len} leaves no room for the context after a "
-                       f"data_cfg.max_query_length={self.max_query_length} question")
+                       f"config.data.max_query_length={self.max_query_length} question")
     if not 0 <= self.doc_stride < room:
-      raise ValueError(f"data_cfg.doc_stride={self.doc_stride} (the overlap of windows) "
+      raise ValueError(f"config.data.doc_stride={self.doc_stride} (the overlap of windows) "
                        f"must be in [0, {room}) for seq_len={self.seq_len}")
 
 
@@ -259,7 +259,7 @@ def window_spec(cfg: dict, seq_len: int) -> WindowSpec:
 
 def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
   if split not in builder.info.splits:
-    raise ValueError(f"{NAME}: no {split} split; set data_cfg.files.{split}")
+    raise ValueError(f"{NAME}: no {split} split; set config.data.files.{split}")
   specials = documents.Specials.of(documents.tokenizer_of(cfg, NAME))
   lengths = documents.cached_lengths(
       builder, split, lambda x: (len(x["question_ids"]), len(x["context_ids"])))

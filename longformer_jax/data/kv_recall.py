@@ -205,11 +205,11 @@ def _kv_params(cfg: dict, seq_len: int | None) -> dict:
   params = {k: cfg[k] for k in GENERATOR_FIELDS if cfg.get(k) is not None}
   cfg_len = cfg.get("seq_len")
   if cfg_len is not None and seq_len is not None and cfg_len != seq_len:
-    raise ValueError(f"seq_len={seq_len} differs from data_cfg.seq_len={cfg_len}: kv_recall "
-                     "examples have exactly data_cfg.seq_len tokens")
+    raise ValueError(f"seq_len={seq_len} differs from config.data.seq_len={cfg_len}: kv_recall "
+                     "examples have exactly config.data.seq_len tokens")
   length = cfg_len if cfg_len is not None else seq_len
   if length is None:
-    raise ValueError("kv_recall: data_cfg.seq_len is not set")
+    raise ValueError("kv_recall: config.data.seq_len is not set")
   params["seq_len"] = length
   return params
 

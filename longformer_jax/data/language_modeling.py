@@ -44,7 +44,7 @@ def split_tokens(builder: tfds.core.DatasetBuilder, split: str, vocab: int) -> n
     tokens = corpora.load_split_tokens(builder, split)
     if tokens.size and int(tokens.max()) >= vocab:
       raise ValueError(f"{builder.name} {split}: token id {int(tokens.max())} >= vocab size "
-                       f"{vocab} (data_cfg.tokenizer)")
+                       f"{vocab} (config.data.tokenizer)")
     if len(_TOKENS_CACHE) >= 4:
       _TOKENS_CACHE.pop(next(iter(_TOKENS_CACHE)))
     _TOKENS_CACHE[key] = tokens
@@ -151,11 +151,11 @@ def _char_builder(name: str, cfg: dict, data_dir: str) -> tfds.core.DatasetBuild
       size = corpora.zip_member_size(path, builder.MEMBER)
       done = builder.info.metadata.get("num_chars")
       if done is not None and done != size:
-        raise ValueError(f"{name}: data_cfg.data_dir={data_dir} holds a corpus of {done} "
-                         f"chars, but data_cfg.path={path} has {size}; use another data_dir")
+        raise ValueError(f"{name}: config.data.data_dir={data_dir} holds a corpus of {done} "
+                         f"chars, but config.data.path={path} has {size}; use another data_dir")
     return builder
   if not path:
-    raise ValueError(f"{name}: data_cfg.path (the {builder.MEMBER}.zip) is not set and "
+    raise ValueError(f"{name}: config.data.path (the {builder.MEMBER}.zip) is not set and "
                      f"{data_dir} holds no prepared {name}")
   corpora.ensure_corpus_zip(name, path, download=cfg.get("download", True))
   return builder

@@ -71,7 +71,7 @@ def dataset_of(data_cfg) -> registry.Dataset:
 def _data_dir(cfg: dict) -> str:
   data_dir = cfg.get("data_dir")
   if not data_dir:
-    raise ValueError("data_cfg.data_dir (where prepared datasets live) is not set")
+    raise ValueError("config.data.data_dir (where prepared datasets live) is not set")
   return os.fspath(data_dir)
 
 

@@ -58,5 +58,5 @@ def register(dataset: Dataset) -> Dataset:
 
 def get(name: str) -> Dataset:
   if name not in DATASETS:
-    raise ValueError(f"data_cfg.name={name!r} is not one of {sorted(DATASETS)}")
+    raise ValueError(f"config.data.name={name!r} is not one of {sorted(DATASETS)}")
   return DATASETS[name]

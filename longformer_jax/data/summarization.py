@@ -49,20 +49,20 @@ def _jsonl_pairs(path: str, cfg: dict):
   text_field, summary_field, id_field = _fields(cfg)
   for lineno, rec in documents.read_jsonl(path, NAME):
     where = f"{NAME}: {path}:{lineno}"
-    text = documents.field_of(rec, text_field, str, where, "data_cfg.text_field")
-    summary = documents.field_of(rec, summary_field, str, where, "data_cfg.summary_field")
+    text = documents.field_of(rec, text_field, str, where, "config.data.text_field")
+    summary = documents.field_of(rec, summary_field, str, where, "config.data.summary_field")
     yield str(rec.get(id_field, lineno)), text, summary
 
 
 def _tfds_pairs(cfg: dict, split: str):
-  field = f"data_cfg.files.{split}"
+  field = f"config.data.files.{split}"
   source = documents.tfds_split((cfg.get("files") or {}).get(split), field, NAME)
   text_field, summary_field, id_field = _fields(cfg)
   for k in range(len(source)):
     rec = source[k]
     if text_field not in rec or summary_field not in rec:
       raise ValueError(f"{NAME}: {field}, example {k} has no field {text_field!r} or "
-                       f"{summary_field!r} (data_cfg.text_field, data_cfg.summary_field)")
+                       f"{summary_field!r} (config.data.text_field, config.data.summary_field)")
     doc_id = documents.as_text(rec[id_field]) if id_field in rec else f"{split}:{k}"
     yield doc_id, documents.as_text(rec[text_field]), documents.as_text(rec[summary_field])
 
@@ -71,7 +71,7 @@ def read_pairs(cfg: dict, split: str):
   """(id, document, summary) of every example of ``split``."""
   fmt = cfg.get("format") or "jsonl"
   if fmt not in FORMATS:
-    raise ValueError(f"{NAME}: data_cfg.format={fmt!r} is not one of {FORMATS}")
+    raise ValueError(f"{NAME}: config.data.format={fmt!r} is not one of {FORMATS}")
   if fmt == "tfds":
     return _tfds_pairs(cfg, split)
   return _jsonl_pairs(documents.split_files(cfg, NAME)[split], cfg)
@@ -80,7 +80,7 @@ def read_pairs(cfg: dict, split: str):
 def target_length(cfg: dict) -> int:
   length = int(cfg.get("max_target_length") or DEFAULT_TARGET_LENGTH)
   if length < 3:
-    raise ValueError(f"{NAME}: data_cfg.max_target_length={length} leaves no room for a "
+    raise ValueError(f"{NAME}: config.data.max_target_length={length} leaves no room for a "
                      "summary token between <s> and </s>")
   return length
 
@@ -108,7 +108,7 @@ class Summarization(documents.FileBuilder, skip_registration=True):
     for doc_id, text, summary in read_pairs(cfg, split):
       if doc_id in seen:
         raise ValueError(f"{NAME}: id {doc_id!r} appears twice in the {split} split "
-                         "(data_cfg.id_field)")
+                         "(config.data.id_field)")
       seen.add(doc_id)
       encode = lambda s: np.asarray(tok.encode(s, add_special_tokens=False).ids, np.int32)
       yield doc_id, {"id": doc_id, "summary": summary, "input_ids": encode(text),
@@ -150,7 +150,7 @@ class SummarizationElement:
 
 def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
   if split not in builder.info.splits:
-    raise ValueError(f"{NAME}: no {split} split; set data_cfg.files.{split}")
+    raise ValueError(f"{NAME}: no {split} split; set config.data.files.{split}")
   specials = documents.Specials.of(documents.tokenizer_of(cfg, NAME))
   element = SummarizationElement(seq_len, target_length(cfg), specials)
   return pipeline.example_dataset(pipeline.Indexed(builder.as_data_source()[split]),

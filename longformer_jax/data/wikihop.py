@@ -110,16 +110,16 @@ class Features(windows_lib.WindowedFeatures):
     for e, (q, c_total, c_count, docs) in enumerate(np.asarray(lengths_Ex4).reshape(-1, 4)):
       if c_count > spec.max_candidates:
         raise ValueError(f"example {e} has {c_count} candidates, more than "
-                         f"data_cfg.max_candidates={spec.max_candidates}")
+                         f"config.data.max_candidates={spec.max_candidates}")
       prefix = 2 + int(q) + int(c_total) + int(c_count)
       if prefix > spec.max_prefix_tokens:
         raise ValueError(f"example {e}: the question and candidates take {prefix} tokens, "
-                         f"more than data_cfg.max_prefix_tokens={spec.max_prefix_tokens}")
+                         f"more than config.data.max_prefix_tokens={spec.max_prefix_tokens}")
       cap = spec.capacity(prefix)
       if cap <= spec.doc_stride:
         raise ValueError(f"example {e}: the question and candidates take {prefix} tokens, "
                          f"leaving {cap} of seq_len={spec.seq_len} for documents; "
-                         f"data_cfg.doc_stride={spec.doc_stride} needs more")
+                         f"config.data.doc_stride={spec.doc_stride} needs more")
       counts.append(len(windows(max(int(docs), 1), cap, spec.doc_stride)))
     self.table = windows_lib.window_table(counts)
 
@@ -159,7 +159,7 @@ def window_spec(cfg: dict, seq_len: int) -> CandidateWindows:
 
 def _elements(builder, cfg: dict, *, split: str, seq_len: int, **shard):
   if split not in builder.info.splits:
-    raise ValueError(f"{NAME}: no {split} split; set data_cfg.files.{split}")
+    raise ValueError(f"{NAME}: no {split} split; set config.data.files.{split}")
   specials = documents.Specials.of(documents.tokenizer_of(cfg, NAME))
   spec = window_spec(cfg, seq_len)
   features = Features(builder.as_data_source()[split],

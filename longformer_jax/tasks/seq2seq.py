@@ -133,7 +133,7 @@ class Seq2Seq(base.Task):
     """ROUGE of the generated summaries against the stored references; predictions
     ``{id, prediction, gold}`` as text."""
     if not self.tokenizer:
-      raise ValueError("seq2seq: scoring generated summaries needs data_cfg.tokenizer")
+      raise ValueError("seq2seq: scoring generated summaries needs config.data.tokenizer")
     tok = tokenization.load_tokenizer(self.tokenizer)
     records, lengths = [], []
     for e, ids in base.live_rows(rows, "generated"):

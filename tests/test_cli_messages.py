@@ -1,0 +1,69 @@
+"""The command lines as a newcomer meets them, each run as ``python -m`` in a fresh
+process: ``--help`` exits 0; stderr holds no traceback, no RuntimeWarning and no other
+library's INFO record; a mistake ends in one ``error:`` line naming the field, and a run
+that fails before its first step leaves nothing on disk."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, assert_clean_stderr as assert_clean, program_env
+
+def python_m(module: str, *args, cwd=ROOT) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", f"longformer_jax.{module}", *map(str, args)],
+                        cwd=cwd, env=program_env(1), capture_output=True, text=True,
+                        timeout=300)
+
+
+def error_lines(stderr: str) -> list[str]:
+  return [line for line in stderr.splitlines() if line.startswith(("error:", "FATAL"))]
+
+
+@pytest.mark.parametrize("module", ["main", "convert", "export", "summarize"])
+def test_help_exits_zero_and_is_clean(module):
+  proc = python_m(module, "--help")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert_clean(proc.stderr)
+  assert "--verbosity" in proc.stdout or module == "convert", proc.stdout
+  if module == "main":
+    for flag in ("--config", "--workdir", "--mode", "--topology"):
+      assert flag in proc.stdout, flag
+
+
+def test_malformed_data_is_one_line_and_leaves_nothing(tmp_path, tokenizer_dir):
+  """A fine-tune whose training file has a broken line stops while preparing the data:
+  one line naming the file, the line and the field; no workdir, no dataset folders."""
+  (tmp_path / "train.jsonl").write_text('{"text": "a b", "label": 0}\n{"label": 1}\n')
+  (tmp_path / "validation.jsonl").write_text('{"text": "a b", "label": 1}\n')
+  proc = python_m("main", "--config=configs/finetune_imdb.py:tiny",
+                  f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={tmp_path / 'data'}",
+                  f"--config.data.tokenizer={tokenizer_dir}",
+                  f"--config.data.files.train={tmp_path / 'train.jsonl'}",
+                  f"--config.data.files.validation={tmp_path / 'validation.jsonl'}")
+  assert proc.returncode == 1
+  assert_clean(proc.stderr)
+  assert error_lines(proc.stderr) == [
+      f"error: document_classification: {tmp_path / 'train.jsonl'}:2 has no str field "
+      "'text' (config.data.text_field) (--verbosity=1 shows the traceback)"], proc.stderr
+  assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
+  verbose = python_m("main", *proc.args[3:], "--verbosity=1")
+  assert "Traceback" in verbose.stderr and verbose.returncode != 0
+
+
+@pytest.mark.parametrize("command", ["to-hf", "export"])
+def test_a_directory_of_the_wrong_kind_is_one_line(tmp_path, command):
+  """``convert to-hf`` / ``export`` on a folder that is no checkpoint: one line naming
+  it, nothing written."""
+  (tmp_path / "notes").mkdir()
+  (tmp_path / "notes" / "readme.txt").write_text("not a checkpoint")
+  if command == "to-hf":
+    proc = python_m("convert", "to-hf", tmp_path / "notes", tmp_path / "out")
+  else:
+    proc = python_m("export", tmp_path / "notes", tmp_path / "out", "--seq-len", 16)
+  assert proc.returncode == 1
+  assert_clean(proc.stderr)
+  [line] = error_lines(proc.stderr)
+  assert str(tmp_path / "notes") in line, line
+  assert sorted(os.listdir(tmp_path)) == ["notes"]
