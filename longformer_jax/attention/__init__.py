@@ -37,10 +37,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from longformer_jax.attention import blocked as attention_blocked
+from longformer_jax.attention import grid2d
 from longformer_jax.attention import pallas as attention_pallas
 from longformer_jax.attention import scan as attention_scan
 from longformer_jax.attention import relative_position as relpos
 from longformer_jax.attention.band import NEG_INF, Band, unblock  # noqa: F401
+from longformer_jax.attention.grid2d import Grid2D  # noqa: F401
 # The global side, re-exported: callers see one attention module.
 from longformer_jax.attention.global_tokens import (  # noqa: F401
     GlobalIndex, GlobalMasks, GlobalPartial, GlobalProjections, GlobalWeights,
@@ -322,7 +324,8 @@ def attend(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, is_global_BxN,
            window: int, dilation: int | Sequence[int] = 1, causal: bool = False,
            block_size: int = DEFAULT_BLOCK_SIZE, impl: str = "auto",
            dropout_rate: float = 0.0, dropout_rng=None,
-           relative: relpos.RelativePositions | None = None, seq: WholeSequence = WHOLE):
+           relative: relpos.RelativePositions | None = None, seq: WholeSequence = WHOLE,
+           grid: Grid2D | None = None):
   """Longformer self-attention: the local rows (window + global keys), then the
   global rows (``global_rows``: their Q_g, K_g, V_g) written over them.
 
@@ -330,8 +333,11 @@ def attend(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, is_global_BxN,
   (then ``q`` holds q + u) and the global queries. ``gidx`` lists the global
   tokens (:func:`global_index`), ``is_global_BxN`` marks them. ``impl`` names
   the banded backend (:func:`resolve_impl`). ``seq`` says where the keys live
-  (the whole sequence, or a device's chunk of it: ``attention/seqpar.py``). Returns
-  (B, N, H, D) in ``v``'s dtype (or the global rows', if wider), padded rows zero.
+  (the whole sequence, or a device's chunk of it: ``attention/seqpar.py``). ``grid``
+  makes the sequence a 2-D patch grid whose local rows attend to a neighbourhood
+  (``attention/grid2d.py``) instead of a window (``window``, ``dilation`` and ``impl``
+  are not read then). Returns (B, N, H, D) in ``v``'s dtype (or the global rows', if
+  wider), padded rows zero.
   """
   check_impl(impl)
   scale = 1.0 / math.sqrt(q_BxNxHxD.shape[-1])
@@ -341,11 +347,18 @@ def attend(q_BxNxHxD, k_BxNxHxD, v_BxNxHxD, *, valid_BxN, is_global_BxN,
     rng_local, rng_global = jax.random.split(seq.rng(dropout_rng))
   if relative is not None:
     relative = relative._replace(q_BxNxHxD=scaled(relative.q_BxNxHxD))
-  out = local_attention(
-      scaled(q_BxNxHxD), k_BxNxHxD, v_BxNxHxD, valid_BxN=valid_BxN,
-      is_global_BxN=is_global_BxN, gidx=gidx, window=window, dilation=dilation,
-      causal=causal, block_size=block_size, impl=impl, dropout_rate=dropout_rate,
-      dropout_rng=rng_local, relative=relative, seq=seq)
+  if grid is not None:
+    out = grid2d.local_attention(
+        scaled(q_BxNxHxD), k_BxNxHxD, v_BxNxHxD, grid=grid, valid_BxN=valid_BxN,
+        is_global_BxN=is_global_BxN, gidx=gidx, causal=causal,
+        relative=relative is not None, split=seq is not WHOLE,
+        dropout_rate=dropout_rate, dropout_rng=rng_local)
+  else:
+    out = local_attention(
+        scaled(q_BxNxHxD), k_BxNxHxD, v_BxNxHxD, valid_BxN=valid_BxN,
+        is_global_BxN=is_global_BxN, gidx=gidx, window=window, dilation=dilation,
+        causal=causal, block_size=block_size, impl=impl, dropout_rate=dropout_rate,
+        dropout_rng=rng_local, relative=relative, seq=seq)
   if gidx is None or gidx.index.shape[1] == 0:
     return out
   if global_rows is None:
