@@ -9,7 +9,9 @@
 * :func:`save_native` / :func:`load_native`: orbax checkpoint + config.json.
 
 The command line over these is ``python -m longformer_jax.convert`` (``convert.py``);
-HF file reading and writing, shared with the LED converter, is ``hf_io.py``.
+HF file reading and writing, shared with the LED converter, is ``hf_io.py``; the
+mapping between our parameters and HF keys is ``hf_keys.py`` with this family's
+:data:`KEYMAP`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from longformer_jax import hf_io
+from longformer_jax import hf_io, hf_keys
 from longformer_jax.led import convert as led_convert
 from longformer_jax import model as model_lib
 from longformer_jax.config import LongformerConfig
@@ -32,7 +34,6 @@ from longformer_jax.config import LongformerConfig
 log = logging.getLogger(__name__)
 
 _RENAME_TO_HF = {"self_attn": "self"}
-_LEAF_TO_HF = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}
 # Keys that HF checkpoints may hold and that we derive or do not need (the decoder
 # weight is the word embeddings' unless the model has an untied decoder).
 _IGNORED = re.compile(r"(^|\.)(embeddings\.position_ids|lm_head\.decoder\.(weight|bias))$")
@@ -53,41 +54,18 @@ def hf_name(path: tuple) -> str:
   leaf = str(path[-1])
   if path[-2:] == ("lm_head", "bias"):
     return "lm_head.bias"
-  return ".".join(parts + [_LEAF_TO_HF[leaf]])
+  return ".".join(parts + [hf_keys.LEAF_TO_HF[leaf]])
 
 
-def _to_hf_array(path: tuple, value) -> np.ndarray:
-  x = np.asarray(value, np.float32)
-  return np.ascontiguousarray(x.T) if path[-1] == "kernel" else x
-
-
-def _from_hf_array(path: tuple, value: np.ndarray) -> np.ndarray:
-  x = np.asarray(value, np.float32)
-  return x.T if path[-1] == "kernel" else x
-
-
-def _entries(model):
-  """(HF key, our path, variable, layer index or None) for every parameter.
-
-  Scanned encoders hold one stacked array per parameter (leading layer axis);
-  it stands for ``layer.0`` ... ``layer.{L-1}`` in HF names.
-  """
-  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-    if "layers" in path:
-      k = path.index("layers")
-      for i in range(var.shape[0]):
-        yield hf_name(path[:k] + ("layer", i) + path[k + 1:]), path, var, i
-    else:
-      yield hf_name(path), path, var, None
+# How Longformer parameters are named in HF checkpoints (``hf_keys.py`` does the rest).
+KEYMAP = hf_keys.KeyMap(
+    "Longformer", key_of=hf_name, stacked=lambda path: "layers" in path,
+    tolerated=lambda key: bool(_HEAD.search(key)), optional=lambda key: bool(_HEAD.search(key)))
 
 
 def hf_state_dict(model) -> dict[str, np.ndarray]:
   """Our parameters as an HF state dict (float32 numpy, HF layouts)."""
-  out = {}
-  for key, path, var, i in _entries(model):
-    value = np.asarray(var[...])
-    out[key] = _to_hf_array(path, value if i is None else value[i])
-  return out
+  return hf_keys.state_dict(KEYMAP, model)
 
 
 def _align_prefix(sd: dict, task: str) -> dict:
@@ -109,46 +87,15 @@ def hf_param_values(model, sd: dict[str, np.ndarray]) -> dict[tuple, np.ndarray]
   pooler) weights are left out, with a warning: they keep their random init, as
   when fine-tuning a pretrained body on a new task.
   """
-  task = task_of(model)
-  expected = {key: (path, var, i) for key, path, var, i in _entries(model)}
-  sd = {k: v for k, v in _align_prefix(sd, task).items()
+  expected = {key for key, *_ in hf_keys.entries(KEYMAP, model)}
+  sd = {k: v for k, v in _align_prefix(sd, task_of(model)).items()
         if k in expected or not _IGNORED.search(k)}
-  unknown = sorted(k for k in sd if k not in expected and not _HEAD.search(k))
-  if unknown:
-    raise ValueError(f"checkpoint has {len(unknown)} unknown keys for a Longformer {task} "
-                     f"model: {unknown[:8]}")
-  unused = sorted(k for k in sd if k not in expected)
-  if unused:
-    log.warning("checkpoint weights not used by the %s model: %s", task, unused[:8])
-  missing = sorted(k for k in expected if k not in sd)
-  body_missing = [k for k in missing if not _HEAD.search(k)]
-  if body_missing:
-    raise ValueError(f"checkpoint lacks {len(body_missing)} weights of the Longformer body: "
-                     f"{body_missing[:8]}")
-  if missing:
-    log.warning("newly initialised (not in the checkpoint): %s", missing)
-  values: dict[tuple, np.ndarray] = {}
-  for key, (path, var, i) in expected.items():
-    if key not in sd:
-      continue
-    shape = var.shape if i is None else var.shape[1:]
-    value = _from_hf_array(path, sd[key])
-    if value.shape != shape:
-      raise ValueError(f"checkpoint key {key} has shape {sd[key].shape}, the model expects "
-                       f"{_to_hf_array(path, np.zeros(shape)).shape}")
-    if i is None:
-      values[path] = value
-    else:  # one layer of a stacked (scanned) array; the body has every layer
-      values.setdefault(path, np.zeros(var.shape, np.float32))[i] = value
-  return values
+  return hf_keys.param_values(KEYMAP, model, sd)
 
 
 def load_hf_weights(model, sd: dict[str, np.ndarray]) -> None:
   """Copies an HF state dict into ``model`` (see :func:`hf_param_values`)."""
-  values = hf_param_values(model, sd)
-  flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-  nnx.update(model, nnx.from_flat_state(
-      [(path, flat[path].replace(jnp.asarray(v, flat[path].dtype))) for path, v in values.items()]))
+  hf_keys.load(KEYMAP, model, hf_param_values(model, sd))
 
 
 def from_hf(path: str | os.PathLike, task: str | None = None, **config_overrides):

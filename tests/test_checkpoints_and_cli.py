@@ -125,7 +125,8 @@ def test_main_trains_and_writes_metrics(tmp_path):
     ("--config.train_step=2", "--config.train_step: the config has no field 'train_step'"),
     ("--config.data.no_such_field=3", "--config.data.no_such_field:"),
     ("--no_such_flag=1", "Unknown command line flag 'no_such_flag'"),
-], ids=["config_key", "nested_config_key", "flag"])
+    ("--config.train_steps=abc", "--config.train_steps=abc: invalid literal for int()"),
+], ids=["config_key", "nested_config_key", "flag", "wrong_type"])
 def test_main_names_an_unknown_flag_or_config_key(tmp_path, flag, named):
   """A mistyped flag or config key stops before any work, with one line naming it."""
   proc = run_main(tmp_path, flag)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from longformer_jax import hf_io
+from longformer_jax import hf_io, hf_keys
 from longformer_jax.led import generation
 from longformer_jax.led import model as led_lib
 from longformer_jax.led.config import LEDConfig
@@ -37,41 +37,28 @@ _ENCODER_LAYER = [(re.compile(p), r) for p, r in (
     (r"encoder\.body\.layer\.(\d+)\.output\.dense\.", r"encoder.layers.\1.fc2."),
     (r"encoder\.body\.layer\.(\d+)\.output\.LayerNorm\.", r"encoder.layers.\1.final_layer_norm."),
 )]
-_LEAF = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}
 _TIED = re.compile(r"^(led\.)?(encoder|decoder)\.embed_tokens\.weight$|^lm_head\.weight$")
 
 
 def _hf_key(path: tuple) -> str:
   if path[-1] == "final_logits_bias" or path == ("final_logits_bias",):
     return "final_logits_bias"
-  name = ".".join(str(p) for p in path[:-1]) + "." + _LEAF[str(path[-1])]
+  name = ".".join(str(p) for p in path[:-1]) + "." + hf_keys.LEAF_TO_HF[str(path[-1])]
   for pattern, repl in _ENCODER_LAYER:
     name = pattern.sub(repl, name)
   return name
 
 
-def _entries(model):
-  """(HF key, path, variable, layer index or None) of every parameter and buffer;
-  a scanned encoder's stacked arrays stand for one key per layer."""
-  state = nnx.state(model, nnx.Any(nnx.Param, led_lib.Buffer))
-  for path, var in nnx.to_flat_state(state):
-    if path[-1] == "final_logits_bias":
-      yield "final_logits_bias", path, var, None
-    elif "layers" in path and "body" in path:
-      k = path.index("layers")
-      for i in range(var.shape[0]):
-        yield _hf_key(path[:k] + ("layer", i) + path[k + 1:]), path, var, i
-    else:
-      yield _hf_key(path), path, var, None
+# How LED parameters and buffers are named in HF checkpoints (``hf_keys.py`` does the
+# rest); ``final_logits_bias`` may be absent (zeros, as HF initialises it).
+KEYMAP = hf_keys.KeyMap(
+    "LED", key_of=_hf_key, stacked=lambda path: "layers" in path and "body" in path,
+    variables=nnx.Any(nnx.Param, led_lib.Buffer),
+    optional=lambda key: key == "final_logits_bias", warn_optional=False)
 
 
 def hf_state_dict(model) -> dict[str, np.ndarray]:
-  out = {}
-  for key, path, var, i in _entries(model):
-    value = np.asarray(var[...], np.float32)
-    value = value if i is None else value[i]
-    out[key] = np.ascontiguousarray(value.T) if path[-1] == "kernel" else value
-  return out
+  return hf_keys.state_dict(KEYMAP, model)
 
 
 def _align(sd: dict, model) -> dict:
@@ -93,40 +80,13 @@ def _align(sd: dict, model) -> dict:
 
 def hf_param_values(model, sd: dict[str, np.ndarray]) -> dict[tuple, np.ndarray]:
   """The parameters and buffers an HF LED state dict gives ``model`` (which may be
-  abstract), as host arrays by path. Raises on unknown or missing keys and shapes;
-  ``final_logits_bias`` may be absent (zeros, as HF initialises it)."""
-  expected = {key: (path, var, i) for key, path, var, i in _entries(model)}
-  sd = _align(sd, model)
-  unknown = sorted(set(sd) - set(expected))
-  if unknown:
-    raise ValueError(f"checkpoint has {len(unknown)} unknown keys for an LED model: "
-                     f"{unknown[:8]}")
-  missing = sorted(k for k in expected if k not in sd and k != "final_logits_bias")
-  if missing:
-    raise ValueError(f"checkpoint lacks {len(missing)} LED weights: {missing[:8]}")
-  values: dict[tuple, np.ndarray] = {}
-  for key, (path, var, i) in expected.items():
-    if key not in sd:
-      continue  # final_logits_bias: zeros, as HF initialises it
-    value = np.asarray(sd[key], np.float32)
-    value = value.T if path[-1] == "kernel" else value
-    shape = var.shape if i is None else var.shape[1:]
-    if value.shape != shape:
-      raise ValueError(f"checkpoint key {key} has shape {sd[key].shape}; the model expects "
-                       f"{shape[::-1] if path[-1] == 'kernel' else shape}")
-    if i is None:
-      values[path] = value
-    else:
-      values.setdefault(path, np.zeros(var.shape, np.float32))[i] = value
-  return values
+  abstract), as host arrays by path. Raises on unknown or missing keys and shapes."""
+  return hf_keys.param_values(KEYMAP, model, _align(sd, model))
 
 
 def load_hf_weights(model, sd: dict[str, np.ndarray]) -> None:
   """Copies an HF LED state dict into ``model`` (see :func:`hf_param_values`)."""
-  values = hf_param_values(model, sd)
-  flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, led_lib.Buffer))))
-  nnx.update(model, nnx.from_flat_state(
-      [(p, flat[p].replace(jnp.asarray(v, flat[p].dtype))) for p, v in values.items()]))
+  hf_keys.load(KEYMAP, model, hf_param_values(model, sd))
 
 
 def task_of_architectures(d: dict) -> str:
