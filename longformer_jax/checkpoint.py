@@ -57,33 +57,31 @@ class Checkpointer:
     ``abstract_state`` holds ShapeDtypeStructs with shardings; ``make_iterator``
     builds the data iterator for a given step (its phase), to restore into.
     """
+    return self._newest_readable(abstract_state, make_iterator)
+
+  def restore_state(self, abstract_state):
+    """(state, step) of the newest readable checkpoint without its data iterator, or
+    None: for rebuilding a trained model where the data is not at hand."""
+    restored = self._newest_readable(abstract_state, None)
+    return None if restored is None else restored[:2]
+
+  def _newest_readable(self, abstract_state, make_iterator):
+    """The one restore loop: newest step first, unreadable ones skipped with a message;
+    (state, step, iterator or None), or None when no checkpoint reads back."""
     self._report_partial()
     for step in reversed(self.steps()):
-      iterator = make_iterator(step)
+      items = dict(state=ocp.args.StandardRestore(abstract_state))
+      iterator = None
+      if make_iterator is not None:
+        iterator = make_iterator(step)
+        items["data"] = grain.checkpoint.CheckpointRestore(iterator)
       try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=grain.checkpoint.CheckpointRestore(iterator)))
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
       except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped
         log.warning("checkpoint at step %d is unreadable (%s: %s); trying an earlier one",
                     step, type(e).__name__, str(e).splitlines()[0][:200])
         continue
       return restored["state"], step, iterator
-    return None
-
-  def restore_state(self, abstract_state):
-    """(state, step) of the newest readable checkpoint without its data iterator, or
-    None: for rebuilding a trained model where the data is not at hand."""
-    self._report_partial()
-    for step in reversed(self.steps()):
-      try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state)))
-      except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped
-        log.warning("checkpoint at step %d is unreadable (%s: %s); trying an earlier one",
-                    step, type(e).__name__, str(e).splitlines()[0][:200])
-        continue
-      return restored["state"], step
     return None
 
   def wait(self) -> None:

@@ -41,9 +41,9 @@ class MetricWriter:
       f.writelines(keep)
     os.replace(self.path + ".tmp", self.path)
 
-  def write(self, step: int, scalars: dict) -> None:
-    """Adds ``scalars`` to step ``step``'s record: a step's train and eval scalars make one
-    JSON object, written when a later step begins, on :meth:`flush` or on :meth:`close`."""
+  def write(self, step: int, scalars: dict, *, hold: bool = False) -> None:
+    """Adds ``scalars`` to step ``step``'s record and writes it, or with ``hold`` keeps it
+    for the rest of the step's scalars (its eval): one JSON object per step."""
     if not self.enabled:
       return
     if self._pending is not None and self._pending["step"] != int(step):
@@ -55,6 +55,8 @@ class MetricWriter:
       for k, v in scalars.items():
         self._tb.add_scalar(k, float(v), int(step))
       self._tb.flush()
+    if not hold:
+      self.flush()
 
   def flush(self) -> None:
     """Appends the pending step's record to ``metrics.jsonl``."""

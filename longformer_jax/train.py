@@ -98,9 +98,11 @@ def model_config(config, phase: Phase, task: tasks.Task | None = None):
                  if f not in ("extra_json",)},
               **{k: v for k, v in fields.items() if k in tunable}}
     fields["attention_window"] = list(arch.attention_window)
-  windows = fields.pop("attention_window")
-  layers = fields[families.get(task.family).layers_field]
-  windows = [windows] * layers if isinstance(windows, int) else list(windows)
+  windows = fields.pop("attention_window", None)  # None: no windows (vision's 2-D grids)
+  if windows is not None:
+    layers = fields[families.get(task.family).layers_field]
+    windows = [windows] * layers if isinstance(windows, int) else list(windows)
+    fields["attention_window"] = tuple(windows)
   data = data_config(config)
   derived = {"vocab_size": lambda: data_lib.vocab_size(data),
              "num_labels": lambda: data_lib.num_labels(data)}
@@ -109,10 +111,10 @@ def model_config(config, phase: Phase, task: tasks.Task | None = None):
     if name in config_cls.__dataclass_fields__ and fields.get(name, -1) in (None, -1):
       fields[name] = value()
   try:
-    cfg = config_cls(**fields, attention_window=tuple(windows))
+    cfg = config_cls(**fields)
   except (TypeError, ValueError, NotImplementedError) as e:
     raise ValueError(f"config.model: {e}") from None
-  if phase.window_scale == 1.0:
+  if phase.window_scale == 1.0 or windows is None:
     return cfg
   step = 1 if getattr(cfg, "causal", False) else 2  # symmetric windows stay even
   return cfg.replace(attention_window=tuple(
@@ -153,6 +155,8 @@ def optimizer_of(config, phases: list[Phase]):
 def resolve_backend(cfg, platform: str, seq_len: int, device_kind: str | None = None):
   """``cfg`` with ``attention_impl="auto"`` resolved for ``platform`` (the mesh's, which
   may be another machine's when compiling ahead of time) at ``seq_len`` tokens."""
+  if not hasattr(cfg, "attention_impl"):  # vision: its 2-D grids have one implementation
+    return cfg
   enc = cfg.encoder() if hasattr(cfg, "encoder") else cfg
   dtype = jnp.dtype(getattr(enc, "attention_dtype", None) or enc.dtype)
   vmem = attention_pallas.vmem_bytes(seq_len, enc.block_size, max(enc.attention_window),
@@ -164,6 +168,8 @@ def resolve_backend(cfg, platform: str, seq_len: int, device_kind: str | None = 
 
 
 def check_batch(batch: dict, cfg) -> None:
+  if "pixel_values" in batch:  # images: the model checks their shape
+    return
   ids = batch["input_ids"]
   if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
     raise ValueError(f"data: token id {int(ids.max())} is out of range for "
@@ -489,16 +495,16 @@ class Runner:
       pending = (step, m, phase)
       stop = preempt.agreed()
       must_save = self.ckpt.due(step) or step == self.total or stop
-      if must_save or step % self.config.eval_every == 0:
-        last = self.report(*pending, progress)
+      evaluating = step % self.config.eval_every == 0 or step == self.total
+      if must_save or evaluating:  # the step's train scalars wait for its eval's
+        last = self.report(*pending, progress, hold=evaluating)
         pending = None
-      if step % self.config.eval_every == 0 or step == self.total:
+      if evaluating:
         ev = self.evaluate(state, phase)
         self.writer.write(step, ev)
         log.info("step %d | %s", step, " | ".join(f"{k} {v:.4f}" for k, v in ev.items()))
         last.update(ev)
       if must_save:
-        self.writer.flush()
         self.ckpt.save(step, state, it)
       if stop and step < self.total:
         log.warning("stopped at step %d on SIGTERM; the run resumes from here", step)
@@ -511,7 +517,7 @@ class Runner:
     self.writer.close()
     return last
 
-  def report(self, step: int, m: dict, phase: Phase, progress) -> dict:
+  def report(self, step: int, m: dict, phase: Phase, progress, hold: bool = False) -> dict:
     m = jax.device_get(m)
     loss = float(m["loss"])
     if not np.isfinite(loss):
@@ -523,7 +529,7 @@ class Runner:
                     if k != "loss"})
     if step % self.config.log_every == 0 or step == self.total:
       scalars["tokens_per_sec"] = progress.rate(step, phase.batch_size * phase.seq_len)
-      self.writer.write(step, scalars)
+      self.writer.write(step, scalars, hold=hold)
       if jax.process_index() == 0:
         log.info(progress.line(step, scalars))
     return scalars

@@ -33,13 +33,14 @@ def load_config(spec: str):
 
 
 def signal_after_logging(signum: int, step: int) -> None:
-  write = metrics.MetricWriter.write
+  flush = metrics.MetricWriter.flush
 
-  def write_then_signal(self, at, scalars):
-    write(self, at, scalars)
-    if at == step and "loss" in scalars:
+  def flush_then_signal(self):
+    record = self._pending
+    flush(self)
+    if record is not None and record["step"] == step and "loss" in record:
       os.kill(os.getpid(), signum)
-  metrics.MetricWriter.write = write_then_signal
+  metrics.MetricWriter.flush = flush_then_signal
 
 
 def main():
