@@ -6,7 +6,7 @@ Importing the package registers every dataset module below.
 from longformer_jax.data import registry
 from longformer_jax.data import pipeline
 from longformer_jax.data import (classification, conll,  # noqa: F401  (registration)
-                                 extractive_qa, kv_recall, language_modeling,
+                                 extractive_qa, genome, kv_recall, language_modeling,
                                  summarization, wikihop)
 from longformer_jax.data.corpora import (CharCorpusConfig, Enwik8, Text8, TextCorpus,
                                          TextCorpusConfig, char_split_bounds,
