@@ -15,22 +15,19 @@ forward. Peak: the device's dense bf16 rate from its data sheet (``PEAK_BF16``).
 
     python experiments/benchmark.py --accelerator            # 4K-64K
     python experiments/benchmark.py --accelerator --quick    # core at 1K: plumbing, runs on CPU
+    python experiments/accelerator_benchmark.py [--quick]    # the same, called directly
 
 Writes experiments/results/accelerator_<device>.{json,md}.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import os
 import re
-import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
-
-from benchmark import D_MODEL, HEADS, LAYERS, RESULTS, WINDOW, attention_flops, timed  # noqa: E402
+from benchmark import D_MODEL, HEADS, LAYERS, WINDOW, attention_flops
+from common import timed, write_results
 
 # Dense bf16 tensor-core / MXU peak, FLOP/s, by device kind (data sheets; no sparsity).
 PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12,
@@ -152,8 +149,11 @@ def main(quick: bool = False, sizes: str = "4096,8192,16384,32768,65536") -> Non
   print(text)
   if quick:
     return
-  stem = os.path.join(RESULTS, "accelerator_" + re.sub(r"\W+", "_", device).strip("_"))
-  with open(stem + ".md", "w") as f:
-    f.write(text)
-  with open(stem + ".json", "w") as f:
-    json.dump(dict(device=device, peak_bf16=peak, rows=rows), f, indent=1)
+  write_results("accelerator_" + re.sub(r"\W+", "_", device).strip("_"),
+                dict(device=device, peak_bf16=peak, rows=rows), text)
+
+
+if __name__ == "__main__":
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--quick", action="store_true", help="core at 1K only (any device)")
+  main(quick=parser.parse_args().quick)

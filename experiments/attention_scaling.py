@@ -55,11 +55,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark import cpu_name, peak_rss, timed  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(ROOT, "experiments", "results")
+from common import RESULTS, cpu_name, peak_rss, timed, write_results
 WINDOW, BATCH, HEADS, DIM = 512, 1, 8, 64
 RADIUS = WINDOW // 2
 NEG_INF = -1e30  # finite, so masked scores never give inf - inf
@@ -256,7 +252,6 @@ def _baseline() -> tuple[int, bool]:
 
 def measure(impl: str, n: int, mode: str, repeats: int, max_gib: float) -> dict:
   """Time and memory of one (implementation, length, mode), see the module doc."""
-  sys.path.insert(0, ROOT)
   arrays = _inputs(n)
   if impl == "chunks":
     step, info = _torch_program(mode, arrays)
@@ -276,7 +271,6 @@ def measure(impl: str, n: int, mode: str, repeats: int, max_gib: float) -> dict:
 def check(n: int) -> dict:
   """Max abs difference of each implementation's output and q/k/v gradients from the
   float64 reference at ``n`` tokens, and the library versions."""
-  sys.path.insert(0, ROOT)
   import jax
   import torch
   import transformers
@@ -445,7 +439,7 @@ def stops(results: list[dict]) -> list[str]:
 COLORS = {"full": "tab:red", "loop": "tab:orange", "chunks": "tab:green", "ours": "tab:blue"}
 
 
-def plot(results: list[dict], path: str) -> None:
+def plot(results: list[dict]):
   """Memory and time against length, log-log: color per implementation, solid
   forward, dashed forward+backward, an X where a series stops early."""
   import matplotlib
@@ -495,8 +489,7 @@ def plot(results: list[dict], path: str) -> None:
   fig.suptitle(f"Sliding-window attention core, w = {WINDOW}, batch {BATCH}, {HEADS} heads, "
                f"head dim {DIM}, fp32, CPU")
   fig.tight_layout(rect=(0, 0.1, 1, 1))
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  return fig
 
 
 def command() -> str:
@@ -572,14 +565,10 @@ def main():
   minutes = (time.time() - t_start) / 60
   text = report(args, check_r, results, impls, minutes)
   print("\n" + text)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out + ".json", "w") as f:
-    json.dump(dict(command=command(), check=check_r, results=results, minutes=minutes,
-                   settings=dict(window=WINDOW, batch=BATCH, heads=HEADS, head_dim=DIM)),
-              f, indent=1)
-  with open(args.out + ".md", "w") as f:
-    f.write(text)
-  plot(results, args.out + ".png")
+  write_results(os.path.abspath(args.out),
+                dict(command=command(), check=check_r, results=results, minutes=minutes,
+                     settings=dict(window=WINDOW, batch=BATCH, heads=HEADS, head_dim=DIM)),
+                text, plot(results), command=command())
   print(f"wrote {args.out}.{{json,md,png}}")
 
 

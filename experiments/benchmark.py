@@ -35,50 +35,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(ROOT, "experiments", "results")
+from common import RESULTS, timed, write_results
+
 D_MODEL, HEADS, D_FF, LAYERS, WINDOW, VOCAB = 512, 8, 2048, 12, 512, 256
 TARGET_SPEEDUP, TARGET_MEMORY, TARGET_CEILING = 2.5, 0.5, 0.30
-
-
-# ---- measurement helpers (inside a worker process) ---------------------------
-def peak_rss() -> int:
-  """This process's peak resident memory so far (VmHWM), in bytes."""
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith("VmHWM:"):
-        return int(line.split()[1]) * 1024
-  raise RuntimeError("VmHWM")
-
-
-def cpu_name() -> str:
-  """The CPU's model name, from lscpu ("unknown" where it cannot be read)."""
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-  except OSError:
-    return "unknown"
-  return next((line.split(":", 1)[1].strip() for line in out.splitlines()
-               if line.startswith("Model name:")), "unknown")
-
-
-def timed(fn, repeats: int) -> dict:
-  """One warm-up call of ``fn`` (compiles), then the median wall time of ``repeats``
-  calls, and the process's peak resident memory after them."""
-  t0 = time.perf_counter()
-  fn()  # warm-up (and compile)
-  warm = time.perf_counter() - t0
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return dict(step_s=statistics.median(times), times_s=times, warmup_s=warm,
-              peak_bytes=peak_rss())
 
 
 def _ceiling(repeats: int) -> dict:
@@ -244,7 +208,6 @@ def _hf_attention(n: int, repeats: int) -> dict:
 
 
 def worker(kind: str, impl: str, n: int, repeats: int) -> dict:
-  sys.path.insert(0, ROOT)
   if kind == "ceiling":
     return dict(kind=kind, impl=impl, n=n, **_ceiling(repeats))
   if kind == "model":
@@ -376,7 +339,8 @@ def verdict(results: list[dict], ceiling: float) -> list[str]:
   return lines
 
 
-def plot(results: list[dict], path: str) -> None:
+def plot(results: list[dict]):
+  """The model level's throughput and memory against length, as a figure."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -404,7 +368,7 @@ def plot(results: list[dict], path: str) -> None:
   fig.suptitle("Paper-small Longformer (12 layers, d 512, window 512, 1 global), fp32, "
                "batch 1, CPU")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  return fig
 
 
 def main():
@@ -425,10 +389,9 @@ def main():
     kind, impl, n, repeats = args.worker
     print(json.dumps(worker(kind, impl, int(n), int(repeats))))
     return
-  if args.accelerator:
-    import accelerator_benchmark
-    accelerator_benchmark.main(quick=args.quick)
-    return
+  if args.accelerator:  # its own process: accelerator_benchmark.py imports this module
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "accelerator_benchmark.py")
+    sys.exit(subprocess.call([sys.executable, script] + (["--quick"] if args.quick else [])))
 
   try:
     import transformers  # noqa: F401
@@ -482,13 +445,10 @@ def main():
              f"Total benchmark time: {(time.time() - t_start) / 60:.1f} min"]
   text = "\n".join(report)
   print("\n" + text)
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "benchmark.json"), "w") as f:
-    json.dump(dict(ceiling_gflops=ceiling, results=results), f, indent=1)
-  with open(os.path.join(args.out, "benchmark.md"), "w") as f:
-    f.write(text + "\n")
-  if any(r["kind"] == "model" and "skipped" not in r for r in results):
-    plot(results, os.path.join(args.out, "benchmark.png"))
+  figure = (plot(results) if any(r["kind"] == "model" and "skipped" not in r
+                                for r in results) else None)
+  write_results("benchmark", dict(ceiling_gflops=ceiling, results=results), text, figure,
+                out_dir=args.out)
   print(f"\nwrote {args.out}/benchmark.{{json,md,png}}")
 
 

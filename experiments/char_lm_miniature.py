@@ -2,7 +2,7 @@
 and the Table 4 ablation, on a text8-style corpus built from a dictionary package.
 
     apt-get download dict-gcide && dpkg-deb -x dict-gcide_*.deb gcide
-    python experiments/text8_style.py gcide --out gcide8.zip     # 26.7M chars, 90/5/5
+    python experiments/corpora/text8_style.py gcide --out gcide8.zip     # 26.7M chars, 90/5/5
     python experiments/char_lm_miniature.py table2 --corpus gcide8.zip
     python experiments/char_lm_miniature.py ablation --corpus gcide8.zip
     python experiments/char_lm_miniature.py staged --corpus gcide8.zip
@@ -41,17 +41,12 @@ import statistics
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
+import ngram
+from common import RESULTS, cpu_name, load_config_module, write_results
+from corpora import text8_style
+from longformer_jax import train
 
-import ngram  # noqa: E402
-from benchmark import cpu_name  # noqa: E402
-import text8_style  # noqa: E402
-from configs import char_lm  # noqa: E402
-from longformer_jax import train  # noqa: E402
-
-RESULTS = os.path.join(HERE, "results")
+char_lm = load_config_module("char_lm")
 log = logging.getLogger("char_lm_miniature")
 
 
@@ -144,13 +139,10 @@ def header(title: str, command: str) -> list[str]:
           f"Machine: {cpu_name()}, {os.cpu_count()} CPUs, JAX on CPU.", ""]
 
 
-def write_results(out_dir: str, stem: str, payload: dict, lines: list[str], figure) -> None:
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, f"{stem}.json"), "w") as f:
-    json.dump(payload, f, indent=1)
-  with open(os.path.join(out_dir, f"{stem}.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-  figure.savefig(os.path.join(out_dir, f"{stem}.png"), dpi=120, bbox_inches="tight")
+def report(args, stem: str, payload: dict, lines: list[str], figure) -> None:
+  """Writes ``args.results``/STEM.{json,md,png} and prints the table."""
+  write_results(stem, payload, lines, figure, command=args.command, bbox_inches="tight",
+                out_dir=args.results)
   print("\n".join(lines))
 
 
@@ -175,7 +167,7 @@ def table2(args, mini: Mini) -> None:
   best = min(ngram_rows, key=lambda r: min(r[kn], r[wb]))
   best_bpc = min(best[kn], best[wb])
   lines = header("Table 2 in miniature: character LM vs n-grams and xz", args.command)
-  lines += [f"Corpus: {os.path.basename(args.corpus)} (text8-style GCIDE, "
+  lines += [f"Corpus: {os.path.basename(args.corpus)} (text8-style {args.corpus_name}, "
             f"{sum(len(s) for s in splits.values()):,} chars; train {len(splits['train']):,}). "
             f"All rows score the same {len(held_out) - 1:,} characters: the start of the "
             "test split that the model's first "
@@ -200,12 +192,13 @@ def table2(args, mini: Mini) -> None:
   ax.plot(steps, bpcs, "o-", label="Longformer char-LM (validation)")
   ax.axhline(best_bpc, color="C1", ls="--", label=f"best n-gram ({best['order']}-gram)")
   ax.axhline(xz["conditional"], color="C2", ls=":", label="xz after train")
-  ax.set(xlabel="step", ylabel="bits per character", title="Char-LM in miniature (GCIDE)")
+  ax.set(xlabel="step", ylabel="bits per character",
+         title=f"Char-LM in miniature ({args.corpus_name})")
   ax.legend()
   payload = dict(command=args.command, mini=dataclasses.asdict(mini), ngram=ngram_rows, xz=xz,
                  model_test_bpc=model_bpc, curve=curve(run["rows"]), seconds=run["seconds"],
                  scored_chars=len(held_out) - 1)
-  write_results(args.results, "char_lm_table2", payload, lines, fig)
+  report(args, "char_lm_table2", payload, lines, fig)
 
 
 # ---- table 4 and staged training ----------------------------------------------------
@@ -269,7 +262,7 @@ def ablation(args, mini: Mini) -> None:
   ax.set(ylabel="validation BPC", title="Table 4 in miniature (dots: seeds; bar: mean)")
   payload = dict(command=args.command, mini=dataclasses.asdict(mini), seconds=seconds,
                  results={f"{w},{d}": v for (w, d), v in results.items()})
-  write_results(args.results, "char_lm_ablation", payload, lines, fig)
+  report(args, "char_lm_ablation", payload, lines, fig)
 
 
 def staged(args, mini: Mini) -> None:
@@ -309,7 +302,7 @@ def staged(args, mini: Mini) -> None:
   payload = dict(command=args.command, mini=dataclasses.asdict(mini),
                  runs={k: dict(bpc=v["bpc"], seconds=v["run"]["seconds"],
                                curve=curve(v["run"]["rows"])) for k, v in runs.items()})
-  write_results(args.results, "char_lm_staged", payload, lines, fig)
+  report(args, "char_lm_staged", payload, lines, fig)
 
 
 def param_millions(config) -> float:
@@ -318,16 +311,25 @@ def param_millions(config) -> float:
   return model_lib.param_count(cfg, "causal_lm") / 1e6
 
 
+def corpus_name(path: str) -> str:
+  """The default name of a text8-style zip: ``gcide8.zip`` gives ``GCIDE``."""
+  stem = os.path.basename(path).split(".")[0]
+  return stem if stem == "text8" else stem.removesuffix("8").upper()
+
+
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("experiment", choices=("table2", "ablation", "staged"))
-  p.add_argument("--corpus", required=True, help="text8-style zip (text8_style.py)")
+  p.add_argument("--corpus", required=True, help="text8-style zip (corpora/text8_style.py)")
+  p.add_argument("--corpus-name", help="the corpus as the tables name it (default: the zip's "
+                 "name without a trailing 8, upper-cased: gcide8.zip gives GCIDE)")
   p.add_argument("--workdir", default="/tmp/char_lm_miniature")
   p.add_argument("--seeds", type=int, default=2)
   p.add_argument("--quick", action="store_true")
   args = p.parse_args(argv)
   args.command = "python experiments/char_lm_miniature.py " + " ".join(
       a if not a.startswith("/") else os.path.basename(a) for a in (argv or sys.argv[1:]))
+  args.corpus_name = args.corpus_name or corpus_name(args.corpus)
   args.data_dir = os.path.join(args.workdir, "data")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   mini = Mini().quick() if args.quick else Mini()

@@ -25,13 +25,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # before jax loads: no TPU metadata server
 
+from common import load_config, write_results  # noqa: E402
 from longformer_jax import aot, topology, train  # noqa: E402
 
 SEQ, BATCH, E, H, F, W, Q = 4096, 4, 768, 12, 3072, 512, 128
@@ -39,8 +36,7 @@ CHIPS = 4
 
 
 def config(impl: str):
-  from configs import default  # the training library's config: swap model and shapes
-  c = default.get_config()
+  c = load_config("default")  # the training library's config: swap model and shapes
   c.model.update(hidden_size=E, num_hidden_layers=1,
                  num_attention_heads=H, intermediate_size=F, attention_window=W,
                  max_position_embeddings=SEQ + 2, block_size=Q, dtype="bfloat16",
@@ -103,11 +99,7 @@ def main():
     lines += ["", f"Ops carrying the most bytes ({r['backend']}, loop-aware count):", "",
               "| op: source | bytes |", "|---|---|"]
     lines += [f"| {t['op']} | {t['bytes']:.3g} |" for t in r["top_bytes"]]
-  out = os.path.join(HERE, "results", "compile_bytes")
-  with open(out + ".md", "w") as f:
-    f.write("\n".join(lines) + "\n")
-  with open(out + ".json", "w") as f:
-    json.dump(rows, f, indent=1, default=float)
+  write_results("compile_bytes", rows, lines, command="python experiments/compile_bytes.py")
   print("\n".join(lines))
 
 

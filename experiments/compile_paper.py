@@ -35,12 +35,11 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
+from common import ROOT, load_config_module
+from longformer_jax.config import LongformerConfig
+from longformer_jax.led.config import LEDConfig
 
-from longformer_jax.config import LongformerConfig  # noqa: E402
-from longformer_jax.led.config import LEDConfig  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 RESULTS = os.path.join(HERE, "results")
 TOPOLOGIES = ("v5e-256", "v5p-128", "v6e-256", "v4-128", "h100-8", "a100-8")
@@ -104,9 +103,8 @@ def mesh_for(run: Run, devices: int) -> dict:
 
 def load(run: Run, devices: int, archs: dict):
   """The run's config as the command line builds it (mesh, checkpoint, overrides)."""
-  import importlib
   name, _, variant = run.config.partition(":")
-  config = importlib.import_module("configs." + name[:-3]).get_config(variant)
+  config = load_config_module(name).get_config(variant)
   config.mesh.update(mesh_for(run, devices))
   if run.arch:
     config.init_from_hf = archs[run.arch]

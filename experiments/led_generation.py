@@ -24,11 +24,7 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
-
-from benchmark import RESULTS, cpu_name, peak_rss  # noqa: E402
+from common import cpu_name, peak_rss, write_results
 
 NEW_TOKENS = 256
 CONFIG = dict(vocab_size=50265, d_model=256, encoder_layers=6, decoder_layers=6,
@@ -115,10 +111,8 @@ def main() -> None:
   text = "\n".join(lines) + "\n"
   print(text)
   if not args.quick:
-    with open(os.path.join(RESULTS, "led_generation.md"), "w") as f:
-      f.write(text)
-    with open(os.path.join(RESULTS, "led_generation.json"), "w") as f:
-      json.dump(dict(n=n, new_tokens=NEW_TOKENS, config=CONFIG, rows=rows), f, indent=1)
+    write_results("led_generation", dict(n=n, new_tokens=NEW_TOKENS, config=CONFIG, rows=rows),
+                  text, command="python experiments/led_generation.py")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The paper's recipe in miniature, offline: BPE → MLM at 512 → positions copied to 4,096
 → fine-tuning on two long-document tasks, against the same model truncated to 512.
 
-On the King James Bible (see ``kjv_tasks.py`` for the corpus recipe and the tasks):
+On the King James Bible (see ``corpora/kjv_tasks.py`` for the corpus recipe and the tasks):
 
 1. a byte-level BPE (4,096 tokens) trained on the train chapters;
 2. a small Longformer (3 layers, d 128, 4 heads, window 128) MLM-pretrained on them
@@ -34,19 +34,14 @@ import math
 import os
 import shutil
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import kjv_tasks  # noqa: E402
-from benchmark import cpu_name  # noqa: E402
-from longformer_jax import convert, recipes, tokenization, train, workdir  # noqa: E402
-from longformer_jax.data import corpora  # noqa: E402
+from common import cpu_name, load_config, write_results
+from corpora import kjv_tasks
+from longformer_jax import convert, recipes, tokenization, train, workdir
+from longformer_jax.data import corpora
 
 VALIDATION_FRACTION = 0.05  # configs/mlm.py's data.validation_fraction
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 log = logging.getLogger("recipe")
 
 
@@ -85,15 +80,6 @@ def model_fields(s: Settings) -> dict:
               scan_layers=False)
 
 
-def config_file(name: str):
-  import importlib.util
-  path = os.path.join(os.path.dirname(RESULTS), os.pardir, "configs", name)
-  spec = importlib.util.spec_from_file_location(name[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 # ---- stages ----------------------------------------------------------------------------
 
 
@@ -120,7 +106,7 @@ def pretrain(s: Settings, text: str, tokenizer: str, work: str) -> str:
   out = os.path.join(work, f"mlm-{s.short_len}")
   if os.path.exists(out):
     return out
-  c = config_file("mlm.py").get_config("cpu")
+  c = load_config("mlm", "cpu")
   c.model.update(model_fields(s), max_position_embeddings=s.short_len + 2,
                  max_global_tokens=0)
   c.data.update(path=text, tokenizer=tokenizer, data_dir=os.path.join(work, "data"))
@@ -302,11 +288,6 @@ def verdicts(summary) -> list[str]:
 
 def write_report(s: Settings, rows, summary, command: str, cpu: str, seconds: float,
                  known: dict) -> None:
-  os.makedirs(RESULTS, exist_ok=True)
-  base = os.path.join(RESULTS, "long_document_recipe")
-  with open(base + ".json", "w") as f:
-    json.dump(dict(settings=dataclasses.asdict(s), runs=rows, summary=summary, facts=known,
-                   command=command, cpu=cpu, seconds=seconds), f, indent=1)
   lines = [f"`{command}` ({seconds / 60:.0f} min on {cpu})", "",
            "| task | model | metric | per seed | mean | spread | QA exact match (mean) |",
            "|---|---|---|---|---|---|---|"]
@@ -318,13 +299,14 @@ def write_report(s: Settings, rows, summary, command: str, cpu: str, seconds: fl
   lines += [""] + verdicts(summary) + ["", "```"] + [
       f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in known.items()] + [
       "```"]
-  with open(base + ".md", "w") as f:
-    f.write("\n".join(lines) + "\n")
-  plot(summary, base + ".png", command)
+  write_results("long_document_recipe",
+                dict(settings=dataclasses.asdict(s), runs=rows, summary=summary, facts=known,
+                     command=command, cpu=cpu, seconds=seconds),
+                lines, plot(summary, command), command=command, dpi=110)
   print("\n".join(lines))
 
 
-def plot(summary, path: str, command: str) -> None:
+def plot(summary, command: str):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -341,7 +323,7 @@ def plot(summary, path: str, command: str) -> None:
   fig.suptitle("long (4,096 positions) vs 512: bars = mean, dots = seeds", fontsize=10)
   fig.text(0.01, 0.01, command, fontsize=7)
   fig.tight_layout(rect=(0, 0.04, 1, 1))
-  fig.savefig(path, dpi=110)
+  return fig
 
 
 def elapsed(work: str, seconds: float) -> float:
@@ -355,7 +337,7 @@ def elapsed(work: str, seconds: float) -> float:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--kjv", required=True, help="the verses file (see kjv_tasks.py)")
+  parser.add_argument("--kjv", required=True, help="the verses file (see corpora/kjv_tasks.py)")
   parser.add_argument("--workdir", default="/tmp/long_document_recipe")
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--windows", action="store_true",

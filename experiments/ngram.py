@@ -1,7 +1,7 @@
 """Character n-gram baselines for a text8-style table: Kneser-Ney, Witten-Bell and xz.
 
 Interpolated Kneser-Ney and interpolated Witten-Bell character LMs of orders 1-5 are
-fitted on the train split of a text8-style zip (``text8_style.py``) and report bits per
+fitted on the train split of a text8-style zip (``corpora/text8_style.py``) and report bits per
 character on the validation or test split, next to xz's compression of that split:
 
     python experiments/ngram.py gcide8.zip --orders 1 2 3 4 5 --split validation
@@ -23,15 +23,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import lzma
-import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import text8_style  # noqa: E402
+from corpora import text8_style
 
 KNESER_NEY, WITTEN_BELL = "kneser_ney", "witten_bell"
 DENSE_COUNT_MAX = 1 << 24  # n-gram spaces up to this size are counted with bincount

@@ -19,7 +19,7 @@ model on sequences of 128 and the others on sequences of 1,024, each averaged ov
     python experiments/position_extension.py --kjv kjv.txt          # about 16 min
     python experiments/position_extension.py --kjv kjv.txt --quick  # plumbing only
 
-(``kjv_tasks.py`` has the corpus recipe; the train chapters are the text.) Writes
+(``corpora/kjv_tasks.py`` has the corpus recipe; the train chapters are the text.) Writes
 experiments/results/position_extension.{json,md,png}; runs under ``--workdir``,
 where a finished stage is not redone.
 """
@@ -32,22 +32,16 @@ import json
 import logging
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
+import char_lm_miniature
+import long_document_recipe as recipe
+from common import cpu_name, write_results
+from corpora import kjv_tasks
+from longformer_jax import convert, train, workdir
 
-import char_lm_miniature  # noqa: E402
-import kjv_tasks  # noqa: E402
-import long_document_recipe as recipe  # noqa: E402
-from benchmark import cpu_name  # noqa: E402
-from longformer_jax import convert, train, workdir  # noqa: E402
-
-RESULTS = os.path.join(HERE, "results")
 log = logging.getLogger("position_extension")
 
 
@@ -197,16 +191,13 @@ def report(s: Settings, out: dict, command: str, seconds: float) -> None:
             "Same order as the paper." if order == paper_order else
             "The order differs from the paper's where the two lines differ.", "",
             "![Table 5](position_extension.png)"]
-  with open(os.path.join(RESULTS, "position_extension.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-  with open(os.path.join(RESULTS, "position_extension.json"), "w") as f:
-    json.dump(dict(command=command, settings=dataclasses.asdict(s), seconds=seconds, **out),
-              f, indent=1)
-  plot(rows, curves, os.path.join(RESULTS, "position_extension.png"))
+  write_results("position_extension",
+                dict(command=command, settings=dataclasses.asdict(s), seconds=seconds, **out),
+                lines, plot(rows, curves), command=command, dpi=110)
   print("\n".join(lines))
 
 
-def plot(rows: dict, curves: dict, path: str) -> None:
+def plot(rows: dict, curves: dict):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -232,12 +223,12 @@ def plot(rows: dict, curves: dict, path: str) -> None:
             title="Continued from the copied positions, at 1,024")
   lines.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  return fig
 
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--kjv", required=True, help="the verses file (see kjv_tasks.py)")
+  p.add_argument("--kjv", required=True, help="the verses file (see corpora/kjv_tasks.py)")
   p.add_argument("--workdir", default="/tmp/position_extension")
   p.add_argument("--quick", action="store_true")
   args = p.parse_args(argv)

@@ -1,7 +1,7 @@
 """Long-document summarisation in miniature (paper section 7), offline: a small LED
 trained from scratch on Debian manual pages, scored with ROUGE against lead-k.
 
-The corpus is ``manpage_corpus.py``'s (document: a manual page without its NAME
+The corpus is ``corpora/manpage_corpus.py``'s (document: a manual page without its NAME
 section; summary: the NAME line's description, e.g. "list directory contents").
 
 1. A byte-level BPE trained on the training documents and summaries.
@@ -16,7 +16,7 @@ section; summary: the NAME line's description, e.g. "list directory contents").
    the document for k = 1, 2, 3, and the first k sentences of its DESCRIPTION
    section (where a manual page says what the thing does).
 
-    python experiments/manpage_corpus.py --out manpages            # the corpus, once
+    python experiments/corpora/manpage_corpus.py --out manpages            # the corpus, once
     python experiments/summarization_miniature.py --corpus manpages  # about 25 min
     python experiments/summarization_miniature.py --corpus manpages --quick  # plumbing
     python experiments/summarization_miniature.py --corpus manpages --set d_model=128 steps=900
@@ -33,19 +33,12 @@ import json
 import logging
 import os
 import re
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
+from common import cpu_name, load_config, write_results
+from longformer_jax import tokenization, train, workdir
+from longformer_jax.eval_metrics import rouge
 
-from benchmark import cpu_name  # noqa: E402
-from configs import summarize_arxiv  # noqa: E402
-from longformer_jax import tokenization, train, workdir  # noqa: E402
-from longformer_jax.eval_metrics import rouge  # noqa: E402
-
-RESULTS = os.path.join(HERE, "results")
 log = logging.getLogger("summarization_miniature")
 
 
@@ -102,7 +95,7 @@ def test_file(corpus: str, s: Settings, work: str) -> str:
 
 
 def config(s: Settings, corpus: str, tok: str, work: str):
-  c = summarize_arxiv.get_config("tiny")
+  c = load_config("summarize_arxiv", "tiny")
   c.data.update(tokenizer=tok, data_dir=os.path.join(work, "data"),
                 max_target_length=s.target_len)
   c.data.files.update(train=os.path.join(corpus, "train.jsonl"),
@@ -247,18 +240,15 @@ def report(s: Settings, out: dict, command: str, seconds: float) -> None:
   for e in out["examples"]:
     lines.append(f"- `{e['id']}`: \"{e['prediction']}\" / \"{e['gold']}\"")
   lines += ["", "![ROUGE and training loss](summarization_miniature.png)"]
-  os.makedirs(RESULTS, exist_ok=True)
-  with open(os.path.join(RESULTS, "summarization_miniature.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-  with open(os.path.join(RESULTS, "summarization_miniature.json"), "w") as f:
-    json.dump(dict(out, settings=dataclasses.asdict(s), command=command, cpu=cpu_name(),
-                   seconds=seconds), f, indent=2)
-  plot(rows, out["curve"], out["pretrain_curve"],
-       os.path.join(RESULTS, "summarization_miniature.png"), command)
+  write_results("summarization_miniature",
+                dict(out, settings=dataclasses.asdict(s), command=command, cpu=cpu_name(),
+                     seconds=seconds),
+                lines, plot(rows, out["curve"], out["pretrain_curve"], command),
+                command=command, dpi=110)
   print("\n".join(lines))
 
 
-def plot(rows: dict, curve, pretrain_curve, path: str, command: str) -> None:
+def plot(rows: dict, curve, pretrain_curve, command: str):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -286,12 +276,12 @@ def plot(rows: dict, curve, pretrain_curve, path: str, command: str) -> None:
   loss.set_title("Training")
   fig.suptitle(command, fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  return fig
 
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--corpus", required=True, help="manpage_corpus.py's output directory")
+  p.add_argument("--corpus", required=True, help="corpora/manpage_corpus.py's output directory")
   p.add_argument("--workdir", default="/tmp/summarization_miniature")
   p.add_argument("--quick", action="store_true", help="a few steps of a tiny model")
   p.add_argument("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE",

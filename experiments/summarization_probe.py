@@ -31,32 +31,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import sys
 import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(HERE))
+import jax.numpy as jnp
+import optax
+from flax import nnx
 
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from benchmark import cpu_name  # noqa: E402
-from longformer_jax import families, tokenization, train  # noqa: E402
-from longformer_jax.data import documents  # noqa: E402
-from longformer_jax.data.summarization import SummarizationElement  # noqa: E402
-from longformer_jax.led import shift_tokens_right  # noqa: E402
-from longformer_jax.tasks.seq2seq import smoothed_terms  # noqa: E402
-from summarization_miniature import (Settings, description, read_jsonl,  # noqa: E402
+from common import cpu_name, write_results
+from longformer_jax import families, tokenization, train
+from longformer_jax.data import documents
+from longformer_jax.data.summarization import SummarizationElement
+from longformer_jax.led import shift_tokens_right
+from longformer_jax.tasks.seq2seq import smoothed_terms
+from summarization_miniature import (Settings, description, read_jsonl,
                                      sentences, tokenizer)
-from summarization_miniature import config as miniature_config  # noqa: E402
+from summarization_miniature import config as miniature_config
 
-RESULTS = os.path.join(HERE, "results")
 SETTINGS = Settings(d_model=128, ffn=512, seq_len=256, window=32)  # the miniature's run
 PAGES, HELD_OUT, BATCH, TARGET = 2048, 64, 16, 32
 
@@ -191,18 +184,14 @@ def report(results: dict, command: str, seconds: float) -> None:
       lines.append(f"| {name} | {r['step']} | {loss} | {r['nll_right']:.3f} | "
                    f"{r['gap']:+.5f} | {r['spread']:.2e} | {target} |")
   lines += ["", "![gap and spread](summarization_probe.png)"]
-  os.makedirs(RESULTS, exist_ok=True)
-  with open(os.path.join(RESULTS, "summarization_probe.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-  with open(os.path.join(RESULTS, "summarization_probe.json"), "w") as f:
-    json.dump(dict(results=results, command=command, cpu=cpu_name(), seconds=seconds,
-                   variants={k: dataclasses.asdict(v) for k, v in VARIANTS.items()}), f,
-              indent=2)
-  plot(results, os.path.join(RESULTS, "summarization_probe.png"), command)
+  write_results("summarization_probe",
+                dict(results=results, command=command, cpu=cpu_name(), seconds=seconds,
+                     variants={k: dataclasses.asdict(v) for k, v in VARIANTS.items()}),
+                lines, plot(results, command), command=command, dpi=110)
   print("\n".join(lines))
 
 
-def plot(results: dict, path: str, command: str) -> None:
+def plot(results: dict, command: str):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -219,12 +208,12 @@ def plot(results: dict, path: str, command: str) -> None:
     ax.legend(fontsize=8)
   fig.suptitle(command, fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  return fig
 
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--corpus", required=True, help="manpage_corpus.py's output directory")
+  p.add_argument("--corpus", required=True, help="corpora/manpage_corpus.py's output directory")
   p.add_argument("--workdir", default="/tmp/summarization_probe")
   p.add_argument("--steps", type=int, default=400)
   p.add_argument("--probe-every", type=int, default=50)

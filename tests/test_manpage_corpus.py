@@ -1,4 +1,4 @@
-"""The manual-page corpus of the summarisation experiment (experiments/manpage_corpus.py):
+"""The manual-page corpus of the summarisation experiment (experiments/corpora/manpage_corpus.py):
 its troff formatter against GNU groff's rendering, and the NAME line as the summary."""
 
 import os
@@ -12,7 +12,7 @@ EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 if EXPERIMENTS not in sys.path:
   sys.path.insert(0, EXPERIMENTS)
 
-import manpage_corpus  # noqa: E402
+from corpora import manpage_corpus  # noqa: E402
 
 # What pod2man, the Tcl pages and man-pages use: macro definitions, nroff/troff
 # conditionals with braces, strings, fonts, special characters, continuation lines.

@@ -13,7 +13,7 @@ if EXPERIMENTS not in sys.path:
   sys.path.insert(0, EXPERIMENTS)
 
 import ngram  # noqa: E402
-import text8_style  # noqa: E402
+from corpora import text8_style  # noqa: E402
 
 WORDS = ("the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "into",
          "mud", "big", "red", "quick", "brown", "fox", "jumps", "over", "lazy")

@@ -9,7 +9,7 @@ troff source is read by a small formatter here that follows the ``man`` macros, 
 requests pod2man and the Tcl pages use, and troff's escapes, in nroff mode
 (``--check`` scores its words against GNU groff's rendering of every page).
 
-    python experiments/manpage_corpus.py --out manpages [--check]
+    python experiments/corpora/manpage_corpus.py --out manpages [--check]
 
 Writes ``train.jsonl``, ``validation.jsonl`` and ``test.jsonl`` (fields id, title,
 package, document, summary) and ``stats.json`` under ``--out``. Pages that only include

@@ -5,7 +5,8 @@ text8 (Matt Mahoney) is 100M characters of Wikipedia filtered by ``wikifil.pl`` 
 the dictionary Debian's ``dict-gcide`` package ships (about 40 MB of definitions,
 Webster's 1913 plus WordNet) gives an offline corpus of the same kind:
 
-    apt-get download dict-gcide && dpkg-deb -x dict-gcide_*.deb gcide && python experiments/text8_style.py gcide --out gcide8.zip
+    apt-get download dict-gcide && dpkg-deb -x dict-gcide_*.deb gcide
+    python experiments/corpora/text8_style.py gcide --out gcide8.zip
 
 The package holds dictd files: ``gcide.dict.dz`` (gzip-compatible) and ``gcide.index``
 (one ``headword<TAB>offset<TAB>length`` line per headword, numbers in dictd's base64).
@@ -24,7 +25,6 @@ import gzip
 import hashlib
 import os
 import re
-import sys
 import zipfile
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -172,5 +172,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   main()
