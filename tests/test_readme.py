@@ -238,6 +238,8 @@ def test_architecture_lists_every_module():
   tree = next(b.code for b in code_blocks(path) if b.code.startswith("longformer_jax/"))
   listed, package = set(), None
   for line in tree.split("\n")[1:]:
+    if re.match(r"^\S", line):  # the next top-level folder (configs/, experiments/...)
+      break
     m = re.match(r"^( +)(\S+)", line)
     if not m or not (m.group(2).endswith(".py") or m.group(2).endswith("/")):
       continue
