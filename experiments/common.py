@@ -7,7 +7,7 @@ it as ``import common``; the package itself is installed, so nothing here touche
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import statistics
@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "experiments", "results")
@@ -62,16 +63,15 @@ def load_config(name: str, variant: str | None = None):
 
 
 def load_config_module(name: str):
-  """The module ``configs/NAME.py`` (``name`` with or without ``.py``), loaded once from its
-  file: the configs folder is not an installed package."""
+  """The module ``configs/NAME.py`` (``name`` with or without ``.py``). The configs folder
+  is not an installed package: it is registered here as the package ``configs`` (configs
+  import each other as ``from configs import char_lm``)."""
   name = name[:-3] if name.endswith(".py") else name
-  key = f"configs.{name}"
-  if key not in sys.modules:
-    spec = importlib.util.spec_from_file_location(key, os.path.join(ROOT, "configs", name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[key] = module  # before exec: dataclasses look their module up by name
-    spec.loader.exec_module(module)
-  return sys.modules[key]
+  if "configs" not in sys.modules:
+    package = types.ModuleType("configs")
+    package.__path__ = [os.path.join(ROOT, "configs")]
+    sys.modules["configs"] = package
+  return importlib.import_module(f"configs.{name}")
 
 
 def command_line() -> str:

@@ -269,6 +269,16 @@ def test_text_corpus_plain_bytes(tmp_path):
   assert np.concatenate(stream).tobytes() == text.encode("utf-8")
 
 
+@pytest.mark.parametrize("which", ["kv", "text8"])
+def test_a_batch_of_one_streams_past_an_epoch(which, kv_cfg, text8):
+  """Training streams repeat without end at any batch size, 1 included (grain's
+  repeat(None) length overflowed len() at a batch of 1)."""
+  cfg, seq_len = (kv_cfg, KV_LEN) if which == "kv" else (text8[0], 64)
+  it = data.make_iterator(cfg, split="train", seq_len=seq_len, batch_size=1, seed=0)
+  batches = _take(it, 41)  # past one epoch of kv_recall's 40 examples
+  assert len(batches) == 41 and batches[-1]["input_ids"].shape == (1, seq_len)
+
+
 # ---- checkpointing ----------------------------------------------------------------
 
 

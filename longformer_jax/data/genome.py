@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import grain
 import numpy as np
@@ -54,12 +53,12 @@ SPECIALS = documents.Specials(bos=nucleotides.BOS, eos=nucleotides.EOS, pad=nucl
 
 
 def fasta_files(cfg: dict, dataset: str) -> list[str]:
-  """``data_cfg.files`` (a path or a sequence of them), checked to exist."""
+  """``config.data.files`` (a path or a sequence of them), checked to exist."""
   files = cfg.get("files") or ()
   files = (files,) if isinstance(files, (str, os.PathLike)) else tuple(files)
   if not files:
-    raise ValueError(f"{dataset}: data_cfg.files (the FASTA files) is not set")
-  return [documents.check_file(p, "data_cfg.files", dataset) for p in files]
+    raise ValueError(f"{dataset}: config.data.files (the FASTA files) is not set")
+  return [documents.check_file(p, "config.data.files", dataset) for p in files]
 
 
 def fractions(cfg: dict, dataset: str) -> tuple[float, float]:
@@ -100,12 +99,12 @@ def read_annotations(path: str):
 def label_names(cfg: dict) -> tuple[str, ...]:
   """The classes in id order: the annotations' sorted labels, else the files' stems."""
   if cfg.get("annotations"):
-    path = documents.check_file(cfg["annotations"], "data_cfg.annotations", CLASSIFY)
+    path = documents.check_file(cfg["annotations"], "config.data.annotations", CLASSIFY)
     return tuple(sorted({row[-1] for row in read_annotations(path)}))
   stems = [file_stem(p) for p in fasta_files(cfg, CLASSIFY)]
   if len(set(stems)) != len(stems):
-    raise ValueError(f"{CLASSIFY}: the stems of data_cfg.files {stems} name the classes "
-                     "and must differ (or set data_cfg.annotations)")
+    raise ValueError(f"{CLASSIFY}: the stems of config.data.files {stems} name the classes "
+                     "and must differ (or set config.data.annotations)")
   return tuple(stems)
 
 
@@ -128,10 +127,10 @@ def labelled_regions(settings: dict, records: list) -> list[tuple[int, int, int,
   regions = []
   for where, rid, start, end, label in read_annotations(settings["annotations"]):
     if rid not in index:
-      raise ValueError(f"{where}: record {rid!r} is in none of data_cfg.files")
+      raise ValueError(f"{where}: record {rid!r} is in none of config.data.files")
     if index[rid] < 0:
       raise ValueError(f"{where}: record id {rid!r} names more than one record of "
-                       "data_cfg.files; annotated records need unique ids")
+                       "config.data.files; annotated records need unique ids")
     size = len(records[index[rid]][2])
     if end > size:
       raise ValueError(f"{where}: end {end} is past the {size} bases of record {rid!r}")
@@ -235,7 +234,7 @@ def _lm_builder(cfg: dict, data_dir: str, seq_len: int | None):
   del seq_len  # streams are stored whole
   chunk = int(cfg.get("chunk_size") or corpora.DEFAULT_CHUNK_SIZE)
   if chunk < 1:
-    raise ValueError(f"{LM}: data_cfg.chunk_size must be positive, got {chunk}")
+    raise ValueError(f"{LM}: config.data.chunk_size must be positive, got {chunk}")
   return _builder(GenomeLM, cfg, data_dir, [], chunk_size=chunk)
 
 
@@ -277,7 +276,7 @@ def _lm_elements(builder, cfg: dict, *, split: str, seq_len: int, seed: int,
                  shard_index: int, shard_count: int, num_epochs: int | None):
   if split not in builder.info.splits:
     raise ValueError(f"{LM}: the {split} split holds no bases "
-                     "(data_cfg.validation_fraction, test_fraction)")
+                     "(config.data.validation_fraction, test_fraction)")
   tokens = language_modeling.split_tokens(builder, split, nucleotides.VOCAB_SIZE)
   train = split == "train"
   ds = language_modeling.lm_dataset(
@@ -345,10 +344,10 @@ def _classify_elements(builder, cfg: dict, *, split: str, seq_len: int, seed: in
                     train and bool(cfg.get("reverse_complement")))
   if not len(frags):
     raise ValueError(f"{CLASSIFY}: the {split} split holds no labelled bases "
-                     "(data_cfg.validation_fraction, test_fraction, annotations)")
+                     "(config.data.validation_fraction, test_fraction, annotations)")
   if not train:
     return pipeline.eval_dataset(len(frags), frags.tile, shard_index, shard_count, num_epochs)
-  total = sys.maxsize if num_epochs is None else len(frags) * num_epochs
+  total = pipeline.FOREVER if num_epochs is None else len(frags) * num_epochs
   total -= total % shard_count
   if total < 1:
     raise ValueError(f"{CLASSIFY}: shard_count={shard_count} exceeds the {len(frags)} "

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 
 import grain
 import numpy as np
@@ -128,7 +127,7 @@ def lm_dataset(tokens: np.ndarray, *, train: bool, seq_len: int, seed: int, shar
     windows = EvalWindow(tokens, seq_len, stride)
     return pipeline.eval_dataset(len(windows), windows, shard_index, shard_count, num_epochs)
   per_epoch = (len(tokens) - 1) // seq_len
-  total = sys.maxsize if num_epochs is None else per_epoch * num_epochs
+  total = pipeline.FOREVER if num_epochs is None else per_epoch * num_epochs
   total -= total % shard_count
   if total < 1:
     raise ValueError(f"shard_count={shard_count} exceeds the {per_epoch * num_epochs} crops "

@@ -108,7 +108,7 @@ def check_fractions(validation_fraction: float, test_fraction: float, where: str
   """ValueError naming the fields unless both are >= 0 and they leave some training data."""
   v, t = float(validation_fraction), float(test_fraction)
   if v < 0 or t < 0 or v + t >= 1:
-    raise ValueError(f"{where}: data_cfg.validation_fraction={v} and test_fraction={t} must "
+    raise ValueError(f"{where}: config.data.validation_fraction={v} and test_fraction={t} must "
                      "be >= 0 with a sum below 1")
 
 

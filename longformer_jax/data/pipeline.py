@@ -281,9 +281,20 @@ def example_dataset(source, element, *, split: str, seed: int, shard_index: int,
     return eval_dataset(n, Lookup(source, element), shard_index, shard_count, num_epochs)
   if n < shard_count:
     raise ValueError(f"shard_count={shard_count} exceeds the {n} train examples")
-  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(num_epochs)
+  epochs = forever_epochs(n) if num_epochs is None else num_epochs
+  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(epochs)
   ds = ds.slice(slice(shard_index, len(ds) - len(ds) % shard_count, shard_count))
   return ds.map(element)
+
+
+# Training streams repeat "forever": 2**62 elements, not grain's repeat(None) length of
+# sys.maxsize, which a batch of 1 overflows (len() of it raises OverflowError).
+FOREVER = 1 << 62
+
+
+def forever_epochs(n: int) -> int:
+  """Epochs of ``n`` elements that make a stream of about :data:`FOREVER` elements."""
+  return max(FOREVER // max(n, 1), 1)
 
 
 def make_iterator(data_cfg, *, split: str, seq_len: int, batch_size: int, seed: int,
