@@ -16,9 +16,10 @@ dilated by 1, 2, 8, 32, 128 from the bottom up, so the receptive field (21,760 b
 the longest context while every context length costs the same per base. Each run trains
 ``--steps`` steps of ``--bases-per-step`` bases (batch = bases / context) on the genome's
 first 90% (reverse complements at random) and scores every base of the last 5% (test),
-each with up to ``context - stride`` preceding bases of the test region (windows of the
-context length stepping by ``--stride``, each scoring its last ``stride`` bases). The
-baselines score the same bases with up to k - 1 preceding bases of the test region.
+each with 3/4 to all of the context length of preceding bases of the test region (windows
+of the context length stepping by a quarter of it, each scoring its last quarter: every
+context length reads the same 4 bases per scored base). The baselines score the same
+bases with up to k - 1 preceding bases of the test region.
 
 Writes experiments/results/genome_context.{json,md,png}; runs under ``--workdir``.
 """
@@ -56,7 +57,8 @@ def genome_config(fasta: str, context: int, args, data_dir: str):
                    window_scale=1),)
   c.seq_len, c.batch_size, c.train_steps = context, batch, args.steps
   c.optim.update(lr=args.lr, warmup_steps=args.steps // 10)
-  c.data.update(files=(fasta,), data_dir=data_dir, eval_stride=args.stride,
+  c.data.update(files=(fasta,), data_dir=data_dir,
+                eval_stride=max(int(context * args.stride_frac), 1),
                 validation_fraction=0.05, test_fraction=0.05)
   c.update(eval_split="test", eval_every=args.steps, eval_batches=args.eval_batches,
            checkpoint_every=args.steps, log_every=max(args.steps // 20, 1),
@@ -138,10 +140,11 @@ def main(argv=None) -> None:
   p.add_argument("--fasta", required=True, help="a FASTA genome (plain or gzipped)")
   p.add_argument("--workdir", default="/tmp/genome_context", help="runs and prepared data")
   p.add_argument("--contexts", type=int, nargs="+", default=CONTEXTS)
-  p.add_argument("--steps", type=int, default=300, help="training steps of every run")
+  p.add_argument("--steps", type=int, default=200, help="training steps of every run")
   p.add_argument("--bases-per-step", type=int, default=16384)
   p.add_argument("--window", type=int, default=128, help="the window of every layer")
-  p.add_argument("--stride", type=int, default=512, help="bases scored per eval window")
+  p.add_argument("--stride-frac", type=float, default=0.25,
+                 help="bases scored per eval window, as a fraction of the context")
   p.add_argument("--lr", type=float, default=2e-3)
   p.add_argument("--eval-batches", type=int, default=0, help="0: every test base")
   p.add_argument("--orders", type=int, nargs="+", default=KMER_ORDERS)

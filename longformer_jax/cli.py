@@ -49,11 +49,13 @@ class _Handler(logging.StreamHandler):
 
 def setup_logging(verbosity: int = 0) -> None:
   """Sends log records to stderr through :class:`_Quiet` in :data:`FORMAT`, in place of
-  absl's handler (whose format repeats the thread and file on every line). Handlers of
-  others (a test runner's) are left as they are. Idempotent."""
+  absl's handler (whose format repeats the thread and file on every line) and of a plain
+  stderr handler (``logging.basicConfig``'s). Other handlers (a test runner's) are left as
+  they are. Idempotent."""
   root = logging.getLogger()
-  for handler in list(root.handlers):
-    if isinstance(handler, _Handler) or type(handler).__name__ == "ABSLHandler":
+  for handler in list(root.handlers):  # absl's, basicConfig's to stderr, an earlier ours
+    if (isinstance(handler, _Handler) or type(handler).__name__ == "ABSLHandler"
+        or (type(handler) is logging.StreamHandler and handler.stream is sys.stderr)):
       root.removeHandler(handler)
   handler = _Handler(sys.stderr)
   handler.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
