@@ -90,6 +90,10 @@ class LongformerConfig:
   # One scanned layer body instead of a Python loop (needs the same window and dilation on
   # every layer); None: scan exactly when the layers allow it.
   scan_layers: bool | None = dataclasses.field(default=None, metadata=_RUN)
+  # A 2-D patch grid (``attention/grid2d.py``): local rows attend to a neighbourhood of
+  # the grid instead of a window (``attention_window`` is not read then). Built by the
+  # vision models (``vision.py``) for each stage; never in config.json.
+  attention_grid: attn.Grid2D | None = dataclasses.field(default=None, metadata=_RUN)
   extra_json: str = "{}"  # HF passthrough keys (labels...), as JSON: the config stays hashable
 
   def __post_init__(self):
@@ -141,6 +145,8 @@ class LongformerConfig:
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat={self.remat!r} is not one of {REMAT_POLICIES}")
     attn.check_impl(self.attention_impl)
+    if self.attention_grid is not None and (self.causal or self.relative_positions):
+      raise ValueError("attention_grid: a 2-D grid has no causal or relative-position form")
     if self.block_size < 1:
       raise ValueError(f"block_size must be positive, got {self.block_size}")
     jnp.dtype(self.dtype)  # raises on an unknown dtype name

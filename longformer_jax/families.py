@@ -1,6 +1,6 @@
 """The model families the training library builds, looked up by a task's ``family``
-or by a model config's type: the Longformer encoder models (``model.py``) and the
-Longformer-Encoder-Decoder (``led/model.py``).
+or by a model config's type: the Longformer encoder models (``model.py``), the
+Longformer-Encoder-Decoder (``led/model.py``) and the Vision Longformer (``vision.py``).
 
 A family says how to build a config and a model, how many input tokens its
 positions take, and how HF checkpoints come in and go out; ``train.py``,
@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from longformer_jax import longformer_convert, model
+from longformer_jax import longformer_convert, model, vision
 from longformer_jax.led import convert as led_convert
 from longformer_jax.led import model as led
 from longformer_jax.config import LongformerConfig
@@ -54,7 +54,18 @@ def _led() -> Family:
                 "encoder_layers", "max_encoder_position_embeddings")
 
 
-_FAMILIES = {"longformer": _longformer, "led": _led}
+def _no_hf(*args, **kwargs):
+  del args, kwargs
+  raise ValueError("the vision family (Vision Longformer image classifiers) has no HF "
+                   "checkpoints: nothing to load from or export to HF")
+
+
+def _vision() -> Family:
+  return Family("vision", vision.VisionConfig, vision.create_model, _no_hf, _no_hf,
+                lambda cfg: None, "depths", "image_size")
+
+
+_FAMILIES = {"longformer": _longformer, "led": _led, "vision": _vision}
 
 
 def get(name: str) -> Family:

@@ -150,6 +150,7 @@ class SelfAttention(nnx.Module):
     self.attention_impl = cfg.attention_impl
     self.attention_dtype = jnp.dtype(cfg.attention_dtype or cfg.dtype)
     self.relative = cfg.relative_positions
+    self.grid = cfg.attention_grid  # a 2-D patch grid instead of the window, or None
     names = ("query", "key", "value") + (
         () if self.relative else ("query_global", "key_global", "value_global"))
     for name in names:
@@ -175,6 +176,8 @@ class SelfAttention(nnx.Module):
     if output_attentions and self.relative:  # before any work is traced
       raise ValueError("output_attentions is not available with relative positions "
                        "(position_embedding_type='relative_sinusoidal')")
+    if output_attentions and self.grid is not None:
+      raise ValueError("output_attentions is not available with a 2-D attention_grid")
     out = self._attend(x_BxNxD, valid_BxN, is_global_BxN, gidx)
     if not output_attentions:
       return out, None
@@ -226,7 +229,10 @@ class SelfAttention(nnx.Module):
   def _attention_fn(self, batch: int):
     """``attention.attend``, or its sequence-parallel form when the model's
     partitioning splits activations along the sequence, or a form run per device
-    (``shard_map``) for the kernels of the ``pallas`` backend: same arguments."""
+    (``shard_map``) for the kernels of the ``pallas`` backend: same arguments. A 2-D
+    grid has one form, over the whole sequence."""
+    if self.grid is not None:
+      return functools.partial(attn.attend, grid=self.grid)
     split = sh.sequence_parallel(self.partitioning)
     if split is not None:
       mesh, batch_axes = split

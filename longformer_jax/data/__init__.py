@@ -6,8 +6,8 @@ Importing the package registers every dataset module below.
 from longformer_jax.data import registry
 from longformer_jax.data import pipeline
 from longformer_jax.data import (classification, conll,  # noqa: F401  (registration)
-                                 extractive_qa, genome, kv_recall, language_modeling,
-                                 summarization, wikihop)
+                                 extractive_qa, genome, images, kv_recall,
+                                 language_modeling, summarization, wikihop)
 from longformer_jax.data.corpora import (CharCorpusConfig, Enwik8, Text8, TextCorpus,
                                          TextCorpusConfig, char_split_bounds,
                                          load_split_tokens)
