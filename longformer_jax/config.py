@@ -31,7 +31,47 @@ _TUNABLE = ("hidden_dropout_prob", "attention_probs_dropout_prob", "num_labels",
 
 
 @dataclasses.dataclass(frozen=True)
-class LongformerConfig:
+class RunFields:
+  """How to compute, not what the model is: the run fields every model family shares
+  (declared here once). config.json does not hold them, and a run sets them on top of a
+  loaded checkpoint's architecture (``run_fields()``, ``tunable_fields()``)."""
+
+  block_size: int = dataclasses.field(default=attn.DEFAULT_BLOCK_SIZE, metadata=_RUN)
+  # How the banded attention runs: "scan" (a loop over query blocks), "blocked" (every
+  # block at once, batched products), "pallas" (fused kernels: Triton on GPU, Mosaic on
+  # TPU, interpret mode on CPU), or "auto" (scan on CPU, pallas on TPU, blocked on GPU
+  # and for what the kernels lack). Same values either way (attention.resolve_impl).
+  attention_impl: str = dataclasses.field(default="auto", metadata=_RUN)
+  # static G; None: from concrete inputs
+  max_global_tokens: int | None = dataclasses.field(default=None, metadata=_RUN)
+  # compute dtype; params are always float32
+  dtype: str = dataclasses.field(default="float32", metadata=_RUN)
+  # dtype of the local attention's q, k, v (scores and softmax are fp32 anyway); None:
+  # the compute dtype. "float32" under bf16 compute keeps the products of the window
+  # attention exact to fp32, as the paper's character LM did.
+  attention_dtype: str | None = dataclasses.field(default=None, metadata=_RUN)
+  # Rematerialise each layer in the backward pass: none | full | dots | matmuls. The
+  # default keeps the matrix products' outputs: about half the activation memory of
+  # "none" at no cost in speed (experiments/benchmark.py); forward-only calls are unaffected.
+  remat: str = dataclasses.field(default="matmuls", metadata=_RUN)
+  # One scanned layer body instead of a Python loop (needs the same window and dilation on
+  # every layer); None: scan exactly when the layers allow it.
+  scan_layers: bool | None = dataclasses.field(default=None, metadata=_RUN)
+
+  @classmethod
+  def run_fields(cls) -> tuple[str, ...]:
+    """Fields that say how to run the model (dtype, remat, scan, block size, attention
+    backend, global bound): not in config.json; set by a run on top of a checkpoint's
+    architecture."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("run"))
+
+  def shared_run_values(self) -> dict:
+    """The values of the fields declared here (what another family's part inherits)."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(RunFields)}
+
+
+@dataclasses.dataclass(frozen=True)
+class LongformerConfig(RunFields):
   """Architecture of a Longformer (the fields of HF's ``LongformerConfig``) plus ours.
 
   ``attention_window`` and ``attention_dilation`` are per layer (a single value
@@ -67,29 +107,6 @@ class LongformerConfig:
   # residual sum: the paper's character LM. Pre-LN models have no embedding LayerNorm,
   # and their LM head decodes the final LayerNorm's output directly.
   pre_layer_norm: bool = False
-  # Run fields (``_RUN``): how to compute, not what the model is. config.json does not
-  # hold them, and a run sets them on top of a loaded checkpoint's architecture.
-  block_size: int = dataclasses.field(default=attn.DEFAULT_BLOCK_SIZE, metadata=_RUN)
-  # How the banded attention runs: "scan" (a loop over query blocks), "blocked" (every
-  # block at once, batched products), "pallas" (fused kernels: Triton on GPU, Mosaic on
-  # TPU, interpret mode on CPU), or "auto" (scan on CPU, pallas on TPU, blocked on GPU
-  # and for what the kernels lack). Same values either way (attention.resolve_impl).
-  attention_impl: str = dataclasses.field(default="auto", metadata=_RUN)
-  # static G; None: from concrete inputs
-  max_global_tokens: int | None = dataclasses.field(default=None, metadata=_RUN)
-  # compute dtype; params are always float32
-  dtype: str = dataclasses.field(default="float32", metadata=_RUN)
-  # dtype of the local attention's q, k, v (scores and softmax are fp32 anyway); None:
-  # the compute dtype. "float32" under bf16 compute keeps the products of the window
-  # attention exact to fp32, as the paper's character LM did.
-  attention_dtype: str | None = dataclasses.field(default=None, metadata=_RUN)
-  # Rematerialise each layer in the backward pass: none | full | dots | matmuls. The
-  # default keeps the matrix products' outputs: about half the activation memory of
-  # "none" at no cost in speed (experiments/benchmark.py); forward-only calls are unaffected.
-  remat: str = dataclasses.field(default="matmuls", metadata=_RUN)
-  # One scanned layer body instead of a Python loop (needs the same window and dilation on
-  # every layer); None: scan exactly when the layers allow it.
-  scan_layers: bool | None = dataclasses.field(default=None, metadata=_RUN)
   # A 2-D patch grid (``attention/grid2d.py``): local rows attend to a neighbourhood of
   # the grid instead of a window (``attention_window`` is not read then). Built by the
   # vision models (``vision.py``) for each stage; never in config.json.
@@ -172,13 +189,6 @@ class LongformerConfig:
 
   def replace(self, **changes) -> "LongformerConfig":
     return dataclasses.replace(self, **changes)
-
-  @classmethod
-  def run_fields(cls) -> tuple[str, ...]:
-    """Fields that say how to run the model (dtype, remat, scan, block size, attention
-    backend, global bound): not in config.json; set by a run on top of a checkpoint's
-    architecture."""
-    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("run"))
 
   @classmethod
   def tunable_fields(cls) -> tuple[str, ...]:

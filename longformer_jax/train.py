@@ -155,10 +155,10 @@ def optimizer_of(config, phases: list[Phase]):
 def resolve_backend(cfg, platform: str, seq_len: int, device_kind: str | None = None):
   """``cfg`` with ``attention_impl="auto"`` resolved for ``platform`` (the mesh's, which
   may be another machine's when compiling ahead of time) at ``seq_len`` tokens."""
-  if not hasattr(cfg, "attention_impl"):  # vision: its 2-D grids have one implementation
+  if not hasattr(cfg, "attention_window"):  # vision: its 2-D grids have one implementation
     return cfg
   enc = cfg.encoder() if hasattr(cfg, "encoder") else cfg
-  dtype = jnp.dtype(getattr(enc, "attention_dtype", None) or enc.dtype)
+  dtype = jnp.dtype(enc.attention_dtype or enc.dtype)
   vmem = attention_pallas.vmem_bytes(seq_len, enc.block_size, max(enc.attention_window),
                                      enc.head_dim, dtype.itemsize)
   impl = attention.resolve_impl(cfg.attention_impl, platform, kernel_vmem=vmem,

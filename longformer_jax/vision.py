@@ -32,7 +32,7 @@ from longformer_jax import layers
 from longformer_jax import outputs as out_lib
 from longformer_jax import sharding as sh
 from longformer_jax.attention import global_tokens
-from longformer_jax.config import LongformerConfig
+from longformer_jax.config import LongformerConfig, RunFields
 
 POOLS = ("cls", "mean")
 _RUN = {"run": True}
@@ -41,7 +41,7 @@ _TUNABLE = ("hidden_dropout_prob", "attention_probs_dropout_prob", "num_labels",
 
 
 @dataclasses.dataclass(frozen=True)
-class VisionConfig:
+class VisionConfig(RunFields):
   """Architecture of a ViL classifier; the per-stage tuples hold one entry per stage.
 
   Each stage's encoder is a ``LongformerConfig`` (:meth:`stage`): pre-LN, with a
@@ -66,12 +66,8 @@ class VisionConfig:
   attention_probs_dropout_prob: float = 0.0
   layer_norm_eps: float = 1e-6
   initializer_range: float = 0.02
-  # Run fields: how to compute (as LongformerConfig's); params are always float32.
-  dtype: str = dataclasses.field(default="float32", metadata=_RUN)
-  attention_dtype: str | None = dataclasses.field(default=None, metadata=_RUN)
-  remat: str = dataclasses.field(default="none", metadata=_RUN)
-  scan_layers: bool | None = dataclasses.field(default=None, metadata=_RUN)
-  grid_block: int = dataclasses.field(default=8, metadata=_RUN)  # query tile side
+  # Run fields: config.RunFields', and the query tile side of the 2-D attention.
+  grid_block: int = dataclasses.field(default=8, metadata=_RUN)
 
   def __post_init__(self):
     for name in ("hidden_sizes", "depths", "num_heads", "kernels"):
@@ -136,9 +132,8 @@ class VisionConfig:
         attention_probs_dropout_prob=self.attention_probs_dropout_prob,
         layer_norm_eps=self.layer_norm_eps, initializer_range=self.initializer_range,
         num_labels=self.num_labels, attention_window=0, pre_layer_norm=True,
-        dtype=self.dtype, attention_dtype=self.attention_dtype, remat=self.remat,
-        scan_layers=self.scan_layers, attention_grid=grid,
-        max_global_tokens=self.num_global_tokens)
+        attention_grid=grid,
+        **dict(self.shared_run_values(), max_global_tokens=self.num_global_tokens))
 
   @property
   def compute_dtype(self):
@@ -146,11 +141,6 @@ class VisionConfig:
 
   def replace(self, **changes) -> "VisionConfig":
     return dataclasses.replace(self, **changes)
-
-  @classmethod
-  def run_fields(cls) -> tuple[str, ...]:
-    """Fields that say how to run the model, not what it is."""
-    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("run"))
 
   @classmethod
   def tunable_fields(cls) -> tuple[str, ...]:

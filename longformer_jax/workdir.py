@@ -64,7 +64,7 @@ def export_hf(workdir: str, out_dir: str) -> int:
   failed export leaves nothing half-written.
   """
   model, info = trained_model(workdir)
-  if info.get("label_names"):
+  if info.get("label_names") and hasattr(model.config, "extra_json"):  # HF's id2label
     names = info["label_names"]
     extra = dict(json.loads(model.config.extra_json),
                  id2label={str(i): n for i, n in enumerate(names)},

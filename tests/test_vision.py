@@ -245,6 +245,10 @@ def test_tiny_config_trains(tmp_path, variant):
   c.async_checkpoints = False
   metrics = train.train_and_evaluate(c, str(tmp_path / "run"))
   assert np.isfinite(metrics["loss"]) and 0.0 <= metrics["eval_accuracy"] <= 1.0
+  from longformer_jax import workdir
+  with pytest.raises(ValueError, match="no HF checkpoints"):  # not an AttributeError
+    workdir.export_hf(str(tmp_path / "run"), str(tmp_path / "hf"))
+  assert not (tmp_path / "hf").exists()
   local = load_config("image_classify", "tiny,local_only")
   cfg = train.model_config(local, train.resolve_phases(local)[0])
   assert (cfg.num_global_tokens, cfg.pool, cfg.image_size) == (0, "mean", 32)

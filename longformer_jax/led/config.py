@@ -11,13 +11,12 @@ import dataclasses
 import json
 import os
 
-from longformer_jax.config import LongformerConfig
+from longformer_jax.config import LongformerConfig, RunFields
 
-_RUN = {"run": True}
 
 
 @dataclasses.dataclass(frozen=True)
-class LEDConfig:
+class LEDConfig(RunFields):  # the run fields: config.RunFields
   vocab_size: int = 50265
   d_model: int = 1024
   encoder_layers: int = 12
@@ -40,13 +39,6 @@ class LEDConfig:
   bos_token_id: int = 0
   eos_token_id: int = 2
   decoder_start_token_id: int = 2
-  # Run fields: not in config.json (as LongformerConfig's).
-  dtype: str = dataclasses.field(default="float32", metadata=_RUN)
-  attention_impl: str = dataclasses.field(default="auto", metadata=_RUN)
-  block_size: int = dataclasses.field(default=128, metadata=_RUN)
-  max_global_tokens: int | None = dataclasses.field(default=None, metadata=_RUN)
-  remat: str = dataclasses.field(default="matmuls", metadata=_RUN)
-  scan_layers: bool | None = dataclasses.field(default=None, metadata=_RUN)
   extra_json: str = "{}"  # HF passthrough keys (generation settings...), as JSON
 
   def __post_init__(self):
@@ -71,14 +63,7 @@ class LEDConfig:
         hidden_dropout_prob=self.dropout, attention_probs_dropout_prob=self.attention_dropout,
         max_position_embeddings=self.max_encoder_position_embeddings,
         initializer_range=self.init_std, pad_token_id=self.pad_token_id,
-        attention_window=self.attention_window, dtype=self.dtype,
-        attention_impl=self.attention_impl, block_size=self.block_size,
-        max_global_tokens=self.max_global_tokens, remat=self.remat,
-        scan_layers=self.scan_layers)
-
-  @classmethod
-  def run_fields(cls) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("run"))
+        attention_window=self.attention_window, **self.shared_run_values())
 
   @classmethod
   def tunable_fields(cls) -> tuple[str, ...]:
