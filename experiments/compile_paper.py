@@ -3,7 +3,8 @@ TPU pods and GPU hosts without the hardware (``--mode=compile``, ``aot.py``).
 
 Configs: char_lm text8 / enwik8, small and large, all five phases; mlm base and
 large at 4,096; finetune imdb / hyperpartisan / triviaqa / wikihop / hotpotqa, base
-and large; summarize_arxiv (LED-large, 16K). Architectures of the pretrained
+and large; summarize_arxiv (LED-large, 16K); dna_lm small at 16,384 bases (its phase 4).
+Architectures of the pretrained
 checkpoints (longformer-base/large-4096, led-large-16384) are written as
 config.json files: compiles need no weights. Topologies: v5e-256, v5p-128,
 v6e-256, v4-128 (libtpu, the test extras) and h100-8, a100-8 (the gpu-compile
@@ -68,6 +69,7 @@ class Run:
   batches: tuple[int, ...]  # per phase
   accum: int = 1
   overrides: tuple[tuple[str, str], ...] = ()  # (config field, value): data never read
+  phases: tuple[int, ...] | None = None  # the phases compiled (0-based); None: every one
 
 
 def runs() -> list[Run]:
@@ -89,6 +91,8 @@ def runs() -> list[Run]:
                       ("data.files.labels", "/data/labels.xml"))))
   out.append(Run("summarize_arxiv led-large 16K", "summarize_arxiv.py", "led-large", 16,
                  (32,), accum=4))
+  out.append(Run("dna_lm small 16K bases", "dna_lm.py", None, 8, (32, 32, 16, 16, 16),
+                 overrides=(("data.files", "/data/genome.fa"),), phases=(3,)))
   return out
 
 
@@ -113,7 +117,8 @@ def load(run: Run, devices: int, archs: dict):
     node = config
     for parent in parents:
       node = node[parent]
-    node[leaf] = value
+    # as the command line parses it: a tuple field takes comma-separated words
+    node[leaf] = tuple(value.split(",")) if isinstance(node[leaf], tuple) else value
   return config
 
 
@@ -156,7 +161,7 @@ def compile_one(run: Run, topology: str, args, archs: dict) -> dict:
   program's compile can hold many GB)."""
   mesh = mesh_for(run, DEVICES[topology])
   result = {"run": run.name, "topology": topology, "mesh": mesh, "seconds": 0.0}
-  for phase in range(len(run.batches)):
+  for phase in run.phases or range(len(run.batches)):
     part = _compile_phase(run, topology, phase, mesh, args, archs)
     result["seconds"] += part.pop("seconds")
     result.setdefault("command", part["command"].replace(f" --compile_phases={phase}", ""))
