@@ -87,6 +87,21 @@ def assert_clean_stderr(stderr: str) -> None:
   assert not OTHER_INFO.search(stderr), OTHER_INFO.search(stderr).group(0) + stderr[-3000:]
 
 
+def computed_once(tmp_path_factory, name: str, compute):
+  """``compute()`` (JSON-able), computed by one pytest-xdist worker of this run and read
+  by the others (a module fixture would run once per worker that needs it)."""
+  if not os.environ.get("PYTEST_XDIST_WORKER"):
+    return compute()
+  import fcntl
+  root = tmp_path_factory.getbasetemp().parent  # this run's folder, shared by its workers
+  path = root / f"{name}.json"
+  with open(root / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not path.exists():
+      path.write_text(json.dumps(compute()))
+  return json.loads(path.read_text())
+
+
 def program_env(devices: int) -> dict:
   return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
               PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=JIT_CACHE)

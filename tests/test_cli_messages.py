@@ -48,8 +48,24 @@ def test_malformed_data_is_one_line_and_leaves_nothing(tmp_path, tokenizer_dir):
       f"error: document_classification: {tmp_path / 'train.jsonl'}:2 has no str field "
       "'text' (config.data.text_field) (--verbosity=1 shows the traceback)"], proc.stderr
   assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
-  verbose = python_m("main", *proc.args[3:], "--verbosity=1")
-  assert "Traceback" in verbose.stderr and verbose.returncode != 0
+
+
+def test_verbosity_one_keeps_the_traceback(capsys):
+  """The one line at verbosity 0 (exit status 1); the exception itself at 1; a bug (not a
+  user's mistake) keeps its traceback either way."""
+  from longformer_jax import cli
+
+  def mistake():
+    raise ValueError("config.data.files:\n  nothing there")
+  with pytest.raises(SystemExit) as stop:
+    cli.run(mistake, verbosity=0)
+  assert stop.value.code == 1
+  assert capsys.readouterr().err == ("error: config.data.files: nothing there "
+                                     "(--verbosity=1 shows the traceback)\n")
+  with pytest.raises(ValueError, match="nothing there"):
+    cli.run(mistake, verbosity=1)
+  with pytest.raises(ZeroDivisionError):
+    cli.run(lambda: 1 / 0, verbosity=0)
 
 
 @pytest.mark.parametrize("command", ["to-hf", "export"])

@@ -9,8 +9,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import (losses, program_command, program_env, run_program, tiny_config,
-                      train_in_subprocess)
+from conftest import (computed_once, losses, program_command, program_env, run_program,
+                      tiny_config, train_in_subprocess)
 
 
 def test_golden_one_step(tmp_path):
@@ -116,9 +116,12 @@ def test_two_processes_match_one_device(tmp_path, single_device_losses):
 
 @pytest.fixture(scope="module")
 def full_run_losses(tmp_path_factory):
-  """Losses of the whole tiny run (20 steps), never interrupted."""
-  root = tmp_path_factory.mktemp("full")
-  return losses(train_in_subprocess(root, "reference"))
+  """Losses of the whole tiny run (20 steps), never interrupted; one run serves every
+  worker."""
+  def compute():
+    root = tmp_path_factory.mktemp("full")
+    return sorted(losses(train_in_subprocess(root, "reference")).items())
+  return dict(computed_once(tmp_path_factory, "tiny_reference_losses", compute))
 
 
 def run_tiny(tmp_path, name: str, *flags, **overrides) -> subprocess.CompletedProcess:
