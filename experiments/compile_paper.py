@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, load_config_module
+from common import ROOT, load_config_module, write_results
 from longformer_jax.config import LongformerConfig
 from longformer_jax.led.config import LEDConfig
 
@@ -269,14 +269,15 @@ def summary(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: str) -> None:
+def plot(rows: list[dict]):
+  """Per-chip memory of every compiled phase, a panel per topology (None: nothing yet)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   ok = [r for r in rows if "error" not in r]
   tops = [t for t in TOPOLOGIES if any(r["topology"] == t for r in ok)]
   if not tops:
-    return
+    return None
   labels = list(dict.fromkeys(f"{r['run']} p{r['phase'] + 1}" for r in ok))
   fig, axes = plt.subplots(1, len(tops), figsize=(4.2 * len(tops), 0.25 * len(labels) + 2),
                            squeeze=False, sharey=True)
@@ -295,7 +296,7 @@ def plot(rows: list[dict], path: str) -> None:
   fig.suptitle("The paper's runs compiled for each topology: per-chip memory (red: "
                "does not fit)")
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  return fig
 
 
 def main():
@@ -347,21 +348,18 @@ def main():
   done = {(r["run"], r["topology"]) for r in rows}
   missing = [f"{run.name} on {t}" for t in TOPOLOGIES for run in runs()
              if (run.name, t) not in done]
-  with open(args.out + ".md", "w") as f:
-    f.write("# The paper's runs, compiled for accelerator topologies\n\n"
-            "    python experiments/compile_paper.py --topologies v5e-256 v5p-128 v6e-256 "
-            "v4-128\n    python experiments/compile_paper.py --topologies h100-8 a100-8 "
-            "--python GPU_ENV/bin/python\n\n")
-    if missing:
-      f.write(f"Not compiled yet (rerun the commands: they resume): {', '.join(missing)}."
-              "\n\n")
-    f.write("HBM per chip, fits: compiled fact (XLA's memory analysis of the train step). "
-            "Step bound, tokens/s, MFU: a roofline estimate, max(FLOPs / peak, HBM bytes / "
-            "bandwidth) with the loop-aware counts of hlo_cost.py.\n\n## Each run's last "
-            "phase\n\n" + summary(rows) + "\n\n## Every phase\n\n" + table + "\n")
-  with open(args.out + ".json", "w") as f:
-    json.dump(rows, f, indent=1)
-  plot(rows, args.out + ".png")
+  text = ("# The paper's runs, compiled for accelerator topologies\n\n"
+          "    python experiments/compile_paper.py --topologies v5e-256 v5p-128 v6e-256 "
+          "v4-128\n    python experiments/compile_paper.py --topologies h100-8 a100-8 "
+          "--python GPU_ENV/bin/python\n\n")
+  if missing:
+    text += f"Not compiled yet (rerun the commands: they resume): {', '.join(missing)}.\n\n"
+  text += ("HBM per chip, fits: compiled fact (XLA's memory analysis of the train step). "
+           "Step bound, tokens/s, MFU: a roofline estimate, max(FLOPs / peak, HBM bytes / "
+           "bandwidth) with the loop-aware counts of hlo_cost.py.\n\n## Each run's last "
+           "phase\n\n" + summary(rows) + "\n\n## Every phase\n\n" + table + "\n")
+  write_results(args.out, rows, text, plot(rows), dpi=110,
+                command="python experiments/compile_paper.py")
   print(table)
 
 
