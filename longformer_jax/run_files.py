@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 
 from longformer_jax import families
 
@@ -50,3 +51,23 @@ def read(workdir: str, name: str) -> dict:
     raise FileNotFoundError(f"{workdir} is not a training workdir: no {name}")
   with open(path) as f:
     return json.load(f)
+
+
+def write_jsonl_atomic(path: str, records) -> None:
+  """One JSON object a line, written to a temporary file and renamed into place."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for record in records:
+      f.write(json.dumps(record, ensure_ascii=False) + "\n")
+  os.replace(tmp, path)
+
+
+def remove_if_unstarted(workdir: str) -> None:
+  """Removes a workdir this run created if it failed before logging a step or saving a
+  checkpoint (what is left is its record of a run that never ran)."""
+  ckpts = os.path.join(workdir, "checkpoints")
+  started = (os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+             or (os.path.isdir(ckpts) and os.listdir(ckpts)))
+  if os.path.isdir(workdir) and not started:
+    shutil.rmtree(workdir, ignore_errors=True)

@@ -29,7 +29,7 @@ from longformer_jax import cli, longformer_convert, tokenization
 from longformer_jax import workdir as workdir_lib
 from longformer_jax.data import documents
 from longformer_jax.tasks.seq2seq import generated_tokens
-from longformer_jax.train import write_jsonl_atomic
+from longformer_jax.run_files import write_jsonl_atomic
 
 _GENERATION_FLAGS = {"num_beams": int, "max_length": int, "min_length": int,
                      "length_penalty": float, "no_repeat_ngram_size": int}

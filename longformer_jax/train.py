@@ -13,7 +13,6 @@ import functools
 import json
 import logging
 import os
-import shutil
 import signal
 import time
 
@@ -453,7 +452,7 @@ class Runner:
         scores, predictions = self.task.score(rows, examples)
         metrics.update(scores)
         if predictions_path and name == "eval" and jax.process_index() == 0:
-          write_jsonl_atomic(predictions_path, predictions)
+          run_files.write_jsonl_atomic(predictions_path, predictions)
           log.info("wrote %d predictions to %s", len(predictions), predictions_path)
       out.update({f"{name}_{k}": v for k, v in metrics.items()})
     return out
@@ -535,16 +534,6 @@ class Runner:
     return scalars
 
 
-def write_jsonl_atomic(path: str, records) -> None:
-  """One JSON object a line, written to a temporary file and renamed into place."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for record in records:
-      f.write(json.dumps(record, ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
-
-
 def evaluate(config, workdir: str, split: str | None = None,
              predictions_path: str | None = None) -> dict:
   """Evaluates the newest checkpoint in ``workdir`` (or, with none, the
@@ -587,19 +576,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   try:
     result = Runner(config, workdir).run()
   except BaseException:
-    if not existed:
-      remove_if_unstarted(workdir)
+    if not existed and jax.process_index() == 0:
+      run_files.remove_if_unstarted(workdir)
     raise
   log.info("done in %.0fs: metrics in %s", time.time() - t0,
            os.path.join(workdir, "metrics.jsonl"))
   return result
-
-
-def remove_if_unstarted(workdir: str) -> None:
-  """Removes a workdir this run created if it failed before logging a step or saving a
-  checkpoint (what is left is its record of a run that never ran)."""
-  ckpts = os.path.join(workdir, "checkpoints")
-  started = (os.path.exists(os.path.join(workdir, "metrics.jsonl"))
-             or (os.path.isdir(ckpts) and os.listdir(ckpts)))
-  if jax.process_index() == 0 and os.path.isdir(workdir) and not started:
-    shutil.rmtree(workdir, ignore_errors=True)

@@ -83,3 +83,17 @@ def test_a_directory_of_the_wrong_kind_is_one_line(tmp_path, command):
   [line] = error_lines(proc.stderr)
   assert str(tmp_path / "notes") in line, line
   assert sorted(os.listdir(tmp_path)) == ["notes"]
+
+
+def test_a_run_that_never_started_leaves_no_workdir(tmp_path):
+  """What train_and_evaluate removes after a failure in a workdir it created: only a
+  workdir with no logged step and no checkpoint (a run that never ran)."""
+  from longformer_jax import run_files
+  unstarted, started = tmp_path / "unstarted", tmp_path / "started"
+  for workdir in (unstarted, started):
+    (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / "experiment.json").write_text("{}")
+  (started / "metrics.jsonl").write_text('{"step": 1}\n')
+  for workdir in (unstarted, started):
+    run_files.remove_if_unstarted(str(workdir))
+  assert not unstarted.exists() and (started / "metrics.jsonl").exists()
