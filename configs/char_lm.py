@@ -153,11 +153,17 @@ def get_config(variant: str = "text8") -> ml_collections.ConfigDict:
   c.data = dict(name=corpus, data_dir="/tmp/longformer_jax_data",
                 path=f"/tmp/longformer_jax_data/{corpus}.zip",
                 eval_stride={"paper": 512, "cpu": 256, "tiny": 32}[flags["scale"]])
-  phases = phases_of(flags)
+  set_phases(c, phases_of(flags))
+  return c
+
+
+def set_phases(c: ml_collections.ConfigDict, phases) -> None:
+  """``c``'s phases from (seq_len, lr, batch, steps, window_scale) rows, the first
+  phase's shape as the run's, and the staged optimizer (warm-up 10% of a phase, at most
+  10K steps; constant LR within a phase)."""
   c.phases = tuple(dict(seq_len=s, lr=lr, batch_size=b, steps=n, window_scale=w)
                    for s, lr, b, n, w in phases)
   c.seq_len, c.batch_size, c.train_steps = phases[0][0], phases[0][2], phases[0][3]
   c.optim = dict(lr=phases[0][1], warmup_steps=placeholder(int), warmup_frac=0.1,
                  max_warmup_steps=10_000, schedule="constant", weight_decay=0.01,
                  clip_norm=0.25, b1=0.9, b2=0.98, eps=1e-6, grad_accum=1)
-  return c

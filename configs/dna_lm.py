@@ -24,7 +24,6 @@ base (record ends are not scored), in the char LM's eval windows stepping by
 """
 
 import ml_collections
-from ml_collections.config_dict import placeholder
 
 from configs import char_lm
 from longformer_jax.recipes import run_config
@@ -65,10 +64,5 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   if not small:
     phases = tuple((s, lr, b, n, w) for (s, lr, b, _, w), n
                    in zip(phases, PHASE_STEPS[flags["size"]]))
-  c.phases = tuple(dict(seq_len=s, lr=lr, batch_size=b, steps=n, window_scale=w)
-                   for s, lr, b, n, w in phases)
-  c.seq_len, c.batch_size, c.train_steps = phases[0][0], phases[0][2], phases[0][3]
-  c.optim = dict(lr=phases[0][1], warmup_steps=placeholder(int), warmup_frac=0.1,
-                 max_warmup_steps=10_000, schedule="constant", weight_decay=0.01,
-                 clip_norm=0.25, b1=0.9, b2=0.98, eps=1e-6, grad_accum=1)
+  char_lm.set_phases(c, phases)
   return c
