@@ -3,7 +3,8 @@ TPU pods and GPU hosts without the hardware (``--mode=compile``, ``aot.py``).
 
 Configs: char_lm text8 / enwik8, small and large, all five phases; mlm base and
 large at 4,096; finetune imdb / hyperpartisan / triviaqa / wikihop / hotpotqa, base
-and large; summarize_arxiv (LED-large, 16K); dna_lm small at 16,384 bases (its phase 4).
+and large; summarize_arxiv (LED-large, 16K); dna_lm small at 16,384 bases (its phase 4);
+a ViL-small image classifier on 1,024 x 1,024 images in 16-pixel patches.
 Architectures of the pretrained
 checkpoints (longformer-base/large-4096, led-large-16384) are written as
 config.json files: compiles need no weights. Topologies: v5e-256, v5p-128,
@@ -93,7 +94,19 @@ def runs() -> list[Run]:
                  (32,), accum=4))
   out.append(Run("dna_lm small 16K bases", "dna_lm.py", None, 8, (32, 32, 16, 16, 16),
                  overrides=(("data.files", "/data/genome.fa"),), phases=(3,)))
+  out.append(Run("image_classify ViL-small 1024px / 16px patches", "image_classify.py:cpu",
+                 None, 6, (256,), overrides=VIL_1024))
   return out
+
+
+# ViL-small (4 stages, 15 x 15 neighbourhoods, one global token) on 1,024 x 1,024 images
+# in 16-pixel patches: a 64 x 64 grid, 4,097 tokens in the first stage; generated images
+# (nothing read), bf16.
+VIL_1024 = (("data.image_size", "1024"), ("data.mark_size", "64"),
+            ("data.min_distance", "512"), ("model.patch_size", "16"),
+            ("model.hidden_sizes", "96,192,384,384"), ("model.depths", "1,2,8,1"),
+            ("model.num_heads", "3,3,6,6"), ("model.kernels", "15,15,15,15"),
+            ("model.mlp_ratio", "4"), ("model.dtype", "bfloat16"), ("seq_len", "4097"))
 
 
 def mesh_for(run: Run, devices: int) -> dict:
