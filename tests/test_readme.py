@@ -20,6 +20,7 @@ import shlex
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, assert_clean_stderr, losses, program_env
@@ -147,8 +148,14 @@ def check_training(ns, tmp):
   assert sorted(losses(tmp / "lf_tiny")) == [1, 2, 3, 4]
 
 
+def check_genomes_and_images(ns, tmp):
+  out = np.asarray(ns["out"])
+  assert out.shape == (2, 49, 4, 16) and np.isfinite(out).all() and np.abs(out).sum() > 0
+
+
 CHECKS = {"README.md": check_readme, "docs/model.md": check_model, "docs/led.md": check_led,
-          "docs/training.md": check_training}
+          "docs/training.md": check_training,
+          "docs/genomes_and_images.md": check_genomes_and_images}
 RUN_DOCS = [os.path.relpath(p, ROOT) for p in DOCS if runnable(p)]
 
 
