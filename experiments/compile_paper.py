@@ -106,7 +106,8 @@ VIL_1024 = (("data.image_size", "1024"), ("data.mark_size", "64"),
             ("data.min_distance", "512"), ("model.patch_size", "16"),
             ("model.hidden_sizes", "96,192,384,384"), ("model.depths", "1,2,8,1"),
             ("model.num_heads", "3,3,6,6"), ("model.kernels", "15,15,15,15"),
-            ("model.mlp_ratio", "4"), ("model.dtype", "bfloat16"), ("seq_len", "4097"))
+            ("model.mlp_ratio", "4"), ("model.dtype", "bfloat16"), ("seq_len", "4097"),
+            ("batch_size", "256"))
 
 
 def mesh_for(run: Run, devices: int) -> dict:
@@ -130,9 +131,20 @@ def load(run: Run, devices: int, archs: dict):
     node = config
     for parent in parents:
       node = node[parent]
-    # as the command line parses it: a tuple field takes comma-separated words
-    node[leaf] = tuple(value.split(",")) if isinstance(node[leaf], tuple) else value
+    node[leaf] = _parsed(node[leaf], value)
   return config
+
+
+def _parsed(current, value: str):
+  """``value`` (command-line text) as the type of the field's ``current`` value: a tuple
+  from comma-separated words, numbers and booleans from their text."""
+  if isinstance(current, tuple):
+    return tuple(value.split(","))
+  if isinstance(current, bool):
+    return value.lower() == "true"
+  if isinstance(current, (int, float)):
+    return type(current)(value)
+  return value
 
 
 def program_key(run: Run, devices: int, archs: dict) -> str:
