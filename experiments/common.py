@@ -123,3 +123,13 @@ def write_results(stem: str, payload, text, figure=None, *, command: str | None 
     import matplotlib.pyplot as plt
     plt.close(figure)
   return path
+
+
+def rewrite_results(stem: str, text_of, figure_of=None) -> str:
+  """Rewrites ``STEM.md`` (and ``.png``) from ``STEM.json`` when a report's wording or plot
+  changed and its measurements did not: ``text_of(payload)``, ``figure_of(payload)``; the
+  command is the payload's own ``command``."""
+  with open(os.path.join(RESULTS, stem + ".json")) as f:
+    payload = json.load(f)
+  figure = figure_of(payload) if figure_of else None
+  return write_results(stem, payload, text_of(payload), figure, command=payload.get("command"))

@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 import ngram
-from common import RESULTS, command_line, load_config, write_results
+from common import command_line, load_config, rewrite_results, write_results
 from longformer_jax import cli, train
 from longformer_jax.data import nucleotides
 
@@ -166,12 +166,9 @@ def main(argv=None) -> None:
   args = p.parse_args(argv)
   cli.setup_logging()
   if args.report_only:
-    with open(os.path.join(RESULTS, "genome_context.json")) as f:
-      payload = json.load(f)
-    args = argparse.Namespace(**payload["args"])
-    lines = report(args, payload["runs"], payload["baselines"], os.path.basename(args.fasta))
-    write_results("genome_context", payload, lines, plot(payload["runs"], payload["baselines"]),
-                  command=payload.get("command"))
+    rewrite_results("genome_context", lambda p: report(
+        argparse.Namespace(**p["args"]), p["runs"], p["baselines"],
+        os.path.basename(p["args"]["fasta"])), lambda p: plot(p["runs"], p["baselines"]))
     return
   if args.quick:
     args.contexts, args.steps, args.eval_batches, args.orders = [512, 2048], 6, 2, [2, 4]

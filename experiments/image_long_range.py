@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 
-from common import RESULTS, command_line, load_config, write_results
+from common import command_line, load_config, rewrite_results, write_results
 from longformer_jax import cli, train
 
 VARIANTS = {"local + global (CLS global)": "cpu", "local only (mean of patches)":
@@ -96,11 +96,8 @@ def main(argv=None) -> None:
   args = p.parse_args(argv)
   cli.setup_logging()
   if args.report_only:
-    with open(os.path.join(RESULTS, "image_long_range.json")) as f:
-      payload = json.load(f)
-    args = argparse.Namespace(**payload["args"])
-    write_results("image_long_range", payload, report(payload["rows"], args),
-                  plot(payload["rows"]), command=payload.get("command"))
+    rewrite_results("image_long_range", lambda p: report(
+        p["rows"], argparse.Namespace(**p["args"])), lambda p: plot(p["rows"]))
     return
   rows = [train_variant(variant, seed, args) for seed in args.seeds
           for variant in VARIANTS.values()]
