@@ -31,7 +31,6 @@ import contextlib
 import copy
 import json
 import logging
-import os
 import re
 import time
 
@@ -42,7 +41,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from longformer_jax.attention import global_tokens as attn_global
 from longformer_jax import checkpoint as ckpt_lib
 from longformer_jax import data as data_lib
-from longformer_jax import hlo_cost, model_flops
+from longformer_jax import fileio, hlo_cost, model_flops
 from longformer_jax import topology as topo_lib
 from longformer_jax import train
 
@@ -225,18 +224,10 @@ def compile_run(config, workdir: str, topology: str, *, try_alternatives: bool =
         report["first_fit"] = description
         break
   report["compile_s"] = time.time() - t0
-  path = os.path.join(out_dir or os.path.join(workdir, "compile"), f"{topology}.json")
-  write_json_atomic(path, report)
-  report["path"] = path
+  path = fileio.join(out_dir or fileio.join(workdir, "compile"), f"{topology}.json")
+  fileio.write_atomic(path, json.dumps(report, indent=1, default=float))
+  report["path"] = str(path)
   return report
-
-
-def write_json_atomic(path: str, obj) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, default=float)
-  os.replace(tmp, path)
 
 
 def _gb(x: float) -> str:

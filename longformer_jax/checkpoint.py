@@ -12,18 +12,19 @@ state into its shardings, then the data iterator of that step's phase.
 from __future__ import annotations
 
 import logging
-import os
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+from longformer_jax import fileio
 
 log = logging.getLogger("longformer_jax")
 
 
 class Checkpointer:
   def __init__(self, workdir: str, *, keep: int, every: int, async_save: bool = True):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.directory = fileio.join(workdir, "checkpoints")  # local or gs://
     self.every = every
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
@@ -39,17 +40,15 @@ class Checkpointer:
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
-    log.info("checkpoint of step %d: %s", step, os.path.join(self.directory, str(step)))
+    log.info("checkpoint of step %d: %s", step, self.directory / str(step))
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
   def _report_partial(self) -> None:
-    if not os.path.isdir(self.directory):
-      return
-    for name in sorted(os.listdir(self.directory)):
+    for name in fileio.listdir(self.directory):
       if "tmp" in name:
-        log.warning("skipping half-written checkpoint %s", os.path.join(self.directory, name))
+        log.warning("skipping half-written checkpoint %s", self.directory / name)
 
   def restore_latest(self, abstract_state, make_iterator):
     """(state, step, iterator) from the newest readable checkpoint, or None.

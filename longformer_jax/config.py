@@ -10,6 +10,7 @@ from typing import Sequence
 import jax.numpy as jnp
 
 from longformer_jax import attention as attn
+from longformer_jax import fileio
 
 # HF config keys that have no meaning for the model's numerics but are kept on
 # a round trip so that transformers sees the same config.
@@ -222,17 +223,16 @@ class LongformerConfig(RunFields):
   @classmethod
   def from_json(cls, path: str | os.PathLike, **overrides) -> "LongformerConfig":
     """Reads ``config.json`` (a file or a directory holding one)."""
-    path = os.fspath(path)
-    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
+    path = fileio.path(path)
+    if path.is_dir() and not (path / "config.json").exists():
       raise FileNotFoundError(
           f"{path} holds no config.json: it is not a checkpoint directory (HF or native) "
           "nor a training workdir (experiment.json, model.json, checkpoints/)")
-    if os.path.isdir(path):
-      path = os.path.join(path, "config.json")
-    if not os.path.exists(path):
+    if path.is_dir():
+      path = path / "config.json"
+    if not path.exists():
       raise FileNotFoundError(f"no config.json at {path}")
-    with open(path) as f:
-      return cls.from_hf_dict(json.load(f), **overrides)
+    return cls.from_hf_dict(fileio.read_json(path), **overrides)
 
   def to_hf_dict(self, architectures: Sequence[str] = ("LongformerModel",)) -> dict:
     """The HF ``config.json`` contents (plus our own keys, which HF keeps as attributes)."""

@@ -39,7 +39,7 @@ from longformer_jax.attention import global_tokens as attention_global
 from longformer_jax import inputs as inputs_lib
 from longformer_jax import longformer_convert
 from longformer_jax import model as model_lib
-from longformer_jax import run_files
+from longformer_jax import fileio, run_files
 
 # Pallas on GPU lowers to Triton calls, which jax.export does not promise to keep
 # loadable across versions; the artifact is still valid for this jaxlib.
@@ -130,25 +130,15 @@ class ExportedModel:
 def save(model: ExportedModel, path: str | os.PathLike) -> None:
   """Writes the artifact atomically (never a half-written file): one JSON line, then
   the serialised ``jax.export`` program."""
-  path = os.fspath(path)
   header = dict(format=FORMAT, max_global_tokens=model.max_global_tokens,
                 platforms=list(model.exported.platforms),
                 token_outputs=list(model.token_outputs), pad_token_id=model.pad_token_id)
-  tmp = f"{path}.tmp{os.getpid()}"
-  try:
-    with open(tmp, "wb") as f:
-      f.write(json.dumps(header).encode() + b"\n")
-      f.write(model.exported.serialize())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  fileio.write_atomic(path, json.dumps(header).encode() + b"\n" + model.exported.serialize())
 
 
 def load(path: str | os.PathLike) -> ExportedModel:
   """The artifact :func:`save` wrote, ready to call."""
-  with open(path, "rb") as f:
-    header, program = f.read().split(b"\n", 1)
+  header, program = fileio.read_bytes(path).split(b"\n", 1)
   meta = json.loads(header)
   if meta.get("format") != FORMAT:
     raise ValueError(f"{path} is not a {FORMAT} artifact (header {header[:80]!r})")

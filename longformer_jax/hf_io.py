@@ -3,20 +3,20 @@
 * :func:`load_state_dict`: all tensors of a directory (safetensors or a PyTorch
   pickle, sharded or not) as float32 numpy arrays.
 * :func:`save_weights`: ``config.json`` + ``model.safetensors``.
-* :func:`atomic_dir`, :func:`write_hf_dir`: directories assembled beside their
-  destination and renamed in, with the tokenizer's files (:func:`copy_tokenizer`).
+* :func:`write_hf_dir`: a directory assembled locally and moved (or uploaded) into
+  place, ``config.json`` last, with the tokenizer's files (:func:`copy_tokenizer`).
+
+Every directory may be local or on a bucket (:mod:`longformer_jax.fileio`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
-import shutil
 
 import jax.numpy as jnp
 import numpy as np
+
+from longformer_jax import fileio
 
 log = logging.getLogger("longformer_jax")
 
@@ -24,7 +24,8 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_conf
                    "special_tokens_map.json")
 
 
-def _load_file(path: str) -> dict[str, np.ndarray]:
+def _load_file(path) -> dict[str, np.ndarray]:
+  path = fileio.local_copy(path)  # a bucket's file: this host's cached copy (memory-mapped)
   if path.endswith(".safetensors"):
     from safetensors import safe_open
     out = {}
@@ -44,74 +45,58 @@ def _load_file(path: str) -> dict[str, np.ndarray]:
 def load_state_dict(directory: str) -> dict[str, np.ndarray]:
   """All tensors of an HF checkpoint directory (single or sharded files)."""
   for name in ("model.safetensors", "pytorch_model.bin"):
-    if os.path.exists(os.path.join(directory, name)):
-      return _load_file(os.path.join(directory, name))
-    index = os.path.join(directory, name + ".index.json")
-    if os.path.exists(index):
-      with open(index) as f:
-        shards = sorted(set(json.load(f)["weight_map"].values()))
+    if fileio.exists(fileio.join(directory, name)):
+      return _load_file(fileio.join(directory, name))
+    index = fileio.join(directory, name + ".index.json")
+    if fileio.exists(index):
+      shards = sorted(set(fileio.read_json(index)["weight_map"].values()))
       out = {}
       for shard in shards:
-        out.update(_load_file(os.path.join(directory, shard)))
+        out.update(_load_file(fileio.join(directory, shard)))
       return out
   raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin (or sharded index) "
                           f"in {directory}")
 
 
-def save_weights(path: str, config: dict, sd: dict[str, np.ndarray]) -> None:
-  """Writes ``config`` as ``path/config.json`` and ``sd`` as ``path/model.safetensors``."""
-  from safetensors.numpy import save_file
-  os.makedirs(path, exist_ok=True)
-  with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump(config, f, indent=2, sort_keys=True)
-  save_file({k: np.ascontiguousarray(v) for k, v in sd.items()},
-            os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+def save_weights(path, config: dict, sd: dict[str, np.ndarray]) -> None:
+  """Writes ``sd`` as ``path/model.safetensors`` and ``config`` as ``path/config.json``
+  (last: a directory with a config.json is complete)."""
+  from safetensors.numpy import save
+  fileio.write_atomic(fileio.join(path, "model.safetensors"), save(
+      {k: np.ascontiguousarray(v) for k, v in sd.items()}, metadata={"format": "pt"}))
+  fileio.write_json(fileio.join(path, "config.json"), config)
 
 
-@contextlib.contextmanager
-def atomic_dir(out_dir: str):
-  """Yields a scratch directory beside ``out_dir`` that is renamed to it when the block
-  ends, and removed when the block raises: a failure leaves nothing half-written."""
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and os.listdir(out_dir):
-    raise FileExistsError(f"{out_dir} exists and is not empty")
-  tmp = f"{out_dir}.tmp-{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  try:
-    yield tmp
-    if os.path.exists(out_dir):
-      os.rmdir(out_dir)
-    os.replace(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+def atomic_dir(out_dir):
+  """A scratch directory that becomes ``out_dir`` when the block ends (``config.json``
+  uploaded last on a bucket); a failure leaves nothing half-written."""
+  return fileio.staged_dir(out_dir, marker="config.json")
 
 
 def copy_tokenizer(source: str | None, out_dir: str) -> None:
   """The tokenizer's files (a tokenizer.json, or those of a checkpoint directory)."""
   if not source:
     return
-  if not os.path.exists(source):
+  if not fileio.exists(source):
     log.warning("the run's tokenizer %s is gone: the export has no tokenizer files", source)
     return
-  if os.path.isfile(source):
-    shutil.copy(source, os.path.join(out_dir, "tokenizer.json"))
+  if fileio.isfile(source):
+    fileio.copy_file(source, fileio.join(out_dir, "tokenizer.json"))
     return
   for name in TOKENIZER_FILES:
-    if os.path.isfile(os.path.join(source, name)):
-      shutil.copy(os.path.join(source, name), os.path.join(out_dir, name))
+    if fileio.isfile(fileio.join(source, name)):
+      fileio.copy_file(fileio.join(source, name), fileio.join(out_dir, name))
 
 
 def remember_tokenizer(model, source: str | None) -> None:
   """Records ``source`` (a tokenizer.json, or a directory with tokenizer files) on
   ``model``: the HF and native directories later written from it carry those files."""
-  if source and not os.path.exists(source):
+  if source and not fileio.exists(source):
     log.warning("the tokenizer %s is gone: directories written from this model will have "
                 "no tokenizer files", source)
-  elif source and (os.path.isfile(source) or any(
-      os.path.isfile(os.path.join(source, n)) for n in TOKENIZER_FILES)):
-    model.tokenizer_source = os.path.abspath(source)
+  elif source and (fileio.isfile(source) or any(
+      fileio.isfile(fileio.join(source, n)) for n in TOKENIZER_FILES)):
+    model.tokenizer_source = str(fileio.path(source))
 
 
 def tokenizer_of(model) -> str | None:

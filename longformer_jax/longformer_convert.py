@@ -16,7 +16,6 @@ mapping between our parameters and HF keys is ``hf_keys.py`` with this family's
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -26,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from longformer_jax import hf_io, hf_keys
+from longformer_jax import fileio, hf_io, hf_keys
 from longformer_jax.led import convert as led_convert
 from longformer_jax import model as model_lib
 from longformer_jax.config import LongformerConfig
@@ -112,16 +111,14 @@ def from_hf(path: str | os.PathLike, task: str | None = None, **config_overrides
   A checkpoint whose ``model_type`` is ``led`` loads as ``led.LEDModel`` or
   ``led.LEDForConditionalGeneration`` (``led_convert.from_hf``).
   """
-  path = os.fspath(path)
-  config_json = os.path.join(path, "config.json")
-  if os.path.exists(config_json):
-    with open(config_json) as f:
-      if json.load(f).get("model_type") == "led":
-        return led_convert.from_hf(path, task, **config_overrides)
+  path = str(fileio.path(path))
+  config_json = fileio.join(path, "config.json")
+  if fileio.exists(config_json):
+    if fileio.read_json(config_json).get("model_type") == "led":
+      return led_convert.from_hf(path, task, **config_overrides)
   cfg = LongformerConfig.from_json(path, **config_overrides)
   if task is None:
-    with open(os.path.join(path, "config.json")) as f:
-      archs = json.load(f).get("architectures") or ["LongformerModel"]
+    archs = fileio.read_json(config_json).get("architectures") or ["LongformerModel"]
     task = model_lib.task_of_architecture(archs[0])
   model = model_lib.create_model(cfg, task)
   load_hf_weights(model, hf_io.load_state_dict(path))
@@ -160,8 +157,8 @@ def to_hf(model, path: str | os.PathLike, *, allow_unsupported: bool = False) ->
   if bad:
     log.warning("exporting to transformers, which will ignore: %s", "; ".join(bad))
   arch = model_lib.TASKS[task_of(model)][1]
-  hf_io.save_weights(os.fspath(path), model.config.to_hf_dict([arch]), hf_state_dict(model))
-  hf_io.copy_tokenizer(hf_io.tokenizer_of(model), os.fspath(path))
+  hf_io.save_weights(path, model.config.to_hf_dict([arch]), hf_state_dict(model))
+  hf_io.copy_tokenizer(hf_io.tokenizer_of(model), path)
 
 
 # ---- RoBERTa -> Longformer ---------------------------------------------------
@@ -199,8 +196,7 @@ def extend_checkpoint(src: str, dst: str, max_length: int = 4096,
   come along. ``dst`` is assembled beside itself and renamed in: a failure leaves
   nothing half-written.
   """
-  with open(os.path.join(src, "config.json")) as f:
-    cfg = json.load(f)
+  cfg = fileio.read_json(fileio.join(src, "config.json"))
   kind = cfg.get("model_type")
   if kind not in ("roberta", "longformer"):
     raise ValueError(f"{src}/config.json: model_type={kind!r}, expected 'roberta' or "
@@ -240,27 +236,26 @@ def save_native(model, path: str | os.PathLike) -> None:
   """Orbax checkpoint of the parameters in ``path/params`` + ``path/config.json``, and the
   tokenizer files of the directory the model was loaded from."""
   import orbax.checkpoint as ocp
-  path = os.path.abspath(os.fspath(path))
-  os.makedirs(path, exist_ok=True)
-  with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump(model.config.to_hf_dict([model_lib.TASKS[task_of(model)][1]]), f, indent=2)
+  path = fileio.makedirs(path)
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.join(path, "params"), nnx.state(model, nnx.Param), force=True)
+    ckptr.save(path / "params", nnx.state(model, nnx.Param), force=True)
   hf_io.copy_tokenizer(hf_io.tokenizer_of(model), path)
+  fileio.write_json(path / "config.json",  # last: a directory with a config.json is complete
+                    model.config.to_hf_dict([model_lib.TASKS[task_of(model)][1]]))
 
 
 def load_native(path: str | os.PathLike, **config_overrides):
   """Inverse of :func:`save_native`; returns the model in eval mode."""
   import orbax.checkpoint as ocp
-  path = os.path.abspath(os.fspath(path))
+  path = fileio.path(path)
   cfg = LongformerConfig.from_json(path, **config_overrides)
-  with open(os.path.join(path, "config.json")) as f:
-    task = model_lib.task_of_architecture(json.load(f)["architectures"][0])
+  task = model_lib.task_of_architecture(
+      fileio.read_json(path / "config.json")["architectures"][0])
   model = model_lib.create_model(cfg, task)
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                         nnx.state(model, nnx.Param))
   with ocp.StandardCheckpointer() as ckptr:
-    nnx.update(model, ckptr.restore(os.path.join(path, "params"), target))
+    nnx.update(model, ckptr.restore(path / "params", target))
   hf_io.remember_tokenizer(model, path)
   model.eval()
   return model

@@ -2,17 +2,54 @@
 
 The JSONL file holds one object per logged step (``step``, ``loss``, ``lr``,
 ``tokens_per_sec``, eval metrics prefixed ``eval_``). Only process 0 writes.
-TensorBoard events are written with tensorboardX (no TensorFlow needed).
+TensorBoard events are written with tensorboardX (no TensorFlow needed); on a
+bucket through :mod:`longformer_jax.fileio` (each flush uploads the event file whole:
+TensorBoard reads it from the bucket as it grows).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
 import time
 
+from longformer_jax import fileio
+
 log = logging.getLogger("longformer_jax")
+
+
+class _BucketEventFile:
+  """An event file on a bucket: written locally in memory, uploaded whole on flush."""
+
+  def __init__(self, path: str):
+    self.path, self.buffer = path, io.BytesIO()
+
+  def write(self, data: bytes) -> None:
+    self.buffer.write(data)
+
+  def flush(self) -> None:
+    fileio.write_atomic(self.path, self.buffer.getvalue())
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _BucketEventFiles:
+  """tensorboardX's writer factory for ``gs://`` paths, through the one file layer."""
+
+  def open(self, path: str) -> _BucketEventFile:
+    return _BucketEventFile(path)
+
+  def directory_check(self, path: str) -> None:  # buckets have no folders to create
+    pass
+
+
+def _summary_writer(logdir: str):
+  from tensorboardX import SummaryWriter, record_writer
+  for scheme in fileio.REMOTE_SCHEMES:
+    record_writer.register_writer_factory(scheme.rstrip(":/"), _BucketEventFiles())
+  return SummaryWriter(logdir)
 
 
 class MetricWriter:
@@ -20,26 +57,23 @@ class MetricWriter:
 
   def __init__(self, workdir: str, *, enabled: bool = True):
     self.enabled = enabled
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = fileio.join(workdir, "metrics.jsonl")
     self._tb = None
     self._pending: dict | None = None  # the current step's record, not yet written
     if enabled:
-      os.makedirs(workdir, exist_ok=True)
+      fileio.makedirs(workdir)
       try:
-        from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tb = _summary_writer(str(fileio.join(workdir, "tensorboard")))
       except ImportError:
         log.warning("tensorboardX not installed: TensorBoard events are not written")
 
   def truncate_after(self, step: int) -> None:
     """Drops records past ``step`` (they are recomputed after a resume)."""
-    if not self.enabled or not os.path.exists(self.path):
+    if not self.enabled or not fileio.exists(self.path):
       return
-    with open(self.path) as f:
-      keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(self.path + ".tmp", "w") as f:  # renamed into place: no half-written file
-      f.writelines(keep)
-    os.replace(self.path + ".tmp", self.path)
+    keep = [line + "\n" for line in fileio.read_text(self.path).splitlines()
+            if line.strip() and json.loads(line)["step"] <= step]
+    fileio.write_atomic(self.path, "".join(keep))
 
   def write(self, step: int, scalars: dict, *, hold: bool = False) -> None:
     """Adds ``scalars`` to step ``step``'s record and writes it, or with ``hold`` keeps it
@@ -61,8 +95,7 @@ class MetricWriter:
   def flush(self) -> None:
     """Appends the pending step's record to ``metrics.jsonl``."""
     if self._pending is not None:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(self._pending) + "\n")
+      fileio.append_text(self.path, json.dumps(self._pending) + "\n")
       self._pending = None
 
   def merge_into_file(self, step: int, scalars: dict) -> None:
@@ -71,15 +104,13 @@ class MetricWriter:
     if not self.enabled:
       return
     self.flush()
-    records = read_jsonl(os.path.dirname(self.path)) if os.path.exists(self.path) else []
+    records = read_jsonl(self.path.parent) if fileio.exists(self.path) else []
     record = next((r for r in records if r["step"] == int(step)), None)
     if record is None:
       record = {"step": int(step)}
       records.append(record)
     record.update({k: float(v) for k, v in scalars.items()})
-    with open(self.path + ".tmp", "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in records)
-    os.replace(self.path + ".tmp", self.path)
+    fileio.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in records))
 
   def close(self):
     self.flush()
@@ -87,9 +118,9 @@ class MetricWriter:
       self._tb.close()
 
 
-def read_jsonl(workdir: str) -> list[dict]:
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+def read_jsonl(workdir) -> list[dict]:
+  text = fileio.read_text(fileio.join(workdir, "metrics.jsonl"))
+  return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 class Progress:

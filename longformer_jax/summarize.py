@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import numpy as np
 
-from longformer_jax import cli, longformer_convert, tokenization
+from longformer_jax import cli, fileio, longformer_convert, tokenization
 from longformer_jax import workdir as workdir_lib
 from longformer_jax.data import documents
 from longformer_jax.tasks.seq2seq import generated_tokens
@@ -52,11 +51,10 @@ def load_model(path: str):
 
 def read_documents(path: str, text_field: str, id_field: str) -> list[tuple[str, str]]:
   """(id, text) of every document of a text file (one) or a JSONL file (one a line)."""
-  if not os.path.isfile(path):
+  if not fileio.isfile(path):
     raise FileNotFoundError(f"summarize: no input file at {path}")
   if not path.endswith(".jsonl"):
-    with open(path, encoding="utf-8") as f:
-      return [(os.path.basename(path), f.read())]
+    return [(fileio.path(path).name, fileio.read_text(path))]
   out = []
   for lineno, rec in documents.read_jsonl(path, "summarize"):
     where = f"summarize: {path}:{lineno}"

@@ -16,8 +16,9 @@ import hashlib
 import os
 from typing import Iterable
 
+from longformer_jax import fileio
+
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
-_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
 
 
 def _roberta_from_vocab(vocab: str, merges: str):
@@ -38,14 +39,15 @@ def _roberta_from_vocab(vocab: str, merges: str):
 
 
 def tokenizer_files(path: str | os.PathLike) -> list[str]:
-  """The files a tokenizer is read from (raises FileNotFoundError naming ``path``)."""
-  path = os.fspath(path)
-  if os.path.isfile(path):
-    return [path]
-  if os.path.isfile(os.path.join(path, "tokenizer.json")):
-    return [os.path.join(path, "tokenizer.json")]
-  pair = [os.path.join(path, f) for f in ("vocab.json", "merges.txt")]
-  if all(os.path.isfile(f) for f in pair):
+  """The files a tokenizer is read from, local or on a bucket (raises
+  FileNotFoundError naming ``path``)."""
+  path = fileio.path(path)
+  if path.is_file():
+    return [str(path)]
+  if (path / "tokenizer.json").is_file():
+    return [str(path / "tokenizer.json")]
+  pair = [str(path / f) for f in ("vocab.json", "merges.txt")]
+  if all(fileio.isfile(f) for f in pair):
     return pair
   raise FileNotFoundError(f"no tokenizer at {path}: expected a tokenizer.json file or a "
                           "directory with tokenizer.json or vocab.json + merges.txt")
@@ -54,7 +56,7 @@ def tokenizer_files(path: str | os.PathLike) -> list[str]:
 def load_tokenizer(path: str | os.PathLike):
   """A ``tokenizers.Tokenizer`` from a file or checkpoint directory (module docstring)."""
   from tokenizers import Tokenizer
-  files = tokenizer_files(path)
+  files = [fileio.local_copy(f) for f in tokenizer_files(path)]  # the library reads files
   if len(files) == 1:
     return Tokenizer.from_file(files[0])
   return _roberta_from_vocab(*files)
@@ -64,9 +66,7 @@ def tokenizer_digest(path: str | os.PathLike) -> str:
   """A content hash of the tokenizer's files (prepared data is keyed by it)."""
   h = hashlib.sha256()
   for f in tokenizer_files(path):
-    with open(f, "rb") as fh:
-      for block in iter(lambda: fh.read(1 << 20), b""):
-        h.update(block)
+    h.update(fileio.read_bytes(f))
   return h.hexdigest()
 
 
@@ -85,10 +85,10 @@ def train_bpe(files: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,
   Returns the tokenizer (with RoBERTa's templates, as :func:`load_tokenizer` reads it).
   """
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-  files = [os.fspath(f) for f in files]
   for f in files:
-    if not os.path.isfile(f):
+    if not fileio.isfile(f):
       raise FileNotFoundError(f"train_bpe: no text file at {f}")
+  files = [fileio.local_copy(f) for f in files]  # the trainer reads local files
   tok = Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
@@ -96,19 +96,8 @@ def train_bpe(files: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,
       vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS),
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
   tok.train(files, trainer)
-  out_dir = os.fspath(out_dir)
-  tmp = out_dir + ".partial"
-  os.makedirs(tmp, exist_ok=True)
-  tok.model.save(tmp)  # vocab.json + merges.txt
-  full = _roberta_from_vocab(os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt"))
-  full.save(os.path.join(tmp, "tokenizer.json"))
-  if os.path.exists(out_dir):
-    for f in _FILES:
-      if os.path.exists(os.path.join(out_dir, f)):
-        os.remove(os.path.join(out_dir, f))
-    for f in _FILES:
-      os.replace(os.path.join(tmp, f), os.path.join(out_dir, f))
-    os.rmdir(tmp)
-  else:
-    os.replace(tmp, out_dir)
+  with fileio.staged_dir(out_dir, marker="tokenizer.json", allow_existing=True) as tmp:
+    tok.model.save(tmp)  # vocab.json + merges.txt
+    full = _roberta_from_vocab(f"{tmp}/vocab.json", f"{tmp}/merges.txt")
+    full.save(f"{tmp}/tokenizer.json")
   return full

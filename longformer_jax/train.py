@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import signal
 import time
 
@@ -28,7 +27,7 @@ from longformer_jax.attention import pallas as attention_pallas
 from longformer_jax import checkpoint as ckpt_lib
 from longformer_jax import compile_options
 from longformer_jax import data as data_lib
-from longformer_jax import families, hf_io
+from longformer_jax import families, fileio, hf_io
 from longformer_jax import metrics as metrics_lib
 from longformer_jax import optim, run_files, tasks
 from longformer_jax import sharding as sh
@@ -339,7 +338,7 @@ class Runner:
   def record(self) -> None:
     """Writes what the run is (experiment.json, model.json) into the workdir."""
     if jax.process_index() == 0:
-      os.makedirs(self.workdir, exist_ok=True)
+      fileio.makedirs(self.workdir)
       run_files.record_run(
           self.workdir, self.config, self.model_configs[-1], self.head,
           data_lib.pipeline.label_names(self.data_cfg) if self.task.named_labels else None,
@@ -555,7 +554,7 @@ def evaluate(config, workdir: str, split: str | None = None,
     raise FileNotFoundError(f"{workdir} holds no checkpoint and config.init_from_hf is not set:"
                             " nothing to evaluate")
   split = split or config.get("eval_split", "validation")
-  path = predictions_path or os.path.join(workdir, f"predictions-{split}.jsonl")
+  path = predictions_path or fileio.join(workdir, f"predictions-{split}.jsonl")
   metrics = runner.evaluate(state, runner.phases[-1], split, path)
   runner.writer.merge_into_file(step, {f"{split}_{k}": v for k, v in metrics.items()})
   log.info("%s at step %d | %s", split, step,
@@ -572,7 +571,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   maybe_initialize_distributed(config)
-  t0, existed = time.time(), os.path.exists(workdir)
+  t0, existed = time.time(), fileio.exists(workdir)
   try:
     result = Runner(config, workdir).run()
   except BaseException:
@@ -580,5 +579,5 @@ def train_and_evaluate(config, workdir: str) -> dict:
       run_files.remove_if_unstarted(workdir)
     raise
   log.info("done in %.0fs: metrics in %s", time.time() - t0,
-           os.path.join(workdir, "metrics.jsonl"))
+           fileio.join(workdir, "metrics.jsonl"))
   return result

@@ -67,9 +67,10 @@ def tiny_config(tmp_path, **overrides):
 
 
 def losses(workdir) -> dict:
-  """{step: train loss} of a run's metrics.jsonl; asserts no step is logged twice."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
+  """{step: train loss} of a run's metrics.jsonl (local or in a bucket); asserts no step
+  is logged twice."""
+  from longformer_jax import metrics
+  rows = metrics.read_jsonl(workdir)  # local or gs://
   steps = [r["step"] for r in rows]  # train and eval scalars of a step share one record
   assert len(steps) == len(set(steps)), f"steps logged more than once: {sorted(steps)}"
   return {r["step"]: r["loss"] for r in rows if "loss" in r}
@@ -127,6 +128,103 @@ def train_in_subprocess(tmp_path, name, devices=1, **overrides) -> str:
   run_program("train_tiny.py", workdir, tmp_path / "data", json.dumps(overrides),
               devices=devices)
   return workdir
+
+
+@pytest.fixture(scope="module")
+def full_run_losses(tmp_path_factory):
+  """Losses of the whole tiny run (20 steps), never interrupted; one run serves every
+  worker."""
+  def compute():
+    root = tmp_path_factory.mktemp("full")
+    return sorted(losses(train_in_subprocess(root, "reference")).items())
+  return dict(computed_once(tmp_path_factory, "tiny_reference_losses", compute))
+
+
+# ---- Cloud Storage: the emulator, and hosts that share nothing but a bucket ----------
+
+BUCKET = "longformer-test"
+# The one line the emulator's runs add to stderr: tensorstore (orbax's array store)
+# saying it uses the fixed token the emulator is given (fileio.configure_clients).
+TENSORSTORE_TOKEN_LINE = re.compile(
+    r"^I\d{4} [\d:.]+\s+\d+ google_auth_provider\.cc:\d+\] Using GOOGLE_AUTH_TOKEN_FOR_TESTING\n",
+    re.M)
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+  """The Cloud Storage JSON API on a free local port (``tests/programs/gcs_emulator.py``,
+  in memory, bucket :data:`BUCKET`), stopped at the end; its client variables are set in
+  this process (and so in the processes it starts) while it runs. Yields them."""
+  import socket
+  import time
+  import portpicker
+  port = portpicker.pick_unused_port()
+  # Its request log goes to a file: a pipe nobody reads would fill and stall it.
+  log = tempfile.NamedTemporaryFile("w+", prefix="gcs_emulator-", suffix=".log")
+  proc = subprocess.Popen(program_command("gcs_emulator.py", port, BUCKET),
+                          stdout=log, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 60
+  while True:
+    try:
+      socket.create_connection(("127.0.0.1", port), timeout=1).close()
+      break
+    except OSError:
+      if proc.poll() is not None or time.time() > deadline:
+        proc.kill()
+        log.seek(0)
+        raise RuntimeError(f"the GCS emulator did not start: {log.read()[-2000:]}")
+      time.sleep(0.2)
+  url = f"http://127.0.0.1:{port}"
+  env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url}
+  saved = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  from longformer_jax import fileio
+  fileio.configure_clients()
+  yield env
+  for k, v in saved.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v
+  proc.terminate()
+  proc.wait(timeout=30)
+  log.close()
+
+
+def bucket_path(tmp_path) -> str:
+  """A folder of the emulator's bucket that belongs to one test."""
+  return f"gs://{BUCKET}/{os.path.basename(tmp_path)}-{os.getpid()}"
+
+
+def host_env(root, name: str, devices: int = 1) -> dict:
+  """The environment of one host: its own HOME (and so its own cache of the bucket's
+  data), TMPDIR and working directory (``root/name``, returned as ``env["PWD"]``)."""
+  host = root / name
+  for d in ("home", "tmp", "cwd"):
+    (host / d).mkdir(parents=True, exist_ok=True)
+  env = program_env(devices)
+  env.update(HOME=str(host / "home"), TMPDIR=str(host / "tmp"), PWD=str(host / "cwd"))
+  env.pop("LONGFORMER_JAX_CACHE", None)
+  env.pop("XDG_CACHE_HOME", None)
+  return env
+
+
+def local_leftovers(host) -> list[str]:
+  """What a host (a folder of :func:`host_env`) left on its disk outside caches: anything
+  in its working directory (a run folder, a stray ``gs:`` folder), any file in its HOME
+  outside ``~/.cache``, anything in this package's cache but copies of bucket files
+  (``~/.cache/longformer_jax/remote``)."""
+  out = [f"cwd/{name}" for name in os.listdir(host / "cwd")]
+  home = host / "home"
+  for dirpath, dirnames, filenames in os.walk(home):
+    rel = os.path.relpath(dirpath, home)
+    if rel == ".":
+      dirnames[:] = [d for d in dirnames if d != ".cache"]
+    out += [f"home/{rel}/{f}" for f in filenames]
+  ours = home / ".cache" / "longformer_jax"
+  if ours.exists():
+    out += [f"home/.cache/longformer_jax/{n}" for n in os.listdir(ours) if n != "remote"]
+  return sorted(out)
 
 
 # ---- fine-tuning configs on generated files ------------------------------------------

@@ -201,45 +201,56 @@ def test_finetune_hyperpartisan_tiny_trains_and_evaluates(tmp_path, tokenizer_di
 
 
 # ---- a new user's path: HF directory + JSONL -> fine-tuned, predictions, HF export --------
-# (also configs/finetune_imdb.py:tiny's 2 steps and evaluation)
+# (also configs/finetune_imdb.py:tiny's 2 steps and evaluation), everything in a bucket:
+# the HF directory with its tokenizer, the JSONL files, the workdir and the exports.
 
 
-def test_hf_directory_and_jsonl_to_predictions_and_export(tmp_path, tokenizer_dir):
+def test_hf_directory_and_jsonl_to_predictions_and_export(tmp_path, tokenizer_dir,
+                                                          gcs_emulator, monkeypatch):
   import shutil
   import torch
   import transformers
-  from conftest import load_config, set_fields
+  from conftest import bucket_path, load_config, set_fields
   from flax import nnx
-  from longformer_jax import convert, train, workdir as workdir_lib
+  from longformer_jax import convert, fileio, train, workdir as workdir_lib
+  monkeypatch.setenv(fileio.CACHE_ENV, str(tmp_path / "cache"))  # this host's copies
+  (tmp_path / "cwd").mkdir()
+  monkeypatch.chdir(tmp_path / "cwd")
+  bucket = bucket_path(tmp_path)
   _, hf_dir = save_hf("sequence_classification", tmp_path, vocab_size=300, num_labels=2)
   for name in ("tokenizer.json", "vocab.json", "merges.txt"):
     shutil.copy(tokenizer_dir / name, hf_dir / name)
+  fileio.copy_tree(hf_dir, f"{bucket}/init")
   dev = documents(5, seed=1)
+  for name, docs in (("train", documents(12)), ("dev", dev)):
+    fileio.copy_file(write_jsonl(tmp_path / f"{name}.jsonl", docs), f"{bucket}/{name}.jsonl")
   # configs/finetune_imdb.py:tiny (2 steps) from the HF directory, its tokenizer included
   c = load_config("finetune_imdb", "tiny")
-  set_fields(c, {"init_from_hf": str(hf_dir), "data.tokenizer": None,
-                 "data.data_dir": str(tmp_path / "data"),
-                 "data.files.train": write_jsonl(tmp_path / "train.jsonl", documents(12)),
-                 "data.files.validation": write_jsonl(tmp_path / "dev.jsonl", dev),
+  set_fields(c, {"init_from_hf": f"{bucket}/init", "data.tokenizer": None,
+                 "data.data_dir": f"{bucket}/data",
+                 "data.files.train": f"{bucket}/train.jsonl",
+                 "data.files.validation": f"{bucket}/dev.jsonl",
                  "async_checkpoints": False})
-  workdir = str(tmp_path / "run")
+  workdir = f"{bucket}/run"
   trained = train.train_and_evaluate(c, workdir)
   assert np.isfinite(trained["loss"]) and {"eval_accuracy", "eval_macro_f1", "eval_f1"} <= set(
       trained)
   metrics = train.evaluate(c, workdir, "validation")
-  with open(os.path.join(workdir, "predictions-validation.jsonl")) as f:
-    records = [json.loads(line) for line in f]
+  records = [json.loads(line) for line in
+             fileio.read_text(f"{workdir}/predictions-validation.jsonl").splitlines()]
   assert [r["id"] for r in records] == [d[0] for d in dev]
   assert_same_eval(trained, metrics)
   assert_classification_scores(trained, records, {i: label for i, _, label in dev})
+  assert os.listdir(tmp_path / "cwd") == []  # no run folder, no "gs:" folder here
 
-  out = tmp_path / "export"
-  convert.main(["to-hf", workdir, str(out)])
+  out = f"{bucket}/export"
+  convert.main(["to-hf", workdir, out])
   ours, info = workdir_lib.trained_model(workdir)
   assert info["step"] == 2
-  hf = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+  local_out = fileio.local_mirror(out)  # transformers reads local files
+  hf = transformers.AutoModelForSequenceClassification.from_pretrained(local_out).eval()
   assert hf.config.id2label == {0: "0", 1: "1"}
-  tok = transformers.AutoTokenizer.from_pretrained(out)
+  tok = transformers.AutoTokenizer.from_pretrained(local_out)
   text = dev[0][1]
   ids = tok(text, return_tensors="np")["input_ids"][:, :64]
   assert ids[0].tolist() == tokenization.load_tokenizer(tokenizer_dir).encode(text).ids[:64]
@@ -254,11 +265,12 @@ def test_hf_directory_and_jsonl_to_predictions_and_export(tmp_path, tokenizer_di
     assert np.array_equal(a, b)
   # the same workdir exported as a jax.export artifact: the trained model's logits
   from longformer_jax import export
-  artifact = tmp_path / "run.jax_exported"
-  export.main([workdir, str(artifact), "--seq-len", str(ids.shape[1]),
+  artifact = f"{bucket}/run.jax_exported"
+  export.main([workdir, artifact, "--seq-len", str(ids.shape[1]),
                "--max-global-tokens", "1"])
   from_artifact = export.load(artifact)(ids, np.ones_like(ids), gmask)["logits"]
   np.testing.assert_allclose(np.asarray(from_artifact), np.asarray(got), rtol=0, atol=1e-5)
+  assert os.listdir(tmp_path / "cwd") == []
 
 
 def jax_leaves(tree):

@@ -281,16 +281,29 @@ def test_dna_lm_has_the_char_lm_parameters_less_the_vocabulary():
   assert model_lib.param_count(cfg, "causal_lm") == 41_119_488 - (256 - 20) * (512 + 1)
 
 
-@pytest.mark.parametrize("name", ["dna_lm", "dna_classify"])
-def test_tiny_config_trains_two_steps(fasta, tmp_path, name):
-  from longformer_jax import train
+@pytest.mark.parametrize("name,store", [("dna_lm", "bucket"), ("dna_classify", "local")])
+def test_tiny_config_trains_two_steps(fasta, tmp_path, name, store, request, monkeypatch):
+  """Each config's 2 steps; the LM's FASTA files (one gzipped), prepared data and workdir
+  in the emulator's bucket (the same code as local paths, through fileio)."""
+  import gzip
+  from longformer_jax import fileio, train
   root, _ = fasta
+  base = str(tmp_path)
+  files = [str(root / f) for f in RECORD_LENGTHS]
+  if store == "bucket":
+    from conftest import bucket_path
+    request.getfixturevalue("gcs_emulator")
+    monkeypatch.setenv(fileio.CACHE_ENV, str(tmp_path / "cache"))
+    base = bucket_path(tmp_path)
+    fileio.write_atomic(f"{base}/a.fa.gz", gzip.compress(fileio.read_bytes(files[0])))
+    fileio.copy_file(files[1], f"{base}/b.fa")
+    files = [f"{base}/a.fa.gz", f"{base}/b.fa"]
   c = load_config(name)
-  c.data.data_dir, c.async_checkpoints = str(tmp_path / "data"), False
-  c.data.files = tuple(str(root / f) for f in RECORD_LENGTHS)
+  c.data.data_dir, c.async_checkpoints = f"{base}/data", False
+  c.data.files = tuple(files)
   c.eval_every, c.log_every = 2, 1
-  out = train.train_and_evaluate(c, str(tmp_path / "run"))
-  rows = losses(str(tmp_path / "run"))
+  out = train.train_and_evaluate(c, f"{base}/run")
+  rows = losses(f"{base}/run")
   assert sorted(rows) == [1, 2] and all(np.isfinite(list(rows.values())))
   metric = "eval_bpc" if name == "dna_lm" else "eval_accuracy"
   assert np.isfinite(out[metric]) and out[metric] >= 0

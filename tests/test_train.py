@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import (computed_once, losses, program_command, program_env, run_program,
+from conftest import (losses, program_command, program_env, run_program,
                       tiny_config, train_in_subprocess)
 
 
@@ -112,16 +112,6 @@ def test_two_processes_match_one_device(tmp_path, single_device_losses):
   got = losses(workdir)
   assert got.keys() == single.keys()
   np.testing.assert_allclose([got[s] for s in single], list(single.values()), atol=1e-5, rtol=0)
-
-
-@pytest.fixture(scope="module")
-def full_run_losses(tmp_path_factory):
-  """Losses of the whole tiny run (20 steps), never interrupted; one run serves every
-  worker."""
-  def compute():
-    root = tmp_path_factory.mktemp("full")
-    return sorted(losses(train_in_subprocess(root, "reference")).items())
-  return dict(computed_once(tmp_path_factory, "tiny_reference_losses", compute))
 
 
 def run_tiny(tmp_path, name: str, *flags, **overrides) -> subprocess.CompletedProcess:

@@ -21,13 +21,12 @@ task.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from longformer_jax import outputs as out_lib
-from longformer_jax import tokenization
+from longformer_jax import fileio, tokenization
 from longformer_jax.data import documents, pipeline, registry
 from longformer_jax.data import windows as windows_lib
 from longformer_jax.data.windows import owner_windows, windows
@@ -58,9 +57,9 @@ def read_conll(path: str, cfg: dict):
     for d in out:
       if d:
         count += 1
-        yield f"{os.path.basename(path)}:{count}", d
+        yield f"{fileio.path(path).name}:{count}", d
 
-  with open(path, encoding="utf-8") as f:
+  with fileio.open_read(path, text=True) as f:
     for lineno, line in enumerate(f, 1):
       parts = line.split()
       if not parts:

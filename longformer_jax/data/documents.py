@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 from typing import Iterator, Mapping
@@ -19,7 +20,7 @@ from typing import Iterator, Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
-from longformer_jax import tokenization
+from longformer_jax import fileio, tokenization
 
 SPLIT_NAMES = ("train", "validation", "test")
 
@@ -29,7 +30,7 @@ def check_file(path, field: str, dataset: str) -> str:
   if not path:
     raise ValueError(f"{dataset}: {field} is not set")
   path = os.fspath(path)
-  if not os.path.isfile(path) and not is_tfds_split(path):
+  if not fileio.isfile(path) and not is_tfds_split(path):
     raise FileNotFoundError(f"{dataset}: no file at {path} ({field})")
   return path
 
@@ -37,7 +38,9 @@ def check_file(path, field: str, dataset: str) -> str:
 def is_tfds_split(spec: str) -> bool:
   """Whether ``spec`` is ``DIR:SPLIT`` of a dataset prepared by tfds."""
   directory, sep, _ = str(spec).rpartition(":")
-  return bool(sep) and os.path.isfile(os.path.join(directory, "dataset_info.json"))
+  if not sep or directory.endswith(("gs", "s3")) and "/" not in directory:
+    return False  # "gs://..." alone: a scheme, not DIR:SPLIT
+  return fileio.isfile(fileio.join(directory, "dataset_info.json"))
 
 
 def split_files(cfg: Mapping, dataset: str) -> dict[str, str]:
@@ -55,7 +58,7 @@ def split_files(cfg: Mapping, dataset: str) -> dict[str, str]:
 
 def read_jsonl(path: str, dataset: str) -> Iterator[tuple[int, dict]]:
   """(line number, record) of every non-blank line; errors name the file and line."""
-  with open(path, encoding="utf-8") as f:
+  with fileio.open_read(path, text=True) as f:
     for lineno, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -71,8 +74,7 @@ def read_jsonl(path: str, dataset: str) -> Iterator[tuple[int, dict]]:
 def load_json(path: str, dataset: str, what: str, pick=lambda obj: obj) -> list:
   """``pick(the file's JSON)``, which must be a list; errors name the file and format."""
   try:
-    with open(path, encoding="utf-8") as f:
-      records = pick(json.load(f))
+    records = pick(json.loads(fileio.read_text(path)))
     if not isinstance(records, list):
       raise TypeError(f"a {type(records).__name__}, not a list")
   except (json.JSONDecodeError, KeyError, TypeError) as e:
@@ -130,7 +132,7 @@ def tokenizer_of(cfg: Mapping, dataset: str):
   if not path:
     raise ValueError(f"{dataset}: config.data.tokenizer (a tokenizer.json, or a checkpoint "
                      "directory with tokenizer files) is not set")
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     raise FileNotFoundError(f"{dataset}: no tokenizer at {path} (config.data.tokenizer)")
   return tokenization.load_tokenizer(path)
 
@@ -141,7 +143,7 @@ def vocab_size(cfg: Mapping, dataset: str) -> int:
 
 def file_digest(path: str) -> str:
   h = hashlib.sha256()
-  with open(path, "rb") as f:
+  with fileio.open_read(path) as f:
     while block := f.read(1 << 20):
       h.update(block)
   return h.hexdigest()
@@ -149,10 +151,10 @@ def file_digest(path: str) -> str:
 
 def source_digest(path: str) -> str:
   """The content hash of a data file, or of a prepared tfds split (``DIR:SPLIT``)."""
-  if os.path.isfile(path):
+  if fileio.isfile(path):
     return file_digest(path)
   directory, _, split = str(path).rpartition(":")
-  return file_digest(os.path.join(directory, "dataset_info.json")) + ":" + split
+  return file_digest(fileio.join(directory, "dataset_info.json")) + ":" + split
 
 
 def tfds_split(spec: str, field: str, dataset: str):
@@ -164,7 +166,9 @@ def tfds_split(spec: str, field: str, dataset: str):
   if not is_tfds_split(spec or ""):
     raise FileNotFoundError(f"{dataset}: {field}={spec!r} is not DIR:SPLIT of a dataset "
                             "prepared by tfds (DIR holding dataset_info.json)")
-  builder = tfds.builder_from_directory(directory)
+  # tfds reads array_record files from local disk: a bucket's dataset is read from this
+  # host's copy of it (fileio.local_mirror), fetched once.
+  builder = tfds.builder_from_directory(fileio.local_mirror(directory))
   if split not in builder.info.splits:
     raise ValueError(f"{dataset}: {field}: {directory} has the splits "
                      f"{sorted(builder.info.splits)}, not {split!r}")
@@ -213,14 +217,14 @@ def check_split_named(cfg: Mapping, split: str, dataset: str) -> None:
 def cached_lengths(builder, split: str, lengths_of) -> np.ndarray:
   """``lengths_of(example)`` (a tuple of ints) for every example of a prepared split,
   computed once and cached beside the data (so window tables need no decoding)."""
-  path = os.path.join(builder.data_dir, f"lengths-{split}.npy")
-  if os.path.exists(path):
-    return np.load(path)
+  path = fileio.join(builder.data_dir, f"lengths-{split}.npy")
+  if path.exists():
+    return np.load(io.BytesIO(path.read_bytes()))
   rows = [tuple(lengths_of(x)) for x in builder.as_data_source()[split]]
   out = np.asarray(rows, np.int64).reshape(len(rows), -1)
-  tmp = f"{path}.tmp-{os.getpid()}.npy"
-  np.save(tmp, out)
-  os.replace(tmp, path)
+  buffer = io.BytesIO()
+  np.save(buffer, out)
+  fileio.write_atomic(path, buffer.getvalue())
   return out
 
 

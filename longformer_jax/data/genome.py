@@ -36,6 +36,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+from longformer_jax import fileio
 from longformer_jax.data import (classification, corpora, documents, language_modeling,
                                  nucleotides, pipeline, registry, windows)
 
@@ -71,13 +72,14 @@ def fractions(cfg: dict, dataset: str) -> tuple[float, float]:
 
 def file_stem(path: str) -> str:
   """A file's name without ``.gz`` and one more extension: its class name."""
-  name = os.path.basename(os.fspath(path))
-  return os.path.splitext(name[:-3] if name.endswith(".gz") else name)[0]
+  name = fileio.path(path).name
+  name = name[:-3] if name.endswith(".gz") else name
+  return name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
 
 
 def read_annotations(path: str):
   """(where, record id, start, end, label) of every line of an annotation TSV."""
-  with open(path, encoding="utf-8") as f:
+  with fileio.open_read(path, text=True) as f:
     for lineno, line in enumerate(f, 1):
       if not line.strip() or line.startswith("#"):
         continue

@@ -29,12 +29,12 @@ import dataclasses
 import importlib.util
 import io
 import json
-import os
 
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+from longformer_jax import fileio
 from longformer_jax.data import documents, pipeline, registry
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -178,11 +178,11 @@ class MarkPairs(ImageBuilder, skip_registration=True):
 
 def folder_files(root: str) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
   """(label names, [(path under root, label)]) of ``root/<label>/<image>``, sorted."""
-  if not root or not os.path.isdir(root):
+  if not root or not fileio.isdir(root):
     raise FileNotFoundError(f"image_folder: config.data.root={root!r} is not a directory")
-  labels = tuple(sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))))
-  files = [(os.path.join(label, f), i) for i, label in enumerate(labels)
-           for f in sorted(os.listdir(os.path.join(root, label)))
+  labels = tuple(d for d in fileio.listdir(root) if fileio.isdir(fileio.join(root, d)))
+  files = [(f"{label}/{f}", i) for i, label in enumerate(labels)
+           for f in fileio.listdir(fileio.join(root, label))
            if f.lower().endswith(EXTENSIONS)]
   if not files:
     raise FileNotFoundError(f"image_folder: config.data.root={root!r} holds no "
@@ -210,7 +210,7 @@ class ImageFolder(ImageBuilder, skip_registration=True):
     s = self.settings
     mode = "RGB" if s["num_channels"] == 3 else "L"
     for path, label in items:
-      with Image.open(os.path.join(s["root"], path)) as img:
+      with Image.open(io.BytesIO(fileio.read_bytes(fileio.join(s["root"], path)))) as img:
         pixels = np.asarray(img.convert(mode))
       yield path, {"image": resize(pixels, s["image_size"]), "label": np.int32(label)}
 
@@ -221,6 +221,8 @@ def tfds_source(cfg: dict, data_dir: str):
   if not name:
     raise ValueError("tfds_images: config.data.tfds_name is not set")
   builder = tfds.builder(name, data_dir=data_dir)
+  if not builder.is_prepared() and pipeline.fetch_prepared(cfg, builder.data_dir):
+    builder = tfds.builder(name, data_dir=data_dir)  # copied from config.data.data_dir's bucket
   if not builder.is_prepared():
     raise FileNotFoundError(
         f"tfds_images: {name} is not prepared in {data_dir} (config.data.data_dir); "
@@ -258,7 +260,7 @@ def _mark_settings(cfg: dict) -> dict:
 
 
 def _folder_settings(cfg: dict) -> dict:
-  root = os.path.abspath(os.fspath(cfg.get("root") or ""))
+  root = str(fileio.path(cfg.get("root") or ""))
   fractions = tuple(cfg.get("split_fractions") or (0.8, 0.1, 0.1))
   if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
     raise ValueError(f"image_folder: config.data.split_fractions={fractions} must be three "
@@ -323,8 +325,7 @@ def _folder_builder(cfg: dict, data_dir: str, seq_len: int | None):
     raise ValueError(f"image_folder: {len(files)} images of config.data.image_size="
                      f"{s['image_size']} take {stored >> 20} MiB, more than tfds writes "
                      "without TensorFlow (install it, or use a smaller image_size)")
-  stats = [(p, os.stat(os.path.join(s["root"], p)).st_size,
-            os.stat(os.path.join(s["root"], p)).st_mtime_ns) for p, _ in files]
+  stats = [(p, *fileio.size_and_mtime(fileio.join(s["root"], p))) for p, _ in files]
   return _builder_of(ImageFolder, s, data_dir, [stats])
 
 

@@ -25,6 +25,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+from longformer_jax import fileio
 from longformer_jax.data import corpora, pipeline, registry
 
 CORPUS_CONFIG_FIELDS = ("tokenizer", "text_field", "format", "validation_fraction",
@@ -146,7 +147,7 @@ def _char_builder(name: str, cfg: dict, data_dir: str) -> tfds.core.DatasetBuild
   builder = corpora.CHAR_BUILDERS[name](config=corpora.CharCorpusConfig.make(path, chunk),
                                         data_dir=data_dir, file_format="array_record")
   if builder.is_prepared():
-    if path and os.path.exists(path):  # the prepared data must come from this file
+    if path and fileio.exists(path):  # the prepared data must come from this file
       size = corpora.zip_member_size(path, builder.MEMBER)
       done = builder.info.metadata.get("num_chars")
       if done is not None and done != size:

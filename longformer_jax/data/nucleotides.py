@@ -14,13 +14,12 @@ the line and the character.
 
 from __future__ import annotations
 
-import gzip
-import lzma
 import os
 from typing import Iterator
 
 import numpy as np
 
+from longformer_jax import fileio
 from longformer_jax.tokenization import SPECIAL_TOKENS
 
 BOS, PAD, EOS, UNK, MASK = range(len(SPECIAL_TOKENS))
@@ -66,22 +65,13 @@ def reverse_complement(ids: np.ndarray) -> np.ndarray:
   return _COMPLEMENT_IDS[np.asarray(ids)[..., ::-1]]
 
 
-def _open(path: str):
-  """A binary file object, decompressed when it starts with gzip's or xz's magic bytes."""
-  with open(path, "rb") as f:
-    magic = f.read(6)
-  if magic.startswith(b"\x1f\x8b"):
-    return gzip.open(path, "rb")
-  return lzma.open(path, "rb") if magic == b"\xfd7zXZ\x00" else open(path, "rb")
-
-
 def read_fasta(path: str) -> Iterator[tuple[str, np.ndarray]]:
   """(record id, ids uint8 (n,)) of every record of a FASTA file (module docstring)."""
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not fileio.isfile(path):
     raise FileNotFoundError(f"no FASTA file at {path}")
   name, pieces = None, []
-  with _open(path) as f:
+  with fileio.open_read(path, decompress=True) as f:  # gzip and xz too
     for lineno, line in enumerate(f, 1):
       line = line.strip()
       if not line or line.startswith(b";"):

@@ -2,8 +2,16 @@
 
 ``data_cfg`` (an ``ml_collections.ConfigDict`` or a dict) holds ``name`` (a
 dataset of :mod:`.registry`: kv_recall, text8, enwik8, text_corpus, ...),
-``data_dir`` (where tfds writes and reads prepared data), the dataset's own fields
-(see its module) and the read options ``num_threads`` and ``prefetch``.
+``data_dir`` (where tfds writes and reads prepared data, local or ``gs://``), the
+dataset's own fields (see its module) and the read options ``num_threads`` and
+``prefetch``.
+
+A ``data_dir`` on a bucket: the array_record files tfds writes and grain reads are
+read from local disk, so each host works in its own copy of the bucket's folder
+(``fileio.cache_path(data_dir)``, under ``fileio.cache_dir()``). A dataset already
+in the bucket is copied from it (the same bytes on every host, so every host reads
+the same examples); one that is not is prepared by process 0 and uploaded
+(``dataset_info.json`` last), while the other processes wait for it and copy it.
 
 Batches are dicts of numpy arrays whose leading axis is the per-process batch
 size; every element carries a ``weight`` (see each dataset for its fields).
@@ -22,11 +30,8 @@ the position exactly.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
-import shutil
 import sys
 import time
 from typing import Any, Mapping
@@ -36,12 +41,16 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
+from longformer_jax import fileio
 from longformer_jax.data import registry
 
 log = logging.getLogger("longformer_jax")
 
 DEFAULT_NUM_THREADS = 4
 DEFAULT_PREFETCH = 8  # batches
+# How long a process waits for process 0 to prepare a dataset into the bucket.
+BUCKET_PREPARE_WAIT_S = 6 * 3600
+DATASET_MARKER = "dataset_info.json"  # tfds's: a folder holding it is a prepared dataset
 
 
 # ---- configuration ----------------------------------------------------------------
@@ -69,10 +78,41 @@ def dataset_of(data_cfg) -> registry.Dataset:
 
 
 def _data_dir(cfg: dict) -> str:
+  """``config.data.data_dir`` as given (local or a bucket)."""
   data_dir = cfg.get("data_dir")
   if not data_dir:
     raise ValueError("config.data.data_dir (where prepared datasets live) is not set")
   return os.fspath(data_dir)
+
+
+def local_data_dir(cfg: dict) -> str:
+  """Where this host's tfds builders read and write: ``data_dir`` itself, or this host's
+  copy of a bucket's ``data_dir``."""
+  data_dir = _data_dir(cfg)
+  return fileio.cache_path(data_dir) if fileio.is_remote(data_dir) else str(
+      fileio.path(data_dir))
+
+
+def _bucket_folder(cfg: dict, local_dir: str) -> str | None:
+  """The bucket folder a local dataset folder copies (None when data_dir is local)."""
+  data_dir = _data_dir(cfg)
+  if not fileio.is_remote(data_dir):
+    return None
+  rel = str(fileio.path(local_dir))[len(local_data_dir(cfg)):].strip("/")
+  return str(fileio.join(data_dir, rel))
+
+
+def fetch_prepared(cfg: dict, local_dir: str) -> bool:
+  """Copies a dataset prepared in the bucket into ``local_dir`` (this host's copy) if
+  the bucket has it complete; whether it did."""
+  remote = _bucket_folder(cfg, local_dir)
+  if remote is None or not fileio.isfile(fileio.join(remote, DATASET_MARKER)):
+    return False
+  t0 = time.time()
+  with fileio.staged_dir(local_dir, allow_existing=True) as tmp:
+    fileio.copy_tree(remote, tmp)
+  log.info("copied %s from %s in %.0fs", local_dir, remote, time.time() - t0)
+  return True
 
 
 def vocab_size(data_cfg) -> int:
@@ -102,19 +142,7 @@ def label_names(data_cfg) -> tuple:
 def get_builder(data_cfg, *, seq_len: int | None = None) -> tfds.core.DatasetBuilder:
   """The tfds builder named by ``data_cfg`` (not prepared; see :func:`prepare`)."""
   cfg = _as_dict(data_cfg)
-  return registry.get(cfg.get("name")).builder(cfg, _data_dir(cfg), seq_len)
-
-
-@contextlib.contextmanager
-def _file_lock(path: str):
-  """An exclusive lock on ``path`` (created) for processes sharing a file system."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "a") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
+  return registry.get(cfg.get("name")).builder(cfg, local_data_dir(cfg), seq_len)
 
 
 def prepare(data_cfg, *, seq_len: int | None = None) -> tfds.core.DatasetBuilder:
@@ -122,32 +150,46 @@ def prepare(data_cfg, *, seq_len: int | None = None) -> tfds.core.DatasetBuilder
 
   Processes sharing a ``data_dir`` take turns: the first builds, the others wait
   and reuse its files. A preparation that fails removes the folders it created.
+  With ``data_dir`` on a bucket see the module docstring.
   """
-  builder = get_builder(data_cfg, seq_len=seq_len)
+  cfg = _as_dict(data_cfg)
+  builder = get_builder(cfg, seq_len=seq_len)
   if builder.is_prepared():
     return builder
-  root = _data_dir(_as_dict(data_cfg))
-  created = _first_missing(root, builder.data_dir)
-  lock = os.path.join(root, ".locks", f"{builder.name}-{builder.builder_config.name}.lock")
+  root = local_data_dir(cfg)
+  created = fileio.first_missing(root, builder.data_dir)
+  lock = fileio.join(root, ".locks", f"{builder.name}-{builder.builder_config.name}.lock")
   try:
-    with _file_lock(lock):
-      builder = get_builder(data_cfg, seq_len=seq_len)
+    with fileio.file_lock(lock):
+      builder = get_builder(cfg, seq_len=seq_len)
       if not builder.is_prepared():
-        _download_and_prepare(builder)
+        _prepare_or_fetch(cfg, builder)
+        builder = get_builder(cfg, seq_len=seq_len)
   except BaseException:
     if created is not None:
-      shutil.rmtree(created, ignore_errors=True)
+      fileio.rmtree(created)
     raise
   return builder
 
 
-def _first_missing(root: str, path: str) -> str | None:
-  """The outermost folder from ``root`` down to ``path`` that does not exist yet."""
-  path, root = os.path.abspath(path), os.path.abspath(root)
-  chain = [path]
-  while chain[-1] != root and os.path.dirname(chain[-1]) != chain[-1]:
-    chain.append(os.path.dirname(chain[-1]))
-  return next((p for p in reversed(chain) if not os.path.exists(p)), None)
+def _prepare_or_fetch(cfg: dict, builder) -> None:
+  """Prepares ``builder``'s dataset here, or copies it from the bucket: at once when the
+  bucket has it, after process 0 has uploaded it on the other processes."""
+  remote = _bucket_folder(cfg, builder.data_dir)
+  if remote is None:
+    _download_and_prepare(builder)
+    return
+  if fetch_prepared(cfg, builder.data_dir):
+    return
+  if jax.process_index() != 0:
+    fileio.wait_for(fileio.join(remote, DATASET_MARKER), what="the dataset process 0 prepares",
+                    timeout_s=BUCKET_PREPARE_WAIT_S)
+    fetch_prepared(cfg, builder.data_dir)
+    return
+  _download_and_prepare(builder)
+  t0 = time.time()
+  fileio.copy_tree(builder.data_dir, remote, last=(DATASET_MARKER,))
+  log.info("uploaded it to %s in %.0fs", remote, time.time() - t0)
 
 
 def _download_and_prepare(builder) -> None:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 
+from longformer_jax import fileio
 from longformer_jax.config import LongformerConfig, RunFields
 
 
@@ -86,11 +87,10 @@ class LEDConfig(RunFields):  # the run fields: config.RunFields
 
   @classmethod
   def from_json(cls, path: str | os.PathLike, **overrides) -> "LEDConfig":
-    path = os.fspath(path)
-    if os.path.isdir(path):
-      path = os.path.join(path, "config.json")
-    with open(path) as f:
-      return cls.from_hf_dict(json.load(f), **overrides)
+    path = fileio.path(path)
+    if path.is_dir():
+      path = path / "config.json"
+    return cls.from_hf_dict(fileio.read_json(path), **overrides)
 
   def to_hf_dict(self, architectures=("LEDForConditionalGeneration",)) -> dict:
     d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)

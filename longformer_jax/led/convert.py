@@ -11,7 +11,6 @@ against it when present.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from longformer_jax import hf_io, hf_keys
+from longformer_jax import fileio, hf_io, hf_keys
 from longformer_jax.led import generation
 from longformer_jax.led import model as led_lib
 from longformer_jax.led.config import LEDConfig
@@ -96,13 +95,12 @@ def task_of_architectures(d: dict) -> str:
 
 def from_hf(path: str | os.PathLike, task: str | None = None, **config_overrides):
   """An HF LED checkpoint directory as our model (eval mode)."""
-  path = os.fspath(path)
-  with open(os.path.join(path, "config.json")) as f:
-    d = json.load(f)
+  path = str(fileio.path(path))
+  d = fileio.read_json(fileio.join(path, "config.json"))
   cfg = LEDConfig.from_hf_dict(d, **config_overrides)
   model = led_lib.create_model(cfg, task or task_of_architectures(d))
   load_hf_weights(model, hf_io.load_state_dict(path))
-  if os.path.exists(os.path.join(path, "generation_config.json")):
+  if fileio.exists(fileio.join(path, "generation_config.json")):
     model.generation_config = generation.GenerationConfig.of_checkpoint(path)
   hf_io.remember_tokenizer(model, path)
   model.eval()
@@ -111,15 +109,13 @@ def from_hf(path: str | os.PathLike, task: str | None = None, **config_overrides
 
 def to_hf(model, path: str | os.PathLike) -> None:
   """``config.json`` + ``model.safetensors`` that transformers' LED loads."""
-  path = os.fspath(path)
   arch = next(name for cls, name in led_lib.TASKS.values() if type(model) is cls)
   hf_io.save_weights(path, model.config.to_hf_dict([arch]), hf_state_dict(model))
   hf_io.copy_tokenizer(hf_io.tokenizer_of(model), path)
   if getattr(model, "generation_config", None) is not None:  # HF's generation_config.json
     gen = generation.default_config(model)
-    with open(os.path.join(path, "generation_config.json"), "w") as f:
-      json.dump({k: v for k, v in dataclasses.asdict(gen).items() if v is not None}, f,
-                indent=2, sort_keys=True)
+    fileio.write_json(fileio.join(path, "generation_config.json"),
+                      {k: v for k, v in dataclasses.asdict(gen).items() if v is not None})
 
 
 # ---- BART -> LED (paper section 7) ------------------------------------------------
@@ -153,9 +149,8 @@ def bart_to_led(src: str | os.PathLike, dst: str | os.PathLike, *,
   copied over and over up to ``max_encoder_positions``, the self-attention weights
   copied into the Longformer attention, the global Q/K/V from the local ones; the
   decoder unchanged."""
-  src, dst = os.fspath(src), os.fspath(dst)
-  with open(os.path.join(src, "config.json")) as f:
-    d = json.load(f)
+  src, dst = str(fileio.path(src)), str(fileio.path(dst))
+  d = fileio.read_json(fileio.join(src, "config.json"))
   if d.get("model_type") != "bart":
     raise ValueError(f"{src}: model_type={d.get('model_type')!r}, expected 'bart'")
   for name in ("scale_embedding", "add_final_layer_norm", "normalize_before"):

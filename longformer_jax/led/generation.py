@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from longformer_jax import fileio
 from longformer_jax import inputs as inputs_lib
 
 _NEG = -jnp.inf
@@ -57,10 +58,9 @@ class GenerationConfig:
   def of_checkpoint(cls, directory: str | os.PathLike) -> "GenerationConfig":
     """``generation_config.json`` of an HF checkpoint directory (else the config's)."""
     for name in ("generation_config.json", "config.json"):
-      path = os.path.join(os.fspath(directory), name)
-      if os.path.exists(path):
-        with open(path) as f:
-          return cls.from_dict(json.load(f))
+      path = fileio.join(directory, name)
+      if fileio.exists(path):
+        return cls.from_dict(fileio.read_json(path))
     return cls()
 
 

@@ -1,0 +1,226 @@
+"""Paths through one layer (longformer_jax/fileio.py), local and ``gs://`` alike.
+
+The bucket is the Cloud Storage emulator (``gcs_emulator`` in conftest.py): the bytes
+go over HTTP to a real GCS JSON API, nothing is mocked. Runs that start processes give
+each its own HOME, TMPDIR and working directory (``host_env``), so the bucket is the
+only storage they share, as on a pod.
+"""
+
+import ast
+import glob
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import (ROOT, TENSORSTORE_TOKEN_LINE, assert_clean_stderr, bucket_path,
+                      host_env, local_leftovers, losses, program_command)
+
+# ---- one layer: no file access on a user path outside fileio.py ----------------------
+
+# Modules whose calls touch files by path, the os functions that do, and the readers
+# and writers that take a path or a file object (fine on a stream or an in-memory buffer).
+FILE_MODULES = {"os.path", "shutil", "glob", "gzip", "lzma", "bz2", "tempfile", "pathlib"}
+OS_FILE_CALLS = {"makedirs", "mkdir", "listdir", "scandir", "walk", "remove", "unlink",
+                 "rename", "replace", "rmdir", "stat", "chdir", "getcwd"}
+PATH_OR_STREAM = {"Image.open", "np.load", "np.save", "numpy.load", "numpy.save",
+                  "zipfile.ZipFile", "tarfile.open"}
+LAYER = "fileio.py"
+
+
+def _dotted(node) -> str:
+  parts = []
+  while isinstance(node, ast.Attribute):
+    parts.append(node.attr)
+    node = node.value
+  if isinstance(node, ast.Name):
+    parts.append(node.id)
+  return ".".join(reversed(parts))
+
+
+def _streams(tree) -> set[str]:
+  """Names bound to file objects or buffers: ``with ... as NAME`` and ``NAME = io.BytesIO()``."""
+  names = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.withitem) and isinstance(node.optional_vars, ast.Name):
+      names.add(node.optional_vars.id)
+    if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+        and _dotted(node.value.func).endswith("BytesIO")):
+      names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+  return names
+
+
+def file_calls(source: str) -> list[tuple[int, str]]:
+  """(line, call) of each call in ``source`` that reads or writes files by path."""
+  tree = ast.parse(source)
+  modules, streams, found = set(), _streams(tree), []
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      modules.update(a.asname or a.name for a in node.names)
+      found += [(node.lineno, f"import {a.name}") for a in node.names if a.name in FILE_MODULES]
+    if isinstance(node, ast.ImportFrom) and node.module in FILE_MODULES | {"os"}:
+      if node.module != "os" or any(a.name == "path" for a in node.names):
+        found.append((node.lineno, f"from {node.module} import ..."))
+  for node in ast.walk(tree):
+    if not isinstance(node, ast.Call):
+      continue
+    name = _dotted(node.func)
+    module, _, attr = name.rpartition(".")
+    first = node.args[0] if node.args else None
+    on_stream = (isinstance(first, ast.Name) and first.id in streams) or (
+        isinstance(first, ast.Call) and _dotted(first.func).endswith("BytesIO"))
+    if (name == "open" or (module in FILE_MODULES and module.split(".")[0] in modules | {"os"})
+        or (module == "os" and attr in OS_FILE_CALLS)
+        or (name in PATH_OR_STREAM and not on_stream)):
+      found.append((node.lineno, name))
+  return found
+
+
+def test_no_file_access_outside_the_layer():
+  """Every path goes through fileio: a new open() / os.path / shutil call elsewhere in
+  the package fails here, naming the file and line."""
+  package = os.path.join(ROOT, "longformer_jax")
+  offenders = []
+  for path in sorted(glob.glob(os.path.join(package, "**", "*.py"), recursive=True)):
+    if os.path.relpath(path, package) == LAYER:
+      continue
+    with open(path, encoding="utf-8") as f:
+      offenders += [f"{os.path.relpath(path, ROOT)}:{line}: {call}"
+                    for line, call in file_calls(f.read())]
+  assert not offenders, "file access outside longformer_jax/fileio.py:\n" + "\n".join(offenders)
+
+
+@pytest.mark.parametrize("code,caught", [
+    ("open(p)", True), ("os.path.join(a, b)", True), ("import shutil\nshutil.rmtree(d)", True),
+    ("os.makedirs(d)", True), ("import shutil", True), ("np.load(p)", True),
+    ("Image.open(p)", True), ("import gzip\ngzip.open(p)", True),
+    ("np.load(io.BytesIO(b))", False), ("Image.open(io.BytesIO(b))", False),
+    ("with fileio.open_read(p) as f:\n  zipfile.ZipFile(f)", False), ("zipfile.ZipFile(p)", True),
+    ("b = io.BytesIO()\nnp.save(b, x)", False), ("glob = x\nglob.astype(y)", False),
+    ("import glob\nglob.glob(p)", True), ("from os import path", True),
+    ("fileio.open_read(p)", False), ("os.fspath(p)", False), ("os.environ.get(k)", False),
+])
+def test_the_rule_catches_file_access(code, caught):
+  assert bool(file_calls(code)) == caught, code
+
+
+# ---- the layer itself, on a local folder and on the bucket ---------------------------
+
+
+@pytest.fixture(params=["local", "bucket"])
+def store(request, tmp_path):
+  """A folder that does not exist yet: under tmp_path, or in the emulator's bucket."""
+  if request.param == "local":
+    return str(tmp_path / "store")
+  request.getfixturevalue("gcs_emulator")
+  return bucket_path(tmp_path) + "/store"
+
+
+def test_reads_writes_and_listings_behave_the_same(store):
+  from longformer_jax import fileio
+  fileio.write_json(f"{store}/a/b.json", {"x": 1})
+  fileio.write_atomic(f"{store}/c.txt", "one")
+  fileio.append_text(f"{store}/m.jsonl", "1\n")
+  fileio.append_text(f"{store}/m.jsonl", "2\n")
+  assert fileio.read_json(f"{store}/a/b.json") == {"x": 1}
+  assert fileio.read_text(f"{store}/m.jsonl") == "1\n2\n"
+  assert fileio.listdir(store) == ["a", "c.txt", "m.jsonl"]
+  assert fileio.walk_files(store) == ["a/b.json", "c.txt", "m.jsonl"]
+  assert fileio.isdir(f"{store}/a") and fileio.isfile(f"{store}/c.txt")
+  assert not fileio.exists(f"{store}/nothing") and fileio.listdir(f"{store}/nothing") == []
+  with open(fileio.local_copy(f"{store}/c.txt")) as f:
+    assert f.read() == "one"
+  fileio.rmtree(store)
+  assert not fileio.exists(f"{store}/c.txt")
+
+
+def test_a_failed_staged_directory_leaves_nothing(store):
+  from longformer_jax import fileio
+  with pytest.raises(RuntimeError, match="midway"):
+    with fileio.staged_dir(store, marker="config.json") as tmp:
+      with open(os.path.join(tmp, "weights"), "w") as f:
+        f.write("w")
+      raise RuntimeError("midway")
+  assert fileio.walk_files(store) == []
+  with fileio.staged_dir(store, marker="config.json") as tmp:
+    for name in ("config.json", "weights"):
+      with open(os.path.join(tmp, name), "w") as f:
+        f.write(name)
+  assert fileio.walk_files(store) == ["config.json", "weights"]
+  with pytest.raises(FileExistsError, match="not empty"):
+    with fileio.staged_dir(store):
+      pass
+
+
+def test_gzip_and_xz_are_read_through_the_layer(store):
+  import gzip as gzip_lib
+  import lzma as lzma_lib
+  from longformer_jax import fileio
+  text = b">r1\nACGT\n" * 100
+  for name, packed in (("plain", text), ("a.gz", gzip_lib.compress(text)),
+                       ("a.xz", lzma_lib.compress(text))):
+    fileio.write_atomic(f"{store}/{name}", packed)
+    with fileio.open_read(f"{store}/{name}", decompress=True) as f:
+      assert f.read() == text, name
+
+
+# ---- a run in the bucket, through the command lines ---------------------------------
+
+
+def _run(argv, env, timeout=600):
+  proc = subprocess.run(argv, env=env, cwd=env["PWD"], capture_output=True, text=True,
+                        timeout=timeout)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+@pytest.mark.slow
+def test_preempted_run_in_a_bucket_resumes_exactly(tmp_path, gcs_emulator, full_run_losses):
+  """The tiny run with its workdir and data in the bucket: SIGTERM after step 7, rerun
+  on a host with an empty disk, the losses of an uninterrupted local run to the bit;
+  then --mode=evaluate, convert to-hf into the bucket, from_hf and export from it."""
+  bucket = bucket_path(tmp_path)
+  run, data = f"{bucket}/run", f"{bucket}/data"
+  first = host_env(tmp_path, "first")
+  stopped = _run(program_command("train_tiny.py", run, data, "{}", "--signal=TERM",
+                                 "--signal-at-step=7"), first)
+  assert "stopped at step 8 on SIGTERM" in stopped.stderr
+  second = host_env(tmp_path, "second")  # another host: nothing on its disk
+  resumed = _run(program_command("train_tiny.py", run, data), second)
+  assert re.findall(r"resumed from step (\d+)", resumed.stderr) == ["8"]
+  assert "copied" in resumed.stderr  # its data came from the bucket, not prepared again
+  assert losses(run) == full_run_losses
+
+  evaluated = _run([sys.executable, "-m", "longformer_jax.main",
+                    f"--config={ROOT}/configs/default.py:tiny", f"--workdir={run}",
+                    f"--config.data.data_dir={data}", "--mode=evaluate"], second)
+  assert_clean_stderr(TENSORSTORE_TOKEN_LINE.sub("", evaluated.stderr))
+  from longformer_jax import metrics
+  record = next(r for r in metrics.read_jsonl(run) if r["step"] == 20)
+  assert {"loss", "validation_eval_accuracy"} <= set(record)
+  for host in ("first", "second"):
+    assert local_leftovers(tmp_path / host) == [], host
+
+  _check_exports(run, bucket)
+
+
+def _check_exports(run: str, bucket: str) -> None:
+  """convert to-hf and export into the bucket, read back from it: the same logits."""
+  import longformer_jax as lj
+  from longformer_jax import convert, export, fileio, workdir
+  convert.main(["to-hf", run, f"{bucket}/hf"])
+  assert fileio.listdir(f"{bucket}/hf") == ["config.json", "model.safetensors"]
+  trained, info = workdir.trained_model(run)
+  assert info["step"] == 20
+  loaded = lj.from_hf(f"{bucket}/hf")
+  ids = np.random.default_rng(0).integers(3, 20, size=(2, 128))
+  mask, gmask = np.ones_like(ids), np.zeros_like(ids)
+  want = np.asarray(trained(ids, mask, gmask).logits)
+  np.testing.assert_array_equal(np.asarray(loaded(ids, mask, gmask).logits), want)
+  export.main([f"{bucket}/hf", f"{bucket}/model.jax_exported", "--seq-len", "128",
+               "--max-global-tokens", "1"])
+  got = export.load(f"{bucket}/model.jax_exported")(ids, mask, gmask)["logits"]
+  np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-5)
