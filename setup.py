@@ -26,6 +26,9 @@ setup(
         "matplotlib>=3.9",
         "flatbuffers>=24.3",  # jax.export serialisation (longformer_jax.export)
         "rouge-score>=0.1.2",  # summarisation metrics (eval_metrics.rouge)
+        # Paths local or gs:// (longformer_jax/fileio.py): epath, and gcsfs behind it.
+        "etils[epath]>=1.7",
+        "gcsfs>=2024.2",
     ],
     extras_require={
         # torch is pinned to the CPU build: it is only the numerical reference.
@@ -34,10 +37,11 @@ setup(
         # Kneser-Ney and Witten-Bell n-gram LMs of experiments/ngram.py).
         # libtpu: the TPU compiler, for the ahead-of-time TPU compiles (``--mode=compile``,
         # tests/test_aot.py); the version ``jax[tpu]`` of our jax pins. pytest-xdist: the
-        # suite runs on every core (pytest.ini).
+        # suite runs on every core (pytest.ini). gcp-storage-emulator: the Cloud Storage
+        # API on a local port, for the tests of gs:// paths.
         "test": ["pytest>=8", "pytest-xdist>=3.8", "torch==2.13.0", "transformers>=5.0",
                  "portpicker>=1.6", "scikit-learn>=1.5", "seqeval>=1.2.2", "torchmetrics>=1.4", "nltk>=3.9",
-                 "libtpu==0.0.42.1"],
+                 "libtpu==0.0.42.1", "gcp-storage-emulator>=2026.7"],
         "tpu-compile": ["libtpu==0.0.42.1"],
         # Deviceless CUDA compiles (h100-N / a100-N topologies): about 5.5 GB of wheels.
         "gpu-compile": ["jax[cuda12]==0.10.2"],

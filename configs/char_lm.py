@@ -38,6 +38,7 @@ The zip is downloaded to ``data.path`` when it is missing and a network exists.
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from longformer_jax import recipes
 from longformer_jax.recipes import run_config
 
 PHASE_SHAPES = (  # (seq_len, lr, batch, window_scale), paper Table 12
@@ -150,8 +151,8 @@ def get_config(variant: str = "text8") -> ml_collections.ConfigDict:
                  eval_batches=8 if small else 0, checkpoint_every=100 if small else 5_000)
   c.task = "causal_lm"
   c.model = model_fields(flags)
-  c.data = dict(name=corpus, data_dir="/tmp/longformer_jax_data",
-                path=f"/tmp/longformer_jax_data/{corpus}.zip",
+  c.data = dict(name=corpus, data_dir=recipes.data_dir(),
+                path=f"{recipes.data_dir()}/{corpus}.zip",
                 eval_stride={"paper": 512, "cpu": 256, "tiny": 32}[flags["scale"]])
   set_phases(c, phases_of(flags))
   return c

@@ -14,6 +14,7 @@ Variants: ``:no_global`` trains with global attention off (the ablation);
 
 import ml_collections
 
+from longformer_jax import recipes
 from longformer_jax.recipes import run_config
 
 
@@ -27,7 +28,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       attention_window=32, max_position_embeddings=2050, hidden_dropout_prob=0.0,
       attention_probs_dropout_prob=0.0, block_size=32, max_global_tokens=1,
       dtype="float32", remat="none", scan_layers=False, attention_impl="auto")
-  c.data = dict(name="kv_recall", data_dir="/tmp/longformer_jax_data", num_pairs=2,
+  c.data = dict(name="kv_recall", data_dir=recipes.data_dir(), num_pairs=2,
                 num_keys=2, num_values=8, num_fillers=1, min_distance=1024,
                 num_train=20_000, num_eval=512, seed=0, fused=True, copies=16,
                 global_query=True)

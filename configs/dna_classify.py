@@ -20,6 +20,7 @@ fragment name its piece (``stem/record:start-end``).
 
 import ml_collections
 
+from longformer_jax import recipes
 from longformer_jax.recipes import run_config
 
 SIZES = {  # hidden, layers, heads, window, seq_len, batch, steps, lr
@@ -47,7 +48,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       attention_probs_dropout_prob=0.1, max_global_tokens=1, block_size=8 if tiny else 64,
       dtype="float32" if variant else "bfloat16", remat="none" if variant else "matmuls",
       attention_impl="auto")
-  c.data = dict(name="genome_classification", data_dir="/tmp/longformer_jax_data",
+  c.data = dict(name="genome_classification", data_dir=recipes.data_dir(),
                 files=(), annotations="", validation_fraction=0.05, test_fraction=0.05,
                 reverse_complement=True)
   c.seq_len, c.batch_size, c.train_steps = seq_len, batch, steps

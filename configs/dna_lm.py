@@ -26,6 +26,7 @@ base (record ends are not scored), in the char LM's eval windows stepping by
 import ml_collections
 
 from configs import char_lm
+from longformer_jax import recipes
 from longformer_jax.recipes import run_config
 
 PHASE_STEPS = {"small": (40_000, 10_000, 5_000, 2_500, 1_000),
@@ -56,7 +57,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   if flags["scale"] == "tiny":  # one layer: a test compiles half the program
     c.model.update(num_hidden_layers=1, attention_window=char_lm.layer_windows(1, 16, 64),
                    attention_dilation=char_lm.layer_dilations(1, c.model.num_attention_heads))
-  c.data = dict(name="genome_lm", data_dir="/tmp/longformer_jax_data", files=(),
+  c.data = dict(name="genome_lm", data_dir=recipes.data_dir(), files=(),
                 validation_fraction=0.05, test_fraction=0.05, reverse_complement=True,
                 chunk_size=65536,
                 eval_stride={"paper": 512, "cpu": 256, "tiny": 32}[flags["scale"]])

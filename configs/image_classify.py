@@ -28,6 +28,7 @@ Variants (comma-separated):
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from longformer_jax import recipes
 from longformer_jax.recipes import run_config
 
 VARIANTS = ("cpu", "tiny", "local_only")
@@ -53,7 +54,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c = run_config(log_every=50, eval_every=1000, checkpoint_every=1000, keep_checkpoints=2)
   c.task = "image_classification"
   c.model = _model()
-  c.data = dict(name="tfds_images", data_dir="/tmp/longformer_jax_data",
+  c.data = dict(name="tfds_images", data_dir=recipes.data_dir(),
                 tfds_name="imagenette/320px-v2", eval_source_split="validation",
                 image_size=224, num_channels=3)
   c.seq_len = 1 + 56 * 56  # tokens of the first stage (the throughput's unit)
@@ -62,7 +63,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.optim = dict(lr=1e-3, warmup_steps=300, schedule="linear", end_lr_frac=0.01,
                  weight_decay=0.05, clip_norm=1.0, b1=0.9, b2=0.999, eps=1e-8, grad_accum=1)
   if "cpu" in flags or "tiny" in flags:
-    c.data = dict(name="mark_pairs", data_dir="/tmp/longformer_jax_data", image_size=96,
+    c.data = dict(name="mark_pairs", data_dir=recipes.data_dir(), image_size=96,
                   mark_size=16, num_colours=2, min_distance=56, label="match",
                   num_train=8000, num_eval=256, seed=0)
     c.model = _model(patch_size=8, hidden_sizes=(64,), depths=(2,), num_heads=(4,),

@@ -17,6 +17,7 @@ checkpoint), in minutes: ``--config.data.path=FILE.txt``.
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from longformer_jax import recipes
 from longformer_jax.recipes import run_config
 
 
@@ -27,7 +28,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c = run_config(log_every=10 if cpu else 100, eval_every=100 if cpu else 5_000,
                  eval_batches=8 if cpu else 64, checkpoint_every=100 if cpu else 2_000)
   c.task = "mlm"
-  c.init_from_hf = "" if cpu else "/tmp/longformer-base-init"
+  c.init_from_hf = "" if cpu else recipes.default_path("longformer-base-init")
   # With init_from_hf the architecture is the checkpoint's; these are run settings.
   c.model = dict(
       vocab_size=257, num_labels=1, hidden_size=64, num_hidden_layers=2,
@@ -38,7 +39,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       scan_layers=False, attention_impl="auto")
   # Byte tokens use ids 0..255; 256 is <mask>. RoBERTa's <mask> is 50264.
   c.mlm = dict(rate=0.15, mask_token_id=256 if cpu else 50264)
-  c.data = dict(name="text_corpus", data_dir="/tmp/longformer_jax_data", path="",
+  c.data = dict(name="text_corpus", data_dir=recipes.data_dir(), path="",
                 tokenizer="" if cpu else placeholder(str), format=placeholder(str),
                 text_field="text", validation_fraction=0.05)
   c.seq_len = 512 if cpu else 4096

@@ -21,21 +21,22 @@ tokens). ``:tiny`` is a 2-step random-init run on small JSONL files.
 
 from longformer_jax import recipes
 
-ARXIV = "/tmp/tensorflow_datasets/scientific_papers/arxiv/1.1.1"
-LED_CHECKPOINT = "/tmp/led-large-16384"  # an HF LED directory
+ARXIV = "tensorflow_datasets/scientific_papers/arxiv/1.1.1"  # under recipes.default_path
+LED_CHECKPOINT = "led-large-16384"  # an HF LED directory, under recipes.default_path
 TRAIN_EXAMPLES = 203_037
 
 
 def get_config(variant: str = ""):
+  arxiv = recipes.default_path(ARXIV)
   c = recipes.finetune_config(
       "seq2seq",
       dict(name="summarization", format="tfds",
-           files=dict(train=f"{ARXIV}:train", validation=f"{ARXIV}:validation",
-                      test=f"{ARXIV}:test"),
+           files=dict(train=f"{arxiv}:train", validation=f"{arxiv}:validation",
+                      test=f"{arxiv}:test"),
            text_field="article", summary_field="abstract", max_target_length=512),
       train_steps=recipes.steps_for(5, TRAIN_EXAMPLES, 32), seq_len=16_384,
       eval_every=5_000)
-  c.init_from_hf = LED_CHECKPOINT
+  c.init_from_hf = recipes.default_path(LED_CHECKPOINT)
   # With init_from_hf these only set how to run the checkpoint.
   c.model = dict(dropout=0.1, attention_dropout=0.0, max_global_tokens=1, dtype="bfloat16",
                  remat="matmuls", block_size=128, attention_impl="auto")

@@ -18,13 +18,30 @@ from __future__ import annotations
 
 import ast
 import math
+import os
 
 import ml_collections
 from ml_collections import config_flags
 from ml_collections.config_dict import placeholder
 from ml_collections.config_flags import tuple_parser
 
-PAPER_CHECKPOINT = "/tmp/longformer-base-4096"  # an HF Longformer directory
+ROOT_ENV = "LONGFORMER_JAX_ROOT"
+
+
+def default_path(name: str) -> str:
+  """``name`` under the one folder the configs' default paths live in:
+  ``$LONGFORMER_JAX_ROOT`` (a local folder or ``gs://bucket/folder``, set once on every
+  host of a pod), else ``/tmp``."""
+  root = os.environ.get(ROOT_ENV) or "/tmp"
+  return f"{root.rstrip('/')}/{name}"
+
+
+def data_dir() -> str:
+  """The default ``config.data.data_dir``: where prepared datasets live."""
+  return default_path("longformer_jax_data")
+
+
+PAPER_CHECKPOINT = "longformer-base-4096"  # an HF Longformer directory, under default_path
 
 
 def _literal(text: str):
@@ -105,13 +122,13 @@ def finetune_config(task: str, data: dict, *, train_steps: int, lr: float = 3e-5
   c = run_config(log_every=20, eval_every=eval_every, checkpoint_every=eval_every,
                  keep_checkpoints=2, eval_split="validation")
   c.task = task
-  c.init_from_hf = PAPER_CHECKPOINT
+  c.init_from_hf = default_path(PAPER_CHECKPOINT)
   # With init_from_hf these only set how to run the checkpoint (and its new head).
   c.model = dict(num_labels=-1, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
                  max_global_tokens=max_global_tokens, dtype="bfloat16", remat="matmuls",
                  block_size=128, attention_impl="auto")
   # tokenizer None: the one in the init_from_hf directory
-  c.data = dict(data_dir="/tmp/longformer_jax_data", tokenizer=placeholder(str), **data)
+  c.data = dict(data_dir=data_dir(), tokenizer=placeholder(str), **data)
   c.seq_len = seq_len
   c.batch_size = batch_size
   c.train_steps = train_steps

@@ -103,3 +103,24 @@ def test_tuple_override_of_bare_words(text, want):
   argv = ["prog", f"--config={os.path.join(ROOT, 'configs', 'finetune_imdb')}.py:tiny",
           f"--config.data.label_names={text}"]
   assert parse(argv).data.label_names == want
+
+
+def test_default_paths_follow_one_setting(monkeypatch):
+  """With LONGFORMER_JAX_ROOT set (a pod's bucket), no config variant keeps a default path
+  under /tmp: data folders, checkpoints to start from and tfds folders all move under it."""
+  import importlib
+  from longformer_jax import recipes
+  root = "gs://pod-bucket/longformer"
+  monkeypatch.setenv(recipes.ROOT_ENV, root)
+  moved = 0
+  for name in CONFIGS:
+    module = importlib.import_module(f"configs.{name}")
+    for variant in variants_of(name):
+      for key, value, _ in leaves(module.get_config(variant)):
+        values = value if isinstance(value, (tuple, list)) else [value]
+        for v in (v for v in values if isinstance(v, str)):
+          assert not v.startswith("/tmp"), f"configs/{name}.py:{variant} {key}={v!r}"
+          moved += v.startswith(root + "/")
+      data_dir = module.get_config(variant).data.data_dir
+      assert data_dir == f"{root}/longformer_jax_data", (name, variant, data_dir)
+  assert moved >= 2 * len(CONFIGS)

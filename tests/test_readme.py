@@ -8,7 +8,8 @@ except that a block made only of ``python -m longformer_jax.{convert,export,summ
 commands runs them here, through each module's ``main(argv)`` (the same argument parsing
 and code, without a fresh interpreter per command).
 Placeholders (``path/to/...``, ``ROBERTA_DIR``) name small local checkpoints made here
-(:func:`substitute`), and ``/tmp/`` is the test's own directory.
+(:func:`substitute`), ``/tmp/`` is the test's own directory, and ``gs://my-bucket`` a
+folder of the Cloud Storage emulator's bucket (docs/pods.md).
 """
 
 import dataclasses
@@ -23,7 +24,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_clean_stderr, losses, program_env
+from conftest import ROOT, assert_clean_stderr, bucket_path, losses, program_env
 
 transformers = pytest.importorskip("transformers")
 
@@ -88,8 +89,12 @@ def checkpoints(tmp_path_factory):
   return root
 
 
+DOC_BUCKET = "gs://my-bucket"
+
+
 def substitute(code: str, tmp, checkpoints) -> str:
   code = code.replace("/tmp/", f"{tmp}/")  # first: the checkpoints live under /tmp too
+  code = code.replace(DOC_BUCKET, bucket_path(tmp))
   placeholders = {
       "path/to/longformer-base-4096": checkpoints / "longformer",
       "path/to/checkpoint": checkpoints / "longformer",
@@ -148,6 +153,16 @@ def check_training(ns, tmp):
   assert sorted(losses(tmp / "lf_tiny")) == [1, 2, 3, 4]
 
 
+def check_pods(ns, tmp):
+  from longformer_jax import fileio
+  bucket = bucket_path(tmp)
+  assert fileio.listdir(f"{bucket}/run/checkpoints") == ["4", "8"]
+  assert sorted(losses(f"{bucket}/run")) == list(range(1, 9))
+  assert fileio.isfile(f"{bucket}/hf/config.json")
+  assert type(ns["model"]).__name__ == "LongformerForSequenceClassification"
+  assert not [p for p in os.listdir(tmp) if p.startswith("gs:")]  # nothing named gs: here
+
+
 def check_genomes_and_images(ns, tmp):
   out = np.asarray(ns["out"])
   assert out.shape == (2, 49, 4, 16) and np.isfinite(out).all() and np.abs(out).sum() > 0
@@ -155,13 +170,15 @@ def check_genomes_and_images(ns, tmp):
 
 CHECKS = {"README.md": check_readme, "docs/model.md": check_model, "docs/led.md": check_led,
           "docs/training.md": check_training,
-          "docs/genomes_and_images.md": check_genomes_and_images}
+          "docs/genomes_and_images.md": check_genomes_and_images, "docs/pods.md": check_pods}
 RUN_DOCS = [os.path.relpath(p, ROOT) for p in DOCS if runnable(p)]
 
 
 @pytest.mark.parametrize("doc", RUN_DOCS)
-def test_doc_code_blocks_run(doc, checkpoints, tmp_path, monkeypatch):
+def test_doc_code_blocks_run(doc, checkpoints, tmp_path, monkeypatch, request):
   """Every unmarked python / bash block of the file, in order."""
+  if doc == "docs/pods.md":
+    request.getfixturevalue("gcs_emulator")
   (tmp_path / "configs").symlink_to(os.path.join(ROOT, "configs"))
   monkeypatch.chdir(tmp_path)  # relative outputs land here, configs/ resolves
   namespace = {}

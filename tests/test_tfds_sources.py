@@ -64,14 +64,27 @@ def prepared(builder_cls, root):
   return builder.data_dir
 
 
-def test_tfds_imdb_reviews_split_reads_without_tensorflow(tmp_path, tokenizer_dir):
-  directory = prepared(ImdbLike, tmp_path / "tfds")
-  cfg = dict(name="document_classification", data_dir=str(tmp_path / "data"),
+@pytest.mark.parametrize("store", ["local", "bucket"])
+def test_tfds_imdb_reviews_split_reads_without_tensorflow(tmp_path, tokenizer_dir, store,
+                                                           request, monkeypatch):
+  """DIR:SPLIT of a tfds-prepared dataset, local or in a bucket (read from this host's
+  copy of it), with the prepared data of ours beside it."""
+  local = directory = prepared(ImdbLike, tmp_path / "tfds")
+  root = str(tmp_path)
+  if store == "bucket":
+    from conftest import bucket_path
+    from longformer_jax import fileio
+    request.getfixturevalue("gcs_emulator")
+    monkeypatch.setenv(fileio.CACHE_ENV, str(tmp_path / "cache"))
+    root = bucket_path(tmp_path)
+    directory = f"{root}/tfds/imdb_like/1.0.0"
+    fileio.copy_tree(local, directory)
+  cfg = dict(name="document_classification", data_dir=f"{root}/data",
              tokenizer=str(tokenizer_dir), format="tfds",
              files=dict(train=f"{directory}:train", validation=f"{directory}:test"))
   assert data_lib.num_labels(cfg) == 2
   b = next(data_lib.make_iterator(cfg, split="validation", seq_len=32, batch_size=8, seed=0))
-  want = tfds.builder_from_directory(directory).as_data_source(split="test")
+  want = tfds.builder_from_directory(local).as_data_source(split="test")
   tok = tokenization.load_tokenizer(tokenizer_dir)
   for k in range(5):
     assert b["input_ids"][k].tolist() == tok.encode(want[k]["text"].decode()).ids[:31] + [2]

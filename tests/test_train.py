@@ -9,8 +9,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import (losses, program_command, program_env, run_program,
-                      tiny_config, train_in_subprocess)
+from conftest import (bucket_path, host_env, local_leftovers, losses, program_command,
+                      program_env, run_program, tiny_config, train_in_subprocess)
 
 
 def test_golden_one_step(tmp_path):
@@ -93,25 +93,57 @@ def test_mesh_layouts_give_the_same_losses(tmp_path, single_device_losses):
                                rtol=0, err_msg=f"layout {layout}")
 
 
-@pytest.mark.slow
-def test_two_processes_match_one_device(tmp_path, single_device_losses):
-  single = single_device_losses
+def launch_two_hosts(tmp_path, hosts, workdir, data, flags=((), ())):
+  """The short run as two processes of 4 devices each, one a host (``host_env``: own
+  HOME, TMPDIR, working directory and data cache): they share the bucket, nothing else.
+  ``flags[i]``: process i's extra arguments. Returns the started processes."""
   import portpicker
   port = portpicker.pick_unused_port()
-  workdir = str(tmp_path / "two_processes")
   procs = []
-  for pid in range(2):
+  for pid, host in enumerate(hosts):
     overrides = {"distributed.enabled": True, "distributed.coordinator_address":
                  f"127.0.0.1:{port}", "distributed.num_processes": 2,
-                 "distributed.process_id": pid, **SHORT_RUN}
+                 "distributed.process_id": pid, **SHORT_RUN, "checkpoint_every": 2}
+    env = host_env(tmp_path, host, devices=4)
     procs.append(subprocess.Popen(
-        program_command("train_tiny.py", workdir, tmp_path / "data", json.dumps(overrides)),
-        env=program_env(4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-  errors = [p.communicate(timeout=600)[1] for p in procs]
+        program_command("train_tiny.py", workdir, data, json.dumps(overrides), *flags[pid]),
+        env=env, cwd=env["PWD"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True))
+  return procs
+
+
+def finish(procs, timeout=600) -> list[str]:
+  errors = [p.communicate(timeout=timeout)[1] for p in procs]
   assert all(p.returncode == 0 for p in procs), errors[0][-3000:] + errors[1][-3000:]
-  got = losses(workdir)
-  assert got.keys() == single.keys()
-  np.testing.assert_allclose([got[s] for s in single], list(single.values()), atol=1e-5, rtol=0)
+  return errors
+
+
+@pytest.mark.slow
+def test_two_hosts_sharing_only_a_bucket(tmp_path, single_device_losses, gcs_emulator):
+  """Two processes as two hosts whose only shared storage is the bucket: workdir
+  (multi-host orbax checkpoints, metrics written by process 0) and prepared data (process 0
+  prepares and uploads, process 1 waits and copies) there. The run matches one device; a
+  run killed on one host after step 3 (the job then restarted: the other process stopped,
+  both relaunched on fresh disks) resumes from the bucket with the same losses to the bit."""
+  bucket = bucket_path(tmp_path)
+  data = f"{bucket}/data"
+  finish(launch_two_hosts(tmp_path, ("a0", "a1"), f"{bucket}/ref", data))
+  reference = losses(f"{bucket}/ref")
+  assert reference.keys() == single_device_losses.keys()
+  np.testing.assert_allclose(list(reference.values()), list(single_device_losses.values()),
+                             atol=1e-5, rtol=0)
+
+  killed = launch_two_hosts(tmp_path, ("b0", "b1"), f"{bucket}/run", data,
+                            flags=(("--signal=KILL", "--signal-at-step=3"), ()))
+  killed[0].communicate(timeout=600)
+  assert killed[0].returncode == -signal.SIGKILL
+  killed[1].kill()  # what a scheduler does to the rest of a job that lost a host
+  killed[1].communicate(timeout=60)
+  errors = finish(launch_two_hosts(tmp_path, ("c0", "c1"), f"{bucket}/run", data))
+  assert re.findall(r"resumed from step (\d+)", errors[0]) == ["2"]
+  assert losses(f"{bucket}/run") == reference  # exact, step for step
+  for host in ("a0", "a1", "b0", "b1", "c0", "c1"):
+    assert local_leftovers(tmp_path / host) == [], host
 
 
 def run_tiny(tmp_path, name: str, *flags, **overrides) -> subprocess.CompletedProcess:
