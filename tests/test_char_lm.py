@@ -80,7 +80,15 @@ def corpus_zips(tmp_path_factory):
   return root, paths
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+# Two steps of every variant take minutes; the default run trains the variants whose code
+# paths differ (relative positions and dilation, none, the HF architecture) and traces the
+# steps of all of them (test_every_char_lm_variant_traces_its_steps); -m exhaustive trains
+# the rest too (other corpus, large, window schedules: the same code with other numbers).
+TRAINED = ("text8", "text8,dilation=off", "text8,hf")
+
+
+@pytest.mark.parametrize("variant", [
+    v if v in TRAINED else pytest.param(v, marks=pytest.mark.exhaustive) for v in VARIANTS])
 def test_every_char_lm_variant_trains_two_steps(variant, corpus_zips, tmp_path):
   from longformer_jax import train
   root, paths = corpus_zips
@@ -93,3 +101,23 @@ def test_every_char_lm_variant_trains_two_steps(variant, corpus_zips, tmp_path):
   rows = losses(str(tmp_path / "run"))
   assert sorted(rows) == [1, 2] and all(np.isfinite(list(rows.values())))
   assert np.isfinite(out["eval_bpc"]) and out["eval_bpc"] > 0
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_char_lm_variant_traces_its_steps(variant, tmp_path):
+  """Each variant's config builds a run (its checks included) and its train and eval steps
+  trace, phase by phase, to a scalar loss at the batch's shapes (no compile, no data)."""
+  import jax
+  from longformer_jax import data as data_lib, train
+  c = load_config("char_lm", variant + ",tiny")
+  c.data.data_dir = str(tmp_path / "data")
+  runner = train.Runner(c, str(tmp_path / "run"))
+  for phase in runner.phases:
+    _, step, evals = runner.functions(phase)
+    batch = data_lib.pipeline.batch_spec(runner.data_cfg, runner.model_configs[phase.index],
+                                         split="train", seq_len=phase.seq_len,
+                                         batch_size=phase.batch_size)
+    _, metrics = jax.eval_shape(step, runner.abstract_state, batch)
+    assert metrics["loss"].shape == () and metrics["loss"].dtype == np.float32
+    assert set(evals) == {"eval"}
+  assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()

@@ -154,10 +154,17 @@ def check_training(ns, tmp):
 
 
 def check_pods(ns, tmp):
-  from longformer_jax import fileio
+  """The command lines trained 4 steps, resumed to 8 and evaluated, all in the bucket:
+  one metrics record per step (its eval in it), checkpoints 4 and 8, the HF export."""
+  from longformer_jax import fileio, metrics
   bucket = bucket_path(tmp)
   assert fileio.listdir(f"{bucket}/run/checkpoints") == ["4", "8"]
-  assert sorted(losses(f"{bucket}/run")) == list(range(1, 9))
+  train_losses = losses(f"{bucket}/run")  # asserts one record per step
+  assert sorted(train_losses) == list(range(1, 9))
+  assert all(np.isfinite(v) and v > 0 for v in train_losses.values())
+  records = {r["step"]: r for r in metrics.read_jsonl(f"{bucket}/run")}
+  assert [s for s, r in sorted(records.items()) if "eval_accuracy" in r] == [4, 8]
+  assert 0 <= records[8]["validation_eval_accuracy"] <= 1  # --mode=evaluate, merged
   assert fileio.isfile(f"{bucket}/hf/config.json")
   assert type(ns["model"]).__name__ == "LongformerForSequenceClassification"
   assert not [p for p in os.listdir(tmp) if p.startswith("gs:")]  # nothing named gs: here

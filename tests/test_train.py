@@ -82,7 +82,7 @@ def test_mesh_layouts_give_the_same_losses(tmp_path, single_device_losses):
   single = single_device_losses
   # (data, fsdp, tensor, sequence) on 4 devices each: parameters split two ways at once
   # (fsdp x tensor), and the batch split with every sequence split (data x sequence).
-  # Pure data parallelism is the two-process test's layout (2 processes x 4); longer
+  # Pure data parallelism across processes is the two-host test's layout; longer
   # sequence splits are test_seqpar's.
   for layout in [(1, 2, 2, 1), (2, 1, 1, 2)]:
     mesh = dict(zip(["mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.sequence"], layout))
@@ -94,7 +94,7 @@ def test_mesh_layouts_give_the_same_losses(tmp_path, single_device_losses):
 
 
 def launch_two_hosts(tmp_path, hosts, workdir, data, flags=((), ())):
-  """The short run as two processes of 4 devices each, one a host (``host_env``: own
+  """The short run as two processes of one device each, one a host (``host_env``: own
   HOME, TMPDIR, working directory and data cache): they share the bucket, nothing else.
   ``flags[i]``: process i's extra arguments. Returns the started processes."""
   import portpicker
@@ -104,7 +104,7 @@ def launch_two_hosts(tmp_path, hosts, workdir, data, flags=((), ())):
     overrides = {"distributed.enabled": True, "distributed.coordinator_address":
                  f"127.0.0.1:{port}", "distributed.num_processes": 2,
                  "distributed.process_id": pid, **SHORT_RUN, "checkpoint_every": 2}
-    env = host_env(tmp_path, host, devices=4)
+    env = host_env(tmp_path, host, devices=1)
     procs.append(subprocess.Popen(
         program_command("train_tiny.py", workdir, data, json.dumps(overrides), *flags[pid]),
         env=env, cwd=env["PWD"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
