@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 
-import numpy as np
 import pytest
 
 from conftest import ROOT, bucket_path, host_env, local_leftovers, losses, program_command
@@ -182,8 +181,8 @@ def _run(argv, env, timeout=600):
 def test_preempted_run_in_a_bucket_resumes_exactly(tmp_path, gcs_emulator, full_run_losses):
   """The tiny run (asynchronous saves) with its workdir and data in the bucket: SIGTERM
   after step 7, rerun on a host with an empty disk, the losses of an uninterrupted local
-  run to the bit; then convert to-hf into the bucket, from_hf and export from it
-  (--mode=evaluate in the bucket: docs/pods.md, run by tests/test_readme.py)."""
+  run to the bit. (--mode=evaluate, convert to-hf and from_hf in a bucket: docs/pods.md,
+  run by tests/test_readme.py; export to and from a bucket: tests/test_finetune.py.)"""
   from longformer_jax import fileio
   bucket = bucket_path(tmp_path)
   run, data = f"{bucket}/run", f"{bucket}/data"
@@ -200,23 +199,3 @@ def test_preempted_run_in_a_bucket_resumes_exactly(tmp_path, gcs_emulator, full_
   assert losses(run) == full_run_losses
   for host in ("first", "second"):
     assert local_leftovers(tmp_path / host) == [], host
-  _check_exports(run, bucket)
-
-
-def _check_exports(run: str, bucket: str) -> None:
-  """convert to-hf and export into the bucket, read back from it: the same logits."""
-  import longformer_jax as lj
-  from longformer_jax import convert, export, fileio, workdir
-  convert.main(["to-hf", run, f"{bucket}/hf"])
-  assert fileio.listdir(f"{bucket}/hf") == ["config.json", "model.safetensors"]
-  trained, info = workdir.trained_model(run)
-  assert info["step"] == 20
-  loaded = lj.from_hf(f"{bucket}/hf")
-  ids = np.random.default_rng(0).integers(3, 20, size=(2, 128))
-  mask, gmask = np.ones_like(ids), np.zeros_like(ids)
-  want = np.asarray(trained(ids, mask, gmask).logits)
-  np.testing.assert_array_equal(np.asarray(loaded(ids, mask, gmask).logits), want)
-  export.main([f"{bucket}/hf", f"{bucket}/model.jax_exported", "--seq-len", "128",
-               "--max-global-tokens", "1"])
-  got = export.load(f"{bucket}/model.jax_exported")(ids, mask, gmask)["logits"]
-  np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-5)

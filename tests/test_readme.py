@@ -149,10 +149,6 @@ def check_led(ns, tmp):
   assert ns["ids"].shape == (1, 256)
 
 
-def check_training(ns, tmp):
-  assert sorted(losses(tmp / "lf_tiny")) == [1, 2, 3, 4]
-
-
 def check_pods(ns, tmp):
   """The command lines trained 4 steps, resumed to 8 and evaluated, all in the bucket:
   one metrics record per step (its eval in it), checkpoints 4 and 8, the HF export."""
@@ -176,7 +172,6 @@ def check_genomes_and_images(ns, tmp):
 
 
 CHECKS = {"README.md": check_readme, "docs/model.md": check_model, "docs/led.md": check_led,
-          "docs/training.md": check_training,
           "docs/genomes_and_images.md": check_genomes_and_images, "docs/pods.md": check_pods}
 RUN_DOCS = [os.path.relpath(p, ROOT) for p in DOCS if runnable(p)]
 

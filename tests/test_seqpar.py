@@ -6,9 +6,8 @@ import pytest
 from conftest import run_program
 
 
-# Each mode on one layout and one attention backend (both layouts are covered; the
-# training test in test_train.py runs data 2 x sequence 4, symmetric, with scan: the
-# CPU default).
+# Each mode on one layout and one attention backend (both layouts are covered): values
+# and gradients, which is what a training step's equality to one device's rests on.
 # The one-device reference runs the scan backend.
 @pytest.mark.slow
 @pytest.mark.parametrize("layout,causal,impl", [("sequence=8", False, "pallas"),
