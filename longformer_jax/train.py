@@ -366,7 +366,7 @@ class Runner:
       step = make_train_step(self.task, graphdef, rest, self.tx, self.schedule, self.accum,
                              self.config.seed)
       # in_shardings: (state: the param/optimizer layout, batch: split over data*fsdp)
-      options = compile_options.compiler_options(self.platform)
+      options = compile_options.train_step_options(self.platform)
       jstep = jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
                       out_shardings=(self.state_shardings, None), donate_argnums=(0,),
                       compiler_options=options)
