@@ -35,12 +35,19 @@ def check_file(path, field: str, dataset: str) -> str:
   return path
 
 
+def dir_and_split(spec) -> tuple[str, str]:
+  """``DIR:SPLIT`` as (DIR, SPLIT); ("", "") when ``spec`` has no ``:SPLIT`` (the colon
+  of a ``gs://`` scheme is not one)."""
+  spec = str(spec or "")
+  scheme, sep, rest = spec.partition("://") if fileio.is_remote(spec) else ("", "", spec)
+  directory, colon, split = rest.rpartition(":")
+  return (scheme + sep + directory, split) if colon else ("", "")
+
+
 def is_tfds_split(spec: str) -> bool:
   """Whether ``spec`` is ``DIR:SPLIT`` of a dataset prepared by tfds."""
-  directory, sep, _ = str(spec).rpartition(":")
-  if not sep or directory.endswith(("gs", "s3")) and "/" not in directory:
-    return False  # "gs://..." alone: a scheme, not DIR:SPLIT
-  return fileio.isfile(fileio.join(directory, "dataset_info.json"))
+  directory, _ = dir_and_split(spec)
+  return bool(directory) and fileio.isfile(fileio.join(directory, "dataset_info.json"))
 
 
 def split_files(cfg: Mapping, dataset: str) -> dict[str, str]:
@@ -153,7 +160,7 @@ def source_digest(path: str) -> str:
   """The content hash of a data file, or of a prepared tfds split (``DIR:SPLIT``)."""
   if fileio.isfile(path):
     return file_digest(path)
-  directory, _, split = str(path).rpartition(":")
+  directory, split = dir_and_split(path)
   return file_digest(fileio.join(directory, "dataset_info.json")) + ":" + split
 
 
@@ -162,7 +169,7 @@ def tfds_split(spec: str, field: str, dataset: str):
   dataset_info.json, e.g. ``~/tensorflow_datasets/imdb_reviews/plain_text/1.0.0:test``):
   a random-access source of decoded examples. Needs array_record files (tfds's
   ``file_format="array_record"``): other formats need TensorFlow to read."""
-  directory, _, split = str(spec or "").rpartition(":")
+  directory, split = dir_and_split(spec)
   if not is_tfds_split(spec or ""):
     raise FileNotFoundError(f"{dataset}: {field}={spec!r} is not DIR:SPLIT of a dataset "
                             "prepared by tfds (DIR holding dataset_info.json)")
