@@ -43,6 +43,10 @@ setup(
                  "portpicker>=1.6", "scikit-learn>=1.5", "seqeval>=1.2.2", "torchmetrics>=1.4", "nltk>=3.9",
                  "libtpu==0.0.42.1", "gcp-storage-emulator>=2026.7"],
         "tpu-compile": ["libtpu==0.0.42.1"],
+        # tfds's catalog builders (imdb_reviews, scientific_papers, imagenette...) unpack
+        # their archives with tf.io.gfile and find their files with importlib_resources:
+        # python -m longformer_jax.prepare NAME DATA_DIR. Nothing else imports TensorFlow.
+        "prepare": ["tensorflow-cpu>=2.16", "importlib_resources>=6"],
         # Deviceless CUDA compiles (h100-N / a100-N topologies): about 5.5 GB of wheels.
         "gpu-compile": ["jax[cuda12]==0.10.2"],
     },

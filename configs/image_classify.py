@@ -2,7 +2,8 @@
 a global CLS token, stage after stage.
 
     python -m longformer_jax.main --config=configs/image_classify.py --workdir=/tmp/lf_vil \\
-        --config.data.data_dir=$HOME/tensorflow_datasets   # imagenette prepared there
+        --config.data.data_dir=$HOME/tensorflow_datasets   # imagenette prepared there:
+    # python -m longformer_jax.prepare imagenette/320px-v2 $HOME/tensorflow_datasets
     python -m longformer_jax.main --config=configs/image_classify.py:cpu --workdir=/tmp/lf_marks
     python -m longformer_jax.main --config=configs/image_classify.py:cpu,local_only \\
         --workdir=/tmp/lf_marks_local

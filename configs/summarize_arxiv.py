@@ -1,8 +1,9 @@
 """arXiv summarisation with the Longformer-Encoder-Decoder (paper section 7: LED-large
 16K reaches ROUGE-1/2/L 46.63 / 19.62 / 41.83 on the test set).
 
-Data: tfds ``scientific_papers/arxiv`` prepared with ``file_format="array_record"``
-(``article`` -> ``abstract``); or JSONL files with ``--config.data.format=jsonl``
+Data: tfds ``scientific_papers/arxiv`` as array_record files (``article`` ->
+``abstract``; ``python -m longformer_jax.prepare scientific_papers/arxiv DIR``, with
+the ``prepare`` extra); or JSONL files with ``--config.data.format=jsonl``
 and ``document`` / ``summary`` fields. Start from an LED directory (HF's
 ``led-large-16384``, or ``python -m longformer_jax.convert bart-to-led`` of
 ``bart-large``):

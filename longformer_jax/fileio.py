@@ -47,7 +47,13 @@ def configure_clients() -> None:
   """With an emulator set, the GCS clients talk to it without probing what it lacks:
   gcsfs's bucket-layout lookup (a gRPC service the emulator does not serve, which
   warns on every call and can wait a minute for its deadline) and the credential
-  search of tensorstore (orbax's array store), which warns when none is found."""
+  search of tensorstore (orbax's array store), which warns when none is found.
+
+  Always: bucket paths go through gcsfs (fsspec) even where TensorFlow is installed (the
+  ``prepare`` extra), where epath would otherwise switch them to ``tf.io.gfile``: one
+  client, configured here, whichever packages a host has (``EPATH_USE_TF`` set by the
+  user wins)."""
+  os.environ.setdefault("EPATH_USE_TF", "false")
   if os.environ.get("STORAGE_EMULATOR_HOST"):
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
   if os.environ.get("TENSORSTORE_GCS_HTTP_URL") and not os.environ.get(

@@ -106,13 +106,14 @@ def test_multi_label_documents(tmp_path, tokenizer_dir):
   assert sorted(map(tuple, batch["labels"].tolist())) == want
 
 
-def test_split_by_id_is_disjoint_and_stable(tmp_path, tokenizer_dir):
+def test_split_by_id_is_disjoint_and_stable(tmp_path, tokenizer_dir, capsys):
   docs = documents(200, words=8)
   articles, truth = write_semeval(tmp_path, docs)
   cfg = classification_cfg(tmp_path, tokenizer_dir, format="semeval_xml",
                            files=dict(train=articles, labels=truth),
                            split_fractions=(0.8, 0.1, 0.1), split_seed=0)
   builder = data_lib.prepare(cfg)
+  assert capsys.readouterr().out == ""  # tfds's "Downloading and preparing ..." kept off
   ids = {s: {x["id"] for x in builder.as_data_source()[s]}
          for s in ("train", "validation", "test")}
   assert sum(map(len, ids.values())) == 200

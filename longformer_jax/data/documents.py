@@ -183,8 +183,8 @@ def tfds_split(spec: str, field: str, dataset: str):
     return builder.as_data_source(split=split)
   except Exception as e:  # noqa: BLE001 - the message says what to do whatever the cause
     raise ValueError(f"{dataset}: {field}: {directory} cannot be read as a data source "
-                     f"({type(e).__name__}: {e}); prepare it with tfds's "
-                     "file_format='array_record'") from None
+                     f"({type(e).__name__}: {e}); prepare it as array_record files "
+                     "(python -m longformer_jax.prepare NAME DATA_DIR)") from None
 
 
 def config_name(prefix: str, *parts) -> str:

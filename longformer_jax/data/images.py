@@ -226,7 +226,8 @@ def tfds_source(cfg: dict, data_dir: str):
   if not builder.is_prepared():
     raise FileNotFoundError(
         f"tfds_images: {name} is not prepared in {data_dir} (config.data.data_dir); "
-        "prepare it there with tfds (file_format='array_record'): nothing is downloaded here")
+        f"prepare it there: python -m longformer_jax.prepare {name} {data_dir} (the prepare "
+        "extra); nothing is downloaded during a run")
   return builder
 
 

@@ -93,7 +93,7 @@ def local_data_dir(cfg: dict) -> str:
       fileio.path(data_dir))
 
 
-def _bucket_folder(cfg: dict, local_dir: str) -> str | None:
+def bucket_folder(cfg: dict, local_dir: str) -> str | None:
   """The bucket folder a local dataset folder copies (None when data_dir is local)."""
   data_dir = _data_dir(cfg)
   if not fileio.is_remote(data_dir):
@@ -105,7 +105,7 @@ def _bucket_folder(cfg: dict, local_dir: str) -> str | None:
 def fetch_prepared(cfg: dict, local_dir: str) -> bool:
   """Copies a dataset prepared in the bucket into ``local_dir`` (this host's copy) if
   the bucket has it complete; whether it did."""
-  remote = _bucket_folder(cfg, local_dir)
+  remote = bucket_folder(cfg, local_dir)
   if remote is None or not fileio.isfile(fileio.join(remote, DATASET_MARKER)):
     return False
   t0 = time.time()
@@ -175,9 +175,9 @@ def prepare(data_cfg, *, seq_len: int | None = None) -> tfds.core.DatasetBuilder
 def _prepare_or_fetch(cfg: dict, builder) -> None:
   """Prepares ``builder``'s dataset here, or copies it from the bucket: at once when the
   bucket has it, after process 0 has uploaded it on the other processes."""
-  remote = _bucket_folder(cfg, builder.data_dir)
+  remote = bucket_folder(cfg, builder.data_dir)
   if remote is None:
-    _download_and_prepare(builder)
+    download_and_prepare(builder)
     return
   if fetch_prepared(cfg, builder.data_dir):
     return
@@ -186,23 +186,29 @@ def _prepare_or_fetch(cfg: dict, builder) -> None:
                     timeout_s=BUCKET_PREPARE_WAIT_S)
     fetch_prepared(cfg, builder.data_dir)
     return
-  _download_and_prepare(builder)
+  download_and_prepare(builder)
   t0 = time.time()
   fileio.copy_tree(builder.data_dir, remote, last=(DATASET_MARKER,))
   log.info("uploaded it to %s in %.0fs", remote, time.time() - t0)
 
 
-def _download_and_prepare(builder) -> None:
-  """tfds's preparation, announced with the folder it fills; tfds's progress bars only on
-  a terminal (a log file would keep their redraws)."""
+def download_and_prepare(builder, *, download_dir: str | None = None,
+                         manual_dir: str | None = None) -> None:
+  """tfds's preparation as array_record files, announced with the folder it fills; tfds's
+  progress bars only on a terminal (a log file would keep their redraws)."""
   if not sys.stderr.isatty():
     tfds.disable_progress_bar()
   name = f"{builder.name}/{builder.builder_config.name}"
   log.info("preparing %s in %s", name, builder.data_dir)
+  # tfds prints its own two lines on stdout (sizes it often does not know, even right
+  # before an error): the log's lines above and below say it once, on stderr.
+  builder._log_download_bytes = builder._log_download_done = lambda: None
   t0 = time.time()
   builder.download_and_prepare(
       file_format="array_record",
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+      download_dir=download_dir,
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir,
+                                                   try_download_gcs=False))
   counts = ", ".join(f"{split} {info.num_examples:,}"
                      for split, info in builder.info.splits.items())
   log.info("prepared %s in %.0fs: %s examples", name, time.time() - t0, counts)
