@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, bucket_path, host_env, local_leftovers, losses, program_command
@@ -162,6 +163,53 @@ def test_gzip_and_xz_are_read_through_the_layer(store):
     fileio.write_atomic(f"{store}/{name}", packed)
     with fileio.open_read(f"{store}/{name}", decompress=True) as f:
       assert f.read() == text, name
+
+
+def test_corpora_images_and_native_checkpoints_in_the_bucket(store, tmp_path, monkeypatch):
+  """A text corpus, an image folder and a native checkpoint read from (and prepared
+  into) the store, with the same bytes, labels and logits as their sources."""
+  import io
+
+  from PIL import Image
+
+  import longformer_jax as lj
+  from longformer_jax import data, fileio
+  from longformer_jax.data import pipeline
+  monkeypatch.setenv(fileio.CACHE_ENV, str(tmp_path / "cache"))
+  (tmp_path / "cwd").mkdir()
+  monkeypatch.chdir(tmp_path / "cwd")  # where a path mistaken for a local one would land
+  text = "Ünïcödé lines of a corpus.\n" * 40
+  fileio.write_atomic(f"{store}/corpus.txt", text.encode())
+  cfg = dict(name="text_corpus", data_dir=f"{store}/tfds", path=f"{store}/corpus.txt",
+             validation_fraction=0.25)
+  builder = data.prepare(cfg)
+  stream = [data.load_split_tokens(builder, s) for s in ("train", "validation")]
+  assert np.concatenate(stream).tobytes() == text.encode()
+
+  rng = np.random.default_rng(0)
+  for label in ("cat", "dog"):
+    for i in range(3):
+      png = io.BytesIO()
+      Image.fromarray(rng.integers(0, 256, (12, 9, 3), dtype=np.uint8)).save(png, "PNG")
+      fileio.write_atomic(f"{store}/images/{label}/{i}.png", png.getvalue())
+  cfg = dict(name="image_folder", data_dir=f"{store}/tfds", root=f"{store}/images",
+             image_size=8, split_fractions=(0.5, 0.5, 0.0))
+  assert pipeline.label_names(cfg) == ("cat", "dog")
+  builder = pipeline.prepare(cfg)
+  assert sum(builder.info.splits[s].num_examples for s in builder.info.splits) == 6
+
+  model = lj.create_model(lj.LongformerConfig(
+      vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+      intermediate_size=8, attention_window=4, max_position_embeddings=40), "masked_lm")
+  model.eval()  # load_native's mode: no dropout
+  lj.save_native(model, f"{store}/native")
+  again = lj.load_native(f"{store}/native")
+  ids = rng.integers(3, 50, (1, 8)).astype(np.int32)
+  np.testing.assert_array_equal(np.asarray(model(ids).logits), np.asarray(again(ids).logits))
+  assert not os.listdir(tmp_path / "cwd")  # no stray gs: folder
+  if fileio.is_remote(store):  # copies of bucket files, in this host's cache only
+    assert os.listdir(tmp_path / "cache") == ["remote"] and os.listdir(tmp_path) == [
+        "cache", "cwd"]
 
 
 # ---- a run in the bucket, through the command lines ---------------------------------
