@@ -14,9 +14,12 @@ compiler (XLA TPU / GPU, Mosaic kernels included) and reports per device:
   XLA's own ``cost_analysis()`` (which counts a loop body once) and, for the
   FLOPs, an analytical count of the model (``model_flops.py``);
 * the collectives in the program (count and bytes);
-* a roofline bound on the step time, max(FLOPs / peak, bytes / bandwidth) with
-  the loop-aware figures, and what it implies (tokens/s, MFU): estimates, where
-  memory and FLOP counts are compiled fact.
+* a roofline bound on the step time with the loop-aware figures: max(FLOPs / peak,
+  HBM bytes / HBM bandwidth, async network bytes / link bandwidth) + sync network bytes /
+  link bandwidth. The network bytes are what each chip sends by ring algorithms
+  (``hlo_cost.py``); asynchronous collectives (start / done pairs) are assumed to
+  overlap with compute, synchronous ones to stall it. What the bound implies
+  (tokens/s, MFU) are estimates, where memory and FLOP counts are compiled fact.
 
 When the train step does not fit, alternatives are compiled in order (all
 devices to FSDP, full remat, then gradient accumulation over 2, 4, 8
@@ -80,7 +83,13 @@ def analyze(compiled, chip: topo_lib.Chip, *, tokens: int, devices: int,
   hlo = hlo_cost.summary(hlo_cost.analyze(compiled.as_text()))
   compute_s = hlo["flops"] / chip.peak_flops
   memory_s = hlo["bytes"] / chip.hbm_bandwidth
-  bound_s = max(compute_s, memory_s)
+  network_s = hlo["wire_bytes"] / chip.ici_bandwidth if chip.ici_bandwidth else 0.0
+  stall_s = hlo["wire_bytes_sync"] / chip.ici_bandwidth if chip.ici_bandwidth else 0.0
+  parts = {"compute": compute_s, "memory": memory_s, "network": network_s}
+  bound_by = max(parts, key=parts.get)
+  bound_s = parts[bound_by] + stall_s
+  if stall_s > parts[bound_by]:
+    bound_by = "network"
   model = analytical if analytical is not None else hlo["flops"]
   return {
       "memory": memory, "hbm": chip.hbm_bytes, "fits": memory["total"] <= chip.hbm_bytes,
@@ -90,8 +99,10 @@ def analyze(compiled, chip: topo_lib.Chip, *, tokens: int, devices: int,
       "bytes": {"hlo": hlo["bytes"], "xla_cost_analysis": _xla_cost(compiled)["bytes"]},
       "unknown_trip_counts": hlo["unknown_trip_counts"],
       "collectives": hlo["collectives"], "top_bytes": hlo["top_bytes"],
-      "roofline": {"compute_s": compute_s, "memory_s": memory_s, "step_s": bound_s,
-                   "bound_by": "compute" if compute_s >= memory_s else "memory",
+      "network": {"wire_bytes": hlo["wire_bytes"], "wire_bytes_sync": hlo["wire_bytes_sync"],
+                  "link_bandwidth": chip.ici_bandwidth},
+      "roofline": {"compute_s": compute_s, "memory_s": memory_s, "network_s": network_s,
+                   "network_sync_s": stall_s, "step_s": bound_s, "bound_by": bound_by,
                    "tokens_per_s": tokens / bound_s if bound_s else None,
                    "mfu": model / (bound_s * chip.peak_flops) if bound_s else None,
                    "devices": devices},

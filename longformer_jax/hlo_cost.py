@@ -14,7 +14,12 @@ is undercounted by the trip count. This module reads the optimised HLO text
   in-place ``dynamic-update-slice`` as the update it writes; bookkeeping ops
   (tuples, bitcasts, parameters, constants) move nothing;
 * collectives (all-gather, all-reduce, reduce-scatter, collective-permute,
-  all-to-all, each once per start/done pair) with their result bytes;
+  all-to-all, each once per start/done pair) with their result bytes, and the bytes
+  each device sends over the links by the ring algorithms (``wire_bytes``: an
+  all-gather or all-to-all (n-1)/n of its result, a reduce-scatter (n-1)/n of its
+  operand, an all-reduce twice that, a permute its whole result; n the size of the
+  replica group), split into asynchronous ones (``-start`` / ``-done`` pairs, which
+  the schedule can overlap with compute) and synchronous ones (which it cannot);
 
 each multiplied by the trip counts of the loops around it (read off the loop's
 condition: ``i < constant``, ``i`` starting from the init tuple's constant).
@@ -40,6 +45,27 @@ _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "afte
          "copy-done", "send-done", "recv-done", "all-gather-done", "all-reduce-done",
          "collective-permute-done", "async-done", "async-update"}
 _SLICES = {"dynamic-slice", "slice", "gather"}
+# Bytes a device sends per byte a collective moves, by ring algorithms over n devices.
+_WIRE_FACTOR = {"all-gather": lambda n: (n - 1) / n, "reduce-scatter": lambda n: (n - 1) / n,
+                "all-to-all": lambda n: (n - 1) / n, "all-reduce": lambda n: 2 * (n - 1) / n,
+                "collective-permute": lambda n: 1.0}
+
+
+def _group_size(instr) -> int:
+  """Devices in each replica group of a collective: ``replica_groups={{0,1},{2,3}}``,
+  the iota form ``replica_groups=[groups,size]<=[...]`` or the mesh-axes form
+  ``replica_groups=mesh['axis_0'=2,'axis_1'=2] {'axis_0'}`` (size 2 for all three)."""
+  m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", instr.attrs)
+  if m:
+    sizes = dict(re.findall(r"'([^']+)'=(\d+)", m.group(1)))
+    return math.prod(int(sizes.get(a, 1)) for a in re.findall(r"'([^']+)'", m.group(2)))
+  m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", instr.attrs)
+  if m:
+    return int(m.group(2))
+  m = re.search(r"replica_groups=\{\{([^}]*)\}", instr.attrs)
+  if m and m.group(1).strip():
+    return len(m.group(1).split(","))
+  return 1 << 30  # no groups written: all devices, a count the text does not give: (n-1)/n ~ 1
 
 
 def _array_bytes(type_str: str) -> float:
@@ -179,6 +205,8 @@ class Cost:
   collectives: dict = dataclasses.field(default_factory=dict)  # op -> [count, bytes]
   by_op: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   unknown_loops: int = 0
+  wire_bytes: float = 0.0  # sent per device by asynchronous collectives
+  wire_bytes_sync: float = 0.0  # ... by synchronous ones
 
   def add(self, other: "Cost", times: float = 1.0, with_bytes: bool = True) -> None:
     self.flops += times * other.flops
@@ -186,6 +214,8 @@ class Cost:
     if not with_bytes:
       return
     self.bytes += times * other.bytes
+    self.wire_bytes += times * other.wire_bytes
+    self.wire_bytes_sync += times * other.wire_bytes_sync
     for op, (count, nbytes) in other.collectives.items():
       entry = self.collectives.setdefault(op, [0, 0.0])
       entry[0] += times * count
@@ -244,8 +274,14 @@ class _Walker:
       if kind in COLLECTIVES:
         entry = total.collectives.setdefault(kind, [0, 0.0])
         entry[0] += 1
-        entry[1] += _array_bytes(instr.type) if kind != "reduce-scatter" else sum(
+        moved = _array_bytes(instr.type) if kind != "reduce-scatter" else sum(
             _array_bytes(shapes.get(o, "")) for o in instr.operands)
+        entry[1] += moved
+        wire = moved * _WIRE_FACTOR[kind](_group_size(instr))
+        if op.endswith("-start"):
+          total.wire_bytes += wire
+        else:
+          total.wire_bytes_sync += wire
       total.bytes += nbytes
       total.by_op[_label(instr)] += nbytes
     return total
@@ -337,6 +373,7 @@ def analyze(hlo_text: str) -> Cost:
 def summary(cost: Cost, top: int = 8) -> dict:
   """A JSON-able summary: totals, collectives, the ops that move the most bytes."""
   return {"flops": cost.flops, "bytes": cost.bytes, "unknown_trip_counts": cost.unknown_loops,
+          "wire_bytes": cost.wire_bytes, "wire_bytes_sync": cost.wire_bytes_sync,
           "collectives": {k: {"count": int(c), "bytes": b}
                           for k, (c, b) in sorted(cost.collectives.items())},
           "top_bytes": [{"op": k, "bytes": v} for k, v in cost.by_op.most_common(top)]}

@@ -12,7 +12,11 @@ for tasks that score examples (classification, NER, QA).
 topology without the hardware (``v5e-256``, ``v4-128``, ``v5p-128``, ``v6e-256``,
 ``v5e:2x2``, ``h100-8``, ``a100-8``, ``cpu-N``; see ``aot.py``), prints per-device
 memory, fit, FLOPs, bytes, collectives and a roofline bound, and writes
-``WORKDIR/compile/NAME.json``.
+``WORKDIR/compile/NAME.json``. With ``--config.mesh=auto`` it searches the meshes (and,
+for a chip family such as ``--topology=v5e``, the slice sizes) by compiling them
+(``mesh_advisor.py``) and writes the choice to ``WORKDIR/compile/mesh-auto-NAME.json``; a
+training run given ``--config.mesh=auto`` then takes the mesh chosen there for its
+device count.
 
 Logs: the run's progress and milestones; other libraries' records only from WARNING
 (``--verbosity=1``: everything, and the traceback of a failed run, which otherwise ends
@@ -43,11 +47,19 @@ flags.DEFINE_string("predictions", None, "Where --mode=evaluate writes predictio
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+MESH_AUTO = "--config.mesh=auto"
+_mesh_auto = []  # set by parse_flags when the command line asks for the searched mesh
+
+
 def parse_flags(argv):
   """absl's flag parsing, with a ``--config.KEY`` that names no config field reported as
-  a flags error naming it (ml_collections raises a bare KeyError / AttributeError)."""
+  a flags error naming it (ml_collections raises a bare KeyError / AttributeError), and
+  ``--config.mesh=auto`` taken out (the mesh is a group of fields, not a value)."""
   if any(arg in ("-h", "--help", "--helpshort") for arg in argv[1:]):
     app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)  # absl's own exits 1
+  if MESH_AUTO in argv:
+    argv = [a for a in argv if a != MESH_AUTO]
+    _mesh_auto.append(True)
   try:
     return app.parse_flags_with_usage(argv)
   except (KeyError, AttributeError) as e:
@@ -72,6 +84,15 @@ def main(argv):
 
 
 def run_mode():
+  if _mesh_auto and FLAGS.mode == "compile" and FLAGS.topology:
+    from longformer_jax import mesh_advisor
+    report = mesh_advisor.advise(FLAGS.config, FLAGS.workdir, FLAGS.topology)
+    print(mesh_advisor.table(report))
+    print(f"wrote {report['path']}")
+    return
+  if _mesh_auto:
+    from longformer_jax import mesh_advisor
+    mesh_advisor.apply_chosen(FLAGS.config, FLAGS.workdir)
   if FLAGS.mode == "compile":
     if not FLAGS.topology:
       raise app.UsageError("--mode=compile needs --topology (e.g. v5e-256, v5e:2x2, cpu-8)")

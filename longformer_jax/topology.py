@@ -24,26 +24,38 @@ GiB = 2 ** 30
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
-  """Per-chip facts: HBM bytes, dense bf16 peak FLOP/s, HBM bandwidth (bytes/s)."""
+  """Per-chip facts: HBM bytes, dense bf16 peak FLOP/s, HBM bandwidth (bytes/s), and the
+  interconnect bandwidth a chip sends at in a collective (bytes/s, one direction: half
+  the published bidirectional figure; on TPU the pod's all-reduce bandwidth per chip)."""
 
   name: str
   hbm_bytes: float
   peak_flops: float
   hbm_bandwidth: float
   source: str
+  ici_bandwidth: float = 0.0
 
 
 # Published figures. TPU: Cloud TPU system architecture pages (v4, v5e, v5p, v6e);
 # GPU: NVIDIA's H100 SXM5 and A100 SXM4 80GB datasheets (dense bf16, no sparsity).
+# Interconnect: v5e 400 GB/s and v6e 800 GB/s bidirectional per chip (= the pods' 51.2
+# and 102.4 TB/s all-reduce bandwidth over 256 chips, times 2), v5p 1,200 GB/s; v4 the
+# pod's 1.1 PB/s all-reduce bandwidth over 4,096 chips; NVLink 4 900 GB/s, NVLink 3 600.
 CHIPS = {
-    "v4": Chip("TPU v4", 32 * GiB, 275e12, 1228e9, "cloud.google.com/tpu/docs/v4"),
-    "v5e": Chip("TPU v5e", 16 * GiB, 197e12, 819e9, "cloud.google.com/tpu/docs/v5e"),
-    "v5p": Chip("TPU v5p", 95 * GiB, 459e12, 2765e9, "cloud.google.com/tpu/docs/v5p"),
-    "v6e": Chip("TPU v6e", 32 * GiB, 918e12, 1640e9, "cloud.google.com/tpu/docs/v6e"),
-    "h100": Chip("NVIDIA H100 SXM5 80GB", 80 * GiB, 989e12, 3.35e12, "NVIDIA H100 datasheet"),
+    "v4": Chip("TPU v4", 32 * GiB, 275e12, 1228e9, "cloud.google.com/tpu/docs/v4",
+               ici_bandwidth=1.1e15 / 4096),
+    "v5e": Chip("TPU v5e", 16 * GiB, 197e12, 819e9, "cloud.google.com/tpu/docs/v5e",
+                ici_bandwidth=200e9),
+    "v5p": Chip("TPU v5p", 95 * GiB, 459e12, 2765e9, "cloud.google.com/tpu/docs/v5p",
+                ici_bandwidth=600e9),
+    "v6e": Chip("TPU v6e", 32 * GiB, 918e12, 1640e9, "cloud.google.com/tpu/docs/v6e",
+                ici_bandwidth=400e9),
+    "h100": Chip("NVIDIA H100 SXM5 80GB", 80 * GiB, 989e12, 3.35e12, "NVIDIA H100 datasheet",
+                 ici_bandwidth=450e9),
     "a100": Chip("NVIDIA A100 SXM4 80GB", 80 * GiB, 312e12, 2.039e12,
-                 "NVIDIA A100 datasheet"),
-    "cpu": Chip("host CPU (nominal)", 16 * GiB, 1e12, 100e9, "nominal: not a target"),
+                 "NVIDIA A100 datasheet", ici_bandwidth=300e9),
+    "cpu": Chip("host CPU (nominal)", 16 * GiB, 1e12, 100e9, "nominal: not a target",
+                ici_bandwidth=10e9),
 }
 
 # Chips on a 2-D torus (v5e, v6e) and TensorCores per chip on 3-D ones (v4, v5p).

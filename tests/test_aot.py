@@ -166,6 +166,31 @@ def test_collectives_counted_per_loop_trip():
   assert count == trips and nbytes == trips * 128 * 4, cost.collectives
 
 
+@pytest.mark.parametrize("out_spec,kind,moved,group", [
+    (P(None, "y"), "all-gather", 64 * 64 * 4, 2),  # over x: 2 devices, result [64, 64]
+    (P(None, None), "all-gather", 128 * 64 * 4, 4),  # over x and y: 4 devices
+])
+def test_wire_bytes_of_a_gather_by_the_ring_algorithm(out_spec, kind, moved, group):
+  """An all-gather of a [64, 128] f32 array sharded over a 2 x 2 mesh: each device sends
+  (n-1)/n of the gathered result, n the devices of its replica group."""
+  mesh = Mesh(np.array(topology.resolve("v5e:2x2").devices).reshape(2, 2), ("x", "y"))
+  x = jax.ShapeDtypeStruct((64, 128), jnp.float32, sharding=NamedSharding(mesh, P("x", "y")))
+  f = jax.jit(lambda x: x * 2, out_shardings=NamedSharding(mesh, out_spec))
+  cost = hlo_cost.analyze(f.lower(x).compile().as_text())
+  assert cost.collectives[kind] == [1, moved], cost.collectives
+  assert cost.wire_bytes + cost.wire_bytes_sync == moved * (group - 1) / group
+
+
+def test_wire_bytes_of_an_all_reduce_by_the_ring_algorithm():
+  """A sum over an axis sharded 2 ways: the all-reduce of the [128] f32 partial sums
+  sends twice (n-1)/n of them per device."""
+  mesh = Mesh(np.array(topology.resolve("v5e:2x2").devices).reshape(2, 2), ("x", "y"))
+  x = jax.ShapeDtypeStruct((64, 128), jnp.float32, sharding=NamedSharding(mesh, P("x", None)))
+  cost = hlo_cost.analyze(jax.jit(lambda x: x.sum(0)).lower(x).compile().as_text())
+  assert cost.collectives["all-reduce"] == [1, 128 * 4], cost.collectives
+  assert cost.wire_bytes + cost.wire_bytes_sync == 2 * 128 * 4 * (2 - 1) / 2
+
+
 def test_analytical_flops_grow_as_the_model_says():
   """Doubling the batch doubles the count; pallas recomputes scores in its backward."""
   cfg = _tiny("blocked", {})
