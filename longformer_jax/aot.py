@@ -157,6 +157,8 @@ def compile_steps(config, workdir: str, target: topo_lib.Target,
     labels = _abstract_batch(runner, phase, cfg, "train").get("labels")
     target_len = labels.shape[1] if labels is not None and labels.ndim == 2 else None
     for kind, lower in steps:
+      log.info("compiling phase %d %s for %s (host memory so far %s)", phase.index, kind,
+               target.name, _host_peak())
       t0 = time.time()
       # A deviceless GPU compile cannot hold a host callback: the run-time check of the
       # global-token bound (attention.global_tokens.check_global_bound) is left out there.
@@ -177,11 +179,17 @@ def compile_steps(config, workdir: str, target: topo_lib.Target,
       report.update(phase=phase.index, kind=kind, seq_len=phase.seq_len,
                     batch_size=phase.batch_size, global_tokens=tokens,
                     attention_impl=cfg.attention_impl, compile_s=time.time() - t0)
-      log.info("compiled phase %d %s for %s in %.0fs", phase.index, kind, target.name,
-               report["compile_s"])
+      log.info("compiled phase %d %s for %s in %.0fs (host memory peak %s)", phase.index,
+               kind, target.name, report["compile_s"], _host_peak())
       reports.append(report)
       jax.clear_caches()  # a large program's executable is not kept past its report
   return reports
+
+
+def _host_peak() -> str:
+  """This process's peak resident memory (a large compile holds GBs of host memory)."""
+  import resource
+  return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.1f} GiB"
 
 
 def _edited(config, edit):
