@@ -9,9 +9,12 @@ is undercounted by the trip count. This module reads the optimised HLO text
   ``convolution`` (inside fusions too), plus the ``cost_estimate`` a Pallas kernel
   declares on its custom call;
 * HBM bytes: the operands and results of each instruction that runs on its own
-  (fusions at their boundary), where a fusion operand that is only sliced
-  (``dynamic-slice``, ``slice``, ``gather``) counts as the slices it reads and an
-  in-place ``dynamic-update-slice`` as the update it writes; bookkeeping ops
+  (fusions at their boundary) that live in HBM, where a fusion operand that is only
+  sliced (``dynamic-slice``, ``slice``, ``gather``) counts as the slices it reads and an
+  in-place ``dynamic-update-slice`` as the update it writes; arrays whose layout puts
+  them in another memory space (``S(1)``: a TPU core's VMEM, where XLA's memory-space
+  assignment prefetches operands and keeps intermediates) count only where an
+  asynchronous copy moves them in or out of HBM (``copy-start``); bookkeeping ops
   (tuples, bitcasts, parameters, constants) move nothing;
 * collectives (all-gather, all-reduce, reduce-scatter, collective-permute,
   all-to-all, each once per start/done pair) with their result bytes, and the bytes
@@ -36,6 +39,11 @@ _DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "s16": 2, "u1
                 "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8,
                 "f64": 8, "c64": 8, "c128": 16}
 _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
+# An array with its layout: ``bf16[4096,768]{1,0:T(8,128)(2,1)S(1)}``; ``S(n)``, n > 0,
+# places it outside HBM (on TPU: 1 VMEM, 2 SMEM...), where reads and writes are not HBM
+# traffic.
+_LAID_OUT = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\](\{[^}]*\})?")
+_MEMORY_SPACE = re.compile(r"S\((\d+)\)")
 _HEADER = re.compile(r"^(?:ENTRY )?%(\S+) \(.*\) -> .*\{$")
 _INSTR = re.compile(r"^\s*(?:ROOT )?%(\S+) = ")
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "collective-permute",
@@ -74,6 +82,27 @@ def _array_bytes(type_str: str) -> float:
     if dtype in _DTYPE_BYTES:
       total += _DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
   return total
+
+
+def _arrays(type_str: str) -> list[tuple[float, bool]]:
+  """(bytes, in HBM) of each array of a (tuple) type."""
+  out = []
+  for dtype, dims, layout in _LAID_OUT.findall(type_str):
+    if dtype in _DTYPE_BYTES:
+      space = _MEMORY_SPACE.search(layout or "")
+      out.append((_DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d),
+                  space is None or space.group(1) == "0"))
+  return out
+
+
+def _hbm_bytes(type_str: str) -> float:
+  """The bytes of a type's arrays that live in HBM (the default memory space)."""
+  return sum(n for n, hbm in _arrays(type_str) if hbm)
+
+
+def _in_hbm(type_str: str) -> bool:
+  arrays = _arrays(type_str)
+  return not arrays or arrays[0][1]
 
 
 def _dims(type_str: str) -> list[int]:
@@ -256,6 +285,11 @@ class _Walker:
         callee = instr.attr("calls").lstrip("%")
         total.add(self.cost(callee), with_bytes=False)
         nbytes = self._fusion_bytes(instr, shapes, self.comps.get(callee, []))
+      elif op == "copy-start":  # an asynchronous copy between memory spaces: HBM to VMEM
+        # (a prefetch, read once) or back (an eviction, written once); result (dst, src, ctx)
+        dst = _arrays(instr.type)[:1]
+        nbytes = _hbm_bytes(shapes.get(instr.operands[0], "")) + sum(
+            n for n, hbm in dst if hbm)
       elif op in ("call", "conditional", "async-start") or (op.endswith("-start") and
                                                               op[:-6] not in COLLECTIVES):
         for callee in instr.called():
@@ -263,13 +297,16 @@ class _Walker:
         continue
       elif op in _FREE or op.endswith("-done"):
         continue
-      elif op in _SLICES:
-        nbytes = 2 * _array_bytes(instr.type)
-      elif op == "dynamic-update-slice":
-        nbytes = 2 * _array_bytes(shapes.get(instr.operands[1], ""))
+      elif op in _SLICES:  # the slice read from its operand, written as the result
+        nbytes = _array_bytes(instr.type) * (_in_hbm(shapes.get(instr.operands[0], ""))
+                                             + _in_hbm(instr.type))
+      elif op == "dynamic-update-slice":  # the update read, written into the operand
+        update = shapes.get(instr.operands[1], "")
+        nbytes = _array_bytes(update) * (_in_hbm(update)
+                                         + _in_hbm(shapes.get(instr.operands[0], "")))
       else:
-        nbytes = _array_bytes(instr.type) + sum(
-            _array_bytes(shapes.get(o, "")) for o in instr.operands)
+        nbytes = _hbm_bytes(instr.type) + sum(
+            _hbm_bytes(shapes.get(o, "")) for o in instr.operands)
       kind = op[:-6] if op.endswith("-start") else op
       if kind in COLLECTIVES:
         entry = total.collectives.setdefault(kind, [0, 0.0])
@@ -326,6 +363,32 @@ class _Walker:
              if o in named and named[o].op == "constant"]
     return steps[0] if steps and steps[0] and steps[0] > 0 else 1
 
+  def _sliced_read(self, name: str, users: list[Instr]) -> float | None:
+    """The bytes a fusion parameter's users read of it when every one only slices it
+    (directly, or as the parameter of a nested fusion that only slices it); None when
+    one reads it whole."""
+    if not users:
+      return None
+    total = 0.0
+    for user in users:
+      if user.op in _SLICES and user.operands[0] == name:
+        total += _array_bytes(user.type)
+        continue
+      if user.op != "fusion":
+        return None
+      body = self.comps.get((user.attr("calls") or "").lstrip("%"), [])
+      for position, operand in enumerate(user.operands):
+        if operand != name:
+          continue
+        inner = next((i.name for i in body if i.op == "parameter"
+                      and i.literal() == position), None)
+        part = None if inner is None else self._sliced_read(
+            inner, [i for i in body if inner in i.operands])
+        if part is None:
+          return None
+        total += part
+    return total
+
   def _fusion_bytes(self, instr: Instr, shapes: dict, body: list[Instr]) -> float:
     """A fusion's HBM traffic: its result and operands, an operand that the body only
     slices counted as the slices, an in-place update as the update."""
@@ -335,16 +398,17 @@ class _Walker:
       for o in i.operands:
         if o in params:
           uses[o].append(i)
-    out = _array_bytes(instr.type)
+    out = _hbm_bytes(instr.type)
     root = body[-1] if body else None
     read = 0.0
     for name, index in params.items():
       if index is None or index >= len(instr.operands):
         continue
-      full = _array_bytes(shapes.get(instr.operands[index], ""))
+      full = _hbm_bytes(shapes.get(instr.operands[index], ""))
       users = uses.get(name, [])
-      if users and all(u.op in _SLICES and u.operands[0] == name for u in users):
-        read += min(full, sum(_array_bytes(u.type) for u in users))
+      sliced = self._sliced_read(name, users)
+      if sliced is not None:
+        read += min(full, sliced)  # 0 if not in HBM
       elif (root is not None and root.op == "dynamic-update-slice" and users == [root]
             and root.operands[0] == name):
         pass  # updated in place: only the update is written (below)

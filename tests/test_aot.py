@@ -166,6 +166,37 @@ def test_collectives_counted_per_loop_trip():
   assert count == trips and nbytes == trips * 128 * 4, cost.collectives
 
 
+def _one_chip(*shapes):
+  sharding = jax.sharding.SingleDeviceSharding(topology.resolve("v5e:2x2").devices[0])
+  return [jax.ShapeDtypeStruct(s, jnp.bfloat16, sharding=sharding) for s in shapes]
+
+
+def test_hbm_bytes_of_a_matmul_on_tpu():
+  """(512 x 1024) @ (1024 x 2048) in bf16 on one v5e chip: its operands read from HBM
+  once and its result written once, whether or not XLA stages them through VMEM."""
+  m, k, n = 512, 1024, 2048
+  compiled = jax.jit(lambda a, b: a @ b).lower(*_one_chip((m, k), (k, n))).compile()
+  cost = hlo_cost.analyze(compiled.as_text())
+  assert cost.bytes == 2 * (m * k + k * n + m * n)
+  assert cost.flops == 2 * m * k * n
+
+
+def test_hbm_bytes_of_a_scanned_mlp_on_tpu():
+  """Eight layers of tanh(x @ W[l]) under a scan over stacked weights (8 x 512 x 512):
+  each layer's weights read once (not the stack once a layer), the activations between
+  once in and out and at most once a layer each way."""
+  layers, d, batch = 8, 512, 256
+
+  def mlp(x, ws):
+    return jax.lax.scan(lambda x, w: (jnp.tanh(x @ w), None), x, ws)[0]
+
+  compiled = jax.jit(mlp).lower(*_one_chip((batch, d), (layers, d, d))).compile()
+  cost = hlo_cost.analyze(compiled.as_text())
+  weights, acts = 2 * layers * d * d, 2 * batch * d
+  assert cost.unknown_loops == 0 and cost.flops == 2 * layers * batch * d * d
+  assert weights + 2 * acts <= cost.bytes <= weights + 2 * (layers + 1) * acts, cost.bytes
+
+
 @pytest.mark.parametrize("out_spec,kind,moved,group", [
     (P(None, "y"), "all-gather", 64 * 64 * 4, 2),  # over x: 2 devices, result [64, 64]
     (P(None, None), "all-gather", 128 * 64 * 4, 4),  # over x and y: 4 devices
