@@ -67,8 +67,13 @@ def _check_report(report, path):
   assert "| 0 | train | blocked |" in text and "TPU v5e" in text
   for s in saved["steps"]:
     r = s["roofline"]
-    assert r["step_s"] == pytest.approx(max(s["flops"]["hlo"] / saved["chip"]["peak_flops"],
-                                            s["bytes"]["hlo"] / saved["chip"]["hbm_bandwidth"]))
+    chip, net = saved["chip"], s["network"]
+    assert net["link_bandwidth"] == chip["ici_bandwidth"] > 0
+    assert r["step_s"] == pytest.approx(  # async collectives overlap, sync ones stall
+        max(s["flops"]["hlo"] / chip["peak_flops"], s["bytes"]["hlo"] / chip["hbm_bandwidth"],
+            net["wire_bytes"] / chip["ici_bandwidth"])
+        + net["wire_bytes_sync"] / chip["ici_bandwidth"])
+    assert net["wire_bytes"] + net["wire_bytes_sync"] > 0  # data x tensor: all-reduces
 
 
 def test_alternatives_when_a_step_does_not_fit(tmp_path, monkeypatch):
