@@ -38,6 +38,7 @@ import sys
 import time
 
 from common import ROOT, load_config_module, write_results
+from longformer_jax import topology as topology_lib
 from longformer_jax.config import LongformerConfig
 from longformer_jax.led.config import LEDConfig
 
@@ -216,7 +217,7 @@ def _compile_phase(run: Run, topology: str, phase: int, mesh: dict, args,
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env,
                         timeout=args.timeout)
   result = {"seconds": time.time() - t0, "command": " ".join(cmd[1:])}
-  report_path = os.path.join(workdir, "compile", f"{topology}.json")
+  report_path = os.path.join(workdir, "compile", f"{topology_lib.file_name(topology)}.json")
   if proc.returncode == 0 and os.path.exists(report_path):
     with open(report_path) as f:
       result["report"] = json.load(f)

@@ -25,7 +25,7 @@ When the train step does not fit, alternatives are compiled in order (all
 devices to FSDP, full remat, then gradient accumulation over 2, 4, 8
 micro-batches) and the first that fits is named. ``python -m longformer_jax.main
 --mode=compile --topology=NAME`` writes the report to
-``WORKDIR/compile/NAME.json`` and prints a table.
+``WORKDIR/compile/NAME.json`` (``v5e:2x2`` as ``v5e_2x2.json``) and prints a table.
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ def compile_run(config, workdir: str, topology: str, *, try_alternatives: bool =
         report["first_fit"] = description
         break
   report["compile_s"] = time.time() - t0
-  path = fileio.join(out_dir or fileio.join(workdir, "compile"), f"{topology}.json")
+  path = fileio.join(out_dir or fileio.join(workdir, "compile"), f"{topo_lib.file_name(topology)}.json")
   fileio.write_atomic(path, json.dumps(report, indent=1, default=float))
   report["path"] = str(path)
   return report

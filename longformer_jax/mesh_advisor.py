@@ -313,7 +313,7 @@ def table(report: dict) -> str:
 
 def report_path(workdir: str, topology: str):
   from longformer_jax import fileio
-  return fileio.join(workdir, "compile", f"mesh-auto-{topology}.json")
+  return fileio.join(workdir, "compile", f"mesh-auto-{topo_lib.file_name(topology)}.json")
 
 
 def advise(config, workdir: str, topology: str, *, top_k: int = 3) -> dict:

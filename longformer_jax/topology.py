@@ -128,6 +128,12 @@ def _cpu(count: int) -> Target:
   return Target(f"cpu-{count}", "cpu", tuple(devices[:count]), CHIPS["cpu"])
 
 
+def file_name(name: str) -> str:
+  """A topology's name as a file name: ``v5e:2x2`` -> ``v5e_2x2`` (a colon breaks some
+  file systems and bucket tools)."""
+  return re.sub(r"[^\w.-]", "_", name)
+
+
 def resolve(name: str) -> Target:
   """The abstract devices and chip facts of topology ``name`` (see the module doc)."""
   m = re.fullmatch(r"(cpu|h100|a100)-(\d+)", name)

@@ -91,7 +91,7 @@ def test_mesh_auto_compiles_the_candidates_and_training_takes_the_choice(tmp_pat
   proc = subprocess.run(cmd + ["--mode=compile", "--topology=v5e:2x2"], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  report = json.loads((workdir / "compile" / "mesh-auto-v5e:2x2.json").read_text())
+  report = json.loads((workdir / "compile" / "mesh-auto-v5e_2x2.json").read_text())
   fitting = [r for r in report["compiled"] if r["fits"]]
   assert len(report["compiled"]) >= 3 and fitting
   assert report["chosen"]["run_s"] == min(r["run_s"] for r in fitting)
@@ -101,7 +101,7 @@ def test_mesh_auto_compiles_the_candidates_and_training_takes_the_choice(tmp_pat
   proc = subprocess.run(cmd + ["--config.train_steps=3"], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "mesh from mesh-auto-v5e:2x2.json: " + report["flags"] in proc.stderr
+  assert "mesh from mesh-auto-v5e_2x2.json: " + report["flags"] in proc.stderr
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
   proc = subprocess.run(cmd + ["--config.train_steps=3"], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
