@@ -183,7 +183,7 @@ def _jax_program(impl: str, mode: str, arrays):
   call of it on fixed inputs, and the setup peak and XLA's temp size."""
   import jax
   import jax.numpy as jnp
-  from longformer_jax.compile_options import compiler_options
+  from longformer_jax.compile.compile_options import compiler_options
 
   fn = JAX_FNS[impl]
   q, k, v, c = (jax.device_put(a) for a in arrays)

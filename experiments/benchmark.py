@@ -68,7 +68,7 @@ def _ours_model(n: int, variant: str, repeats: int) -> dict:
   import jax.numpy as jnp
   from flax import nnx
   from longformer_jax import model as model_lib
-  from longformer_jax.compile_options import compiler_options
+  from longformer_jax.compile.compile_options import compiler_options
   from longformer_jax.config import LongformerConfig
 
   cfg = LongformerConfig(
@@ -155,7 +155,7 @@ def _ours_attention(n: int, what: str, repeats: int) -> dict:
   from flax import nnx
   from longformer_jax import attention as attn
   from longformer_jax import layers
-  from longformer_jax.compile_options import compiler_options
+  from longformer_jax.compile.compile_options import compiler_options
   from longformer_jax.config import LongformerConfig
 
   valid = jnp.ones((1, n), bool)

@@ -29,7 +29,8 @@ import os
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # before jax loads: no TPU metadata server
 
 from common import load_config, write_results  # noqa: E402
-from longformer_jax import aot, topology, train  # noqa: E402
+from longformer_jax import train  # noqa: E402
+from longformer_jax.compile import aot, topology  # noqa: E402
 
 SEQ, BATCH, E, H, F, W, Q = 4096, 4, 768, 12, 3072, 512, 128
 CHIPS = 4

@@ -38,7 +38,7 @@ import sys
 import time
 
 from common import ROOT, load_config_module, write_results
-from longformer_jax import topology as topology_lib
+from longformer_jax.compile import topology as topology_lib
 from longformer_jax.config import LongformerConfig
 from longformer_jax.led.config import LEDConfig
 

@@ -85,18 +85,18 @@ def main(argv):
 
 def run_mode():
   if _mesh_auto and FLAGS.mode == "compile" and FLAGS.topology:
-    from longformer_jax import mesh_advisor
+    from longformer_jax.compile import mesh_advisor
     report = mesh_advisor.advise(FLAGS.config, FLAGS.workdir, FLAGS.topology)
     print(mesh_advisor.table(report))
     print(f"wrote {report['path']}")
     return
   if _mesh_auto:
-    from longformer_jax import mesh_advisor
+    from longformer_jax.compile import mesh_advisor
     mesh_advisor.apply_chosen(FLAGS.config, FLAGS.workdir)
   if FLAGS.mode == "compile":
     if not FLAGS.topology:
       raise app.UsageError("--mode=compile needs --topology (e.g. v5e-256, v5e:2x2, cpu-8)")
-    from longformer_jax import aot
+    from longformer_jax.compile import aot
     report = aot.compile_run(FLAGS.config, FLAGS.workdir, FLAGS.topology,
                              kinds=tuple(FLAGS.compile_steps),
                              phases=None if FLAGS.compile_phases is None else

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from longformer_jax import compile_options
+from longformer_jax.compile import compile_options
 from longformer_jax import inputs as inputs_lib
 from longformer_jax import layers
 from longformer_jax import outputs as out_lib

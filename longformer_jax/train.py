@@ -25,7 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from longformer_jax import attention
 from longformer_jax.attention import pallas as attention_pallas
 from longformer_jax import checkpoint as ckpt_lib
-from longformer_jax import compile_options
+from longformer_jax.compile import compile_options
 from longformer_jax import data as data_lib
 from longformer_jax import families, fileio, hf_io
 from longformer_jax import metrics as metrics_lib

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from longformer_jax import aot, hlo_cost, model_flops, topology
+from longformer_jax.compile import aot, hlo_cost, model_flops, topology
 from tests.conftest import load_config
 
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")

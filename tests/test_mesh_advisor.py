@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from longformer_jax import mesh_advisor, topology
+from longformer_jax.compile import mesh_advisor, topology
 from tests.conftest import ROOT, load_config
 
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")

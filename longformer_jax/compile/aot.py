@@ -44,8 +44,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 from longformer_jax.attention import global_tokens as attn_global
 from longformer_jax import checkpoint as ckpt_lib
 from longformer_jax import data as data_lib
-from longformer_jax import fileio, hlo_cost, model_flops
-from longformer_jax import topology as topo_lib
+from longformer_jax import fileio
+from longformer_jax.compile import hlo_cost, model_flops
+from longformer_jax.compile import topology as topo_lib
 from longformer_jax import train
 
 log = logging.getLogger("longformer_jax")

@@ -37,8 +37,9 @@ import itertools
 import logging
 import math
 
-from longformer_jax import families, model_flops
-from longformer_jax import topology as topo_lib
+from longformer_jax import families
+from longformer_jax.compile import model_flops
+from longformer_jax.compile import topology as topo_lib
 
 log = logging.getLogger("longformer_jax")
 
@@ -210,7 +211,7 @@ def compiled_candidate(config, workdir: str, target: topo_lib.Target, mesh: dict
                        shape: dict, estimate_row: dict | None = None) -> dict:
   """Every phase's train step compiled on ``mesh``: fit, HBM per chip, the run's time at
   its step bounds, tokens/s per chip and per slice, MFU (the least over phases)."""
-  from longformer_jax import aot
+  from longformer_jax.compile import aot
   steps = aot.compile_steps(_with_mesh(config, mesh), workdir, target, kinds=("train",))
   devices = len(target.devices)
   fits = all(s["fits"] for s in steps)

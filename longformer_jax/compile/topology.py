@@ -17,7 +17,7 @@ import re
 
 import jax
 
-from longformer_jax import gpu_topology
+from longformer_jax.compile import gpu_topology
 
 GiB = 2 ** 30
 
