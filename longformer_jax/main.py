@@ -18,6 +18,9 @@ for a chip family such as ``--topology=v5e``, the slice sizes) by compiling them
 training run given ``--config.mesh=auto`` then takes the mesh chosen there for its
 device count.
 
+Exit status: 0 when the run finished, 1 on an error (one ``error:`` line), 143 when
+SIGTERM stopped it after saving (a scheduler's cue to restart it; it resumes).
+
 Logs: the run's progress and milestones; other libraries' records only from WARNING
 (``--verbosity=1``: everything, and the traceback of a failed run, which otherwise ends
 in one ``error:`` line).
@@ -106,7 +109,10 @@ def run_mode():
   elif FLAGS.mode == "evaluate":
     train.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.predictions)
   else:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except train.Preempted:  # saved; a scheduler restarts on this status
+      sys.exit(train.PREEMPTED_EXIT_STATUS)
 
 
 if __name__ == "__main__":

@@ -262,6 +262,21 @@ def host_rows(rows: dict) -> dict:
 
 
 # ---- the run ----------------------------------------------------------------------
+# The command line's exit status after a SIGTERM stop (128 + SIGTERM, a killed process's
+# status): schedulers (SLURM --requeue, Kubernetes Jobs, queued resources) read it as
+# "stopped, not finished" and restart the run, which resumes from the checkpoint.
+PREEMPTED_EXIT_STATUS = 143
+
+
+class Preempted(Exception):
+  """Raised by :func:`train_and_evaluate` when SIGTERM stopped the run, after its
+  checkpoint of ``step`` is saved: the run is not finished."""
+
+  def __init__(self, step: int):
+    super().__init__(f"stopped at step {step} on SIGTERM; the run resumes from here")
+    self.step = step
+
+
 class _Preemption:
   """Turns SIGTERM into a flag the loop reads at step boundaries."""
 
@@ -507,12 +522,15 @@ class Runner:
       if stop and step < self.total:
         log.warning("stopped at step %d on SIGTERM; the run resumes from here", step)
         break
+    preempted = step < self.total
     if not last and step == self.total:  # resumed a finished run: report where it stands
       last = self.evaluate(state, phase)
       log.info("run already complete at step %d | %s", step,
                " | ".join(f"{k} {v:.4f}" for k, v in last.items()))
     self.ckpt.close()
     self.writer.close()
+    if preempted:
+      raise Preempted(step)
     return last
 
   def report(self, step: int, m: dict, phase: Phase, progress, hold: bool = False) -> dict:
@@ -567,7 +585,8 @@ def evaluate(config, workdir: str, split: str | None = None,
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains and evaluates ``config`` in ``workdir`` (resuming if it holds checkpoints).
 
-  Returns the last logged train and eval metrics.
+  Returns the last logged train and eval metrics; raises :class:`Preempted` when SIGTERM
+  stopped it (its checkpoint saved).
   """
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   maybe_initialize_distributed(config)

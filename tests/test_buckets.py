@@ -218,10 +218,10 @@ def test_corpora_images_and_native_checkpoints_in_the_bucket(store, tmp_path, mo
 ASYNC_SAVES = '{"async_checkpoints": true}'
 
 
-def _run(argv, env, timeout=600):
+def _run(argv, env, timeout=600, status=0):
   proc = subprocess.run(argv, env=env, cwd=env["PWD"], capture_output=True, text=True,
                         timeout=timeout)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.returncode == status, proc.stderr[-3000:]
   return proc
 
 
@@ -235,9 +235,10 @@ def test_preempted_run_in_a_bucket_resumes_exactly(tmp_path, gcs_emulator, full_
   bucket = bucket_path(tmp_path)
   run, data = f"{bucket}/run", f"{bucket}/data"
   first = host_env(tmp_path, "first")
-  # SIGTERM while step 8 runs (step 7 is logged as step 8 computes): save 8, exit
+  # SIGTERM while step 8 runs (step 7 is logged as step 8 computes): save 8, exit with
+  # the status a scheduler restarts on
   stopped = _run(program_command("train_tiny.py", run, data, ASYNC_SAVES, "--signal=TERM",
-                                 "--signal-at-step=7"), first)
+                                 "--signal-at-step=7"), first, status=143)
   assert "stopped at step 8 on SIGTERM" in stopped.stderr
   assert "8" in fileio.listdir(f"{run}/checkpoints") and max(losses(run)) == 8
   second = host_env(tmp_path, "second")  # another host: nothing on its disk

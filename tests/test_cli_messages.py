@@ -68,6 +68,23 @@ def test_verbosity_one_keeps_the_traceback(capsys):
     cli.run(lambda: 1 / 0, verbosity=0)
 
 
+def test_a_preempted_run_exits_with_the_restart_status(monkeypatch, tmp_path):
+  """A run that SIGTERM stopped (saved, not finished) exits 143, not 0: schedulers
+  restart on it. (The save and the exact resume: tests/test_buckets.py.)"""
+  from longformer_jax import main, train
+
+  def stopped(config, workdir):
+    raise train.Preempted(8)
+  monkeypatch.setattr(train, "train_and_evaluate", stopped)
+  main.FLAGS(["main", f"--config={ROOT}/configs/default.py:tiny", f"--workdir={tmp_path}"])
+  try:
+    with pytest.raises(SystemExit) as stop:
+      main.run_mode()
+  finally:
+    main.FLAGS.unparse_flags()
+  assert stop.value.code == train.PREEMPTED_EXIT_STATUS == 143
+
+
 @pytest.mark.parametrize("command", ["to-hf", "export"])
 def test_a_directory_of_the_wrong_kind_is_one_line(tmp_path, command):
   """``convert to-hf`` / ``export`` on a folder that is no checkpoint: one line naming

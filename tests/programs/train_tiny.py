@@ -58,7 +58,10 @@ def main():
   config = load_config(args.config)
   config.data.data_dir = args.data_dir
   config.async_checkpoints = False
-  train.train_and_evaluate(set_fields(config, json.loads(args.overrides)), args.workdir)
+  try:
+    train.train_and_evaluate(set_fields(config, json.loads(args.overrides)), args.workdir)
+  except train.Preempted:  # saved: the command line's status for a run to restart
+    sys.exit(train.PREEMPTED_EXIT_STATUS)
 
 
 if __name__ == "__main__":
