@@ -106,6 +106,20 @@ def test_multi_label_documents(tmp_path, tokenizer_dir):
   assert sorted(map(tuple, batch["labels"].tolist())) == want
 
 
+def test_a_mistyped_data_file_is_named_with_its_field(tmp_path, tokenizer_dir):
+  docs = documents(20, words=8)
+  for split in ("train", "validation"):
+    files = dict(train=write_jsonl(tmp_path / "train.jsonl", docs),
+                 validation=write_jsonl(tmp_path / "dev.jsonl", docs))
+    files[split] = str(tmp_path / "trian.jsonl")
+    # label_names given: nothing reads the records before the builder hashes the files
+    cfg = classification_cfg(tmp_path, tokenizer_dir, files=files, label_names=(0, 1))
+    with pytest.raises(FileNotFoundError,
+                       match=rf"no file at \S*trian.jsonl \(config.data.files.{split}\)"):
+      data_lib.prepare(cfg)
+    assert not (tmp_path / "data").exists()  # nothing prepared
+
+
 def test_split_by_id_is_disjoint_and_stable(tmp_path, tokenizer_dir, capsys):
   docs = documents(200, words=8)
   articles, truth = write_semeval(tmp_path, docs)

@@ -160,6 +160,8 @@ def source_digest(path: str) -> str:
   """The content hash of a data file, or of a prepared tfds split (``DIR:SPLIT``)."""
   if fileio.isfile(path):
     return file_digest(path)
+  if not is_tfds_split(path):
+    raise FileNotFoundError(f"no file at {path}, nor a tfds dataset's DIR:SPLIT")
   directory, split = dir_and_split(path)
   return file_digest(fileio.join(directory, "dataset_info.json")) + ":" + split
 
@@ -291,7 +293,8 @@ def file_builder(cls: type, cfg: Mapping, data_dir: str, prefix: str, fields, **
   settings = {k: cfg.get(k) for k in fields}
   settings.update(extra, tokenizer=os.fspath(cfg["tokenizer"]))
   identity = [settings, tokenization.tokenizer_digest(cfg["tokenizer"])]
-  identity += [source_digest(p) for _, p in sorted((cfg.get("files") or {}).items()) if p]
+  identity += [source_digest(check_file(p, f"config.data.files.{split}", cls.name))
+               for split, p in sorted((cfg.get("files") or {}).items()) if p]
   config = SettingsConfig(name=config_name(prefix, *identity),
                           settings=json.dumps(settings, sort_keys=True))
   return cls(config=config, data_dir=data_dir, file_format="array_record")
