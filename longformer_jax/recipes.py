@@ -162,7 +162,7 @@ def finetune_qa(data: dict, *, train_steps: int, warmup_steps: int, max_query_le
   c = finetune_config("question_answering",
                       dict(name="extractive_qa", files=dict(train="", validation=""),
                            doc_stride=doc_stride, max_query_length=max_query_length,
-                           max_occurrences=8, **data),
+                           max_occurrences=8, **{"format": "squad", **data}),
                       train_steps=train_steps, warmup_steps=warmup_steps,
                       max_global_tokens=max_query_length + 1, eval_every=eval_every)
   c.qa = dict(max_answer_length=30)

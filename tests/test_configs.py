@@ -95,6 +95,15 @@ def test_every_field_overrides(name, variant):
     assert (got, type(got)) == (want, type(want)), f"--config.{key}"
 
 
+@pytest.mark.parametrize("name", ["finetune_triviaqa", "finetune_hotpotqa"])
+def test_qa_configs_take_the_documented_format_flag(name):
+  """docs/finetuning.md: --config.data.format=tfds_trivia_qa on a QA config."""
+  argv = ["prog", f"--config={os.path.join(ROOT, 'configs', name)}.py",
+          "--config.data.format=tfds_trivia_qa"]
+  assert parse(argv).data.format == "tfds_trivia_qa"
+  assert parse(argv[:2]).data.format == ("hotpotqa" if "hotpot" in name else "squad")
+
+
 @pytest.mark.parametrize("text,want", [
     ("neg,pos", ("neg", "pos")), ("'neg', 'pos'", ("neg", "pos")), ("3,4", (3, 4)),
     ("neg", ("neg",)), ("a b,1e-3", ("a b", 1e-3))])

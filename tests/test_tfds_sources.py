@@ -30,7 +30,8 @@ class ImdbLike(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 
 class TriviaQaLike(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """trivia_qa/rc.wikipedia's features that the reader uses."""
+  """trivia_qa/rc's features that the reader uses; its validation split lists its first
+  question twice (rc holds some questions under both of its sources)."""
 
   VERSION = tfds.core.Version("1.1.0")
   name = "trivia_qa_like"
@@ -49,10 +50,10 @@ class TriviaQaLike(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, n):
     rng = np.random.default_rng(n)
-    for k in range(n):
+    for k in list(range(n)) + ([0] if n == 2 else []):
       pages = [" ".join(rng.choice(WORDS, 30)) + " the election vote party won ."
                for _ in range(2)]
-      yield k, {"question": "which vote ?", "question_id": f"tq{k}",
+      yield f"{k}-{rng.integers(1 << 30)}", {"question": "which vote ?", "question_id": f"tq{k}",
                 "answer": {"value": "Election Vote Party", "aliases": ["vote party"]},
                 "entity_pages": {"filename": [f"p{j}.txt" for j in range(2)],
                                  "wiki_context": pages}}
@@ -94,13 +95,15 @@ def test_tfds_imdb_reviews_split_reads_without_tensorflow(tmp_path, tokenizer_di
     data_lib.prepare(bad)
 
 
-def test_tfds_trivia_qa_pages_become_questions(tmp_path, tokenizer_dir):
+def test_tfds_trivia_qa_pages_become_questions(tmp_path, tokenizer_dir, caplog):
   directory = prepared(TriviaQaLike, tmp_path / "tfds")
   cfg = dict(name="extractive_qa", data_dir=str(tmp_path / "data"), tokenizer=str(tokenizer_dir),
              format="tfds_trivia_qa", max_query_length=8,
              files=dict(train=f"{directory}:train", validation=f"{directory}:validation"))
   source = data_lib.stored_examples(cfg, "validation")
-  assert len(source) == 4  # 2 questions x 2 pages
+  assert len(source) == 4  # 2 questions x 2 pages, the repeated question kept once
+  assert "lists 2 question-page pairs more than once" in caplog.text
+  assert len({ex["id"] for ex in source}) == 4
   for ex in source:
     context = ex["context"].decode()
     found = {context[ex["offsets"][a][0]:ex["offsets"][b][1]] for a, b in ex["spans"]}

@@ -10,10 +10,14 @@
   ...]}``. A HotpotQA context is ``yes no`` then each paragraph as ``title: sentences``
   (so yes/no answers are spans); its answers are found at every occurrence. Only the
   answer is trained and scored (EM/F1), not the supporting facts. Or
-  ``tfds_trivia_qa``: tfds's own ``trivia_qa`` (e.g. ``rc.wikipedia``) as tfds
-  prepared it, each ``files.SPLIT`` being ``DIR:SPLIT`` (DIR holding its
-  dataset_info.json; array_record files): one example per question and Wikipedia
-  page, the answer's value and aliases found at every occurrence.
+  ``tfds_trivia_qa``: tfds's own ``trivia_qa`` (config ``rc``: questions with their
+  evidence; tfds has ``rc``, ``rc.nocontext``, ``unfiltered``,
+  ``unfiltered.nocontext``, and ``rc.wikipedia`` is the HF hub's name) as tfds prepared
+  it, each ``files.SPLIT`` being ``DIR:SPLIT`` (DIR holding its dataset_info.json;
+  array_record files): one example per question and Wikipedia page (the paper's
+  Wikipedia setting: ``rc``'s web search results are not read), the answer's value and
+  aliases found at every occurrence. A question tfds lists twice (``rc`` holds some under
+  both its web and Wikipedia sources) is kept once, with a warning that counts them.
 * ``find_all_occurrences``: train on every occurrence (as whole words) of every
   answer text and alias in the context (the paper's TriviaQA setup) rather than the listed
   ``answer_start`` positions only.
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 
 import numpy as np
@@ -39,6 +44,8 @@ from longformer_jax import tokenization
 from longformer_jax.data import documents, pipeline, registry
 from longformer_jax.data import windows as windows_lib
 from longformer_jax.data.windows import owner_windows, windows
+
+log = logging.getLogger("longformer_jax")
 
 NAME = "extractive_qa"
 FORMATS = ("squad", "hotpotqa", "tfds_trivia_qa")
@@ -89,6 +96,7 @@ def read_tfds_trivia_qa(spec: str, field: str):
   """tfds ``trivia_qa`` questions in :func:`read_squad`'s form, one per entity page."""
   source = documents.tfds_split(spec, field, NAME)
   text = documents.as_text
+  seen, repeats = set(), 0
   for k in range(len(source)):
     rec, where = source[k], f"{NAME}: {field}, example {k}"
     answer = rec["answer"]
@@ -96,8 +104,15 @@ def read_tfds_trivia_qa(spec: str, field: str):
     pages = rec["entity_pages"]
     for j, context in enumerate(pages["wiki_context"]):
       qid = f"{text(rec['question_id'])}--{text(pages['filename'][j])}"
+      if qid in seen:
+        repeats += 1
+        continue
+      seen.add(qid)
       yield (qid, text(rec["question"]), text(context),
              [(g, None, True) for g in dict.fromkeys(golds)], f"{where}, page {j}")
+  if repeats:
+    log.warning("%s: %s lists %d question-page pairs more than once; each is kept once",
+                NAME, spec, repeats)
 
 
 def char_spans(context: str, answers, where: str) -> list[tuple[int, int]]:
