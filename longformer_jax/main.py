@@ -45,6 +45,8 @@ flags.DEFINE_list("compile_phases", None,
                   "--mode=compile: only these phases (0-based; default every phase).")
 flags.DEFINE_string("topology", None, "--mode=compile: the accelerator topology to compile "
                     "for (v5e-256, v4-128, v5p-128, v6e-256, v5e:2x2, h100-8, a100-8, cpu-N).")
+flags.DEFINE_bool("allow_config_change", False, "Resume a workdir whose run had another "
+                  "config (by default only train_steps, cadences, mesh and paths may change).")
 flags.DEFINE_string("split", None, "Split to evaluate (default: config.eval_split).")
 flags.DEFINE_string("predictions", None, "Where --mode=evaluate writes predictions.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -110,7 +112,7 @@ def run_mode():
     train.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.predictions)
   else:
     try:
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
     except train.Preempted:  # saved; a scheduler restarts on this status
       sys.exit(train.PREEMPTED_EXIT_STATUS)
 

@@ -317,8 +317,9 @@ class Runner:
   method that needs it), so the methods may be called in any order.
   """
 
-  def __init__(self, config, workdir: str, devices=None):
+  def __init__(self, config, workdir: str, devices=None, allow_config_change: bool = False):
     self.config, self.workdir = config, workdir
+    self.allow_config_change = allow_config_change
     self.data_cfg = data_config(config)
     self.task = tasks.build(config)
     self.head = self.task.head
@@ -351,7 +352,11 @@ class Runner:
                                  async_save=self.config.get("async_checkpoints", True))
 
   def record(self) -> None:
-    """Writes what the run is (experiment.json, model.json) into the workdir."""
+    """Writes what the run is (experiment.json, model.json) into the workdir, after
+    checking that a workdir holding checkpoints holds this run (run_files.check_resume)."""
+    resuming = bool(self.ckpt.steps())
+    self._changed = run_files.check_resume(self.workdir, self.config,
+                                           self.allow_config_change) if resuming else {}
     if jax.process_index() == 0:
       fileio.makedirs(self.workdir)
       run_files.record_run(
@@ -484,6 +489,8 @@ class Runner:
     log.info("model: %s parameters (%.1fM)", f"{count:,}", count / 1e6)
     preempt = _Preemption()
     state, step, it = self.init_or_restore()
+    if jax.process_index() == 0:
+      run_files.record_start(self.workdir, step, self._changed)
     compiled = set()
     progress = metrics_lib.Progress(self.total, step)
     phase = phase_of(self.phases, step)
@@ -582,17 +589,19 @@ def evaluate(config, workdir: str, split: str | None = None,
   return metrics
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) -> dict:
   """Trains and evaluates ``config`` in ``workdir`` (resuming if it holds checkpoints).
 
   Returns the last logged train and eval metrics; raises :class:`Preempted` when SIGTERM
-  stopped it (its checkpoint saved).
+  stopped it (its checkpoint saved). A workdir holding another run's checkpoints (a
+  config differing in more than ``run_files.RESUMABLE``) is refused unless
+  ``allow_config_change``.
   """
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   maybe_initialize_distributed(config)
   t0, existed = time.time(), fileio.exists(workdir)
   try:
-    result = Runner(config, workdir).run()
+    result = Runner(config, workdir, allow_config_change=allow_config_change).run()
   except BaseException:
     if not existed and jax.process_index() == 0:
       run_files.remove_if_unstarted(workdir)

@@ -73,7 +73,7 @@ def test_a_preempted_run_exits_with_the_restart_status(monkeypatch, tmp_path):
   restart on it. (The save and the exact resume: tests/test_buckets.py.)"""
   from longformer_jax import main, train
 
-  def stopped(config, workdir):
+  def stopped(config, workdir, *_):
     raise train.Preempted(8)
   monkeypatch.setattr(train, "train_and_evaluate", stopped)
   main.FLAGS(["main", f"--config={ROOT}/configs/default.py:tiny", f"--workdir={tmp_path}"])

@@ -335,3 +335,28 @@ def test_rerunning_a_finished_run_reports_its_eval(tmp_path):
   assert again["eval_no_global_loss"] == first["eval_no_global_loss"]
   assert first["eval_no_global_loss"] != first["eval_loss"]  # the global tokens were dropped
   assert len(losses(str(tmp_path / "run"))) == 5  # nothing retrained or logged twice
+
+
+def test_a_workdir_refuses_another_runs_config(tmp_path):
+  """A rerun may train longer, report or save at another cadence; a config that differs
+  in anything else is another run, refused with the fields and the flag that overrides;
+  every start is recorded in runs.jsonl."""
+  from longformer_jax import train
+  workdir = str(tmp_path / "run")
+  c = tiny_config(tmp_path, train_steps=2, eval_every=2, checkpoint_every=2)
+  train.train_and_evaluate(c, workdir)
+  other = tiny_config(tmp_path, train_steps=2, eval_every=2, checkpoint_every=2,
+                      **{"model.hidden_dropout_prob": 0.3, "optim.lr": 1e-3})
+  with pytest.raises(ValueError, match=r"holds another run: config.model.hidden_dropout_prob: "
+                     r"0.0 -> 0.3; config.optim.lr: 0.003 -> 0.001. .* --allow_config_change"):
+    train.train_and_evaluate(other, workdir)
+  assert json.loads((tmp_path / "run" / "experiment.json").read_text())["optim"]["lr"] != 1e-3
+  longer = tiny_config(tmp_path, train_steps=4, eval_every=2, checkpoint_every=2, log_every=2)
+  train.train_and_evaluate(longer, workdir)
+  assert max(losses(workdir)) == 4
+  train.train_and_evaluate(other, workdir, allow_config_change=True)  # finished: reports
+  starts = [json.loads(line) for line in (tmp_path / "run" / "runs.jsonl").read_text()
+            .splitlines()]
+  assert [s["from_step"] for s in starts] == [0, 2, 4]
+  assert set(starts[1]["changed"]) == {"train_steps", "log_every"}
+  assert "model.hidden_dropout_prob" in starts[2]["changed"]
