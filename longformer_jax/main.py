@@ -31,7 +31,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from longformer_jax import cli, train
+from longformer_jax import cli, fileio, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics; resumes if present.")
@@ -52,6 +52,22 @@ flags.DEFINE_string("predictions", None, "Where --mode=evaluate writes predictio
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _check_config_path(argv) -> None:
+  """A ``--config=PATH[:VARIANT]`` naming no file: one line naming it and the configs
+  beside it (ml_collections would report a lookup of "config_config" later)."""
+  value = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+  if not value:
+    return
+  path = value.split(":", 1)[0]
+  if fileio.isfile(path):
+    return
+  folder = fileio.path(path).parent
+  names = sorted(n for n in fileio.listdir(folder) if n.endswith(".py") and n != "__init__.py")
+  known = f"; the configs in {folder}: {', '.join(names)}" if names else ""
+  sys.stderr.write(f"FATAL Flags parsing error: --config={value}: no file {path}{known}\n")
+  sys.exit(1)
+
+
 MESH_AUTO = "--config.mesh=auto"
 _mesh_auto = []  # set by parse_flags when the command line asks for the searched mesh
 
@@ -62,6 +78,7 @@ def parse_flags(argv):
   ``--config.mesh=auto`` taken out (the mesh is a group of fields, not a value)."""
   if any(arg in ("-h", "--help", "--helpshort") for arg in argv[1:]):
     app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)  # absl's own exits 1
+  _check_config_path(argv)
   if MESH_AUTO in argv:
     argv = [a for a in argv if a != MESH_AUTO]
     _mesh_auto.append(True)

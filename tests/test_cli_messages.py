@@ -68,6 +68,15 @@ def test_verbosity_one_keeps_the_traceback(capsys):
     cli.run(lambda: 1 / 0, verbosity=0)
 
 
+def test_a_mistyped_config_path_lists_the_configs(tmp_path):
+  proc = python_m("main", "--config=configs/defualt.py:tiny", f"--workdir={tmp_path / 'w'}")
+  assert proc.returncode == 1
+  (line,) = error_lines(proc.stderr)
+  assert "--config=configs/defualt.py:tiny: no file configs/defualt.py" in line
+  assert "default.py, dna_classify.py" in line and "config_config" not in proc.stderr
+  assert not (tmp_path / "w").exists()
+
+
 def test_a_preempted_run_exits_with_the_restart_status(monkeypatch, tmp_path):
   """A run that SIGTERM stopped (saved, not finished) exits 143, not 0: schedulers
   restart on it. (The save and the exact resume: tests/test_buckets.py.)"""
