@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from longformer_jax import cli
+from longformer_jax import cli, hf_io
 from longformer_jax.led import convert as led_convert
 from longformer_jax import model as model_lib
 from longformer_jax.hf_io import load_state_dict  # noqa: F401  (convert.load_state_dict)
@@ -64,7 +64,11 @@ def main(argv=None):
     cli.add_verbosity(command)
   args = parser.parse_args(argv)
   cli.setup_logging(args.verbosity)
-  cli.run(lambda: run_command(args), args.verbosity)
+
+  def command():
+    args.src = hf_io.checkpoint_path(args.src)  # a hub id: the hub's cached copy
+    return run_command(args)
+  cli.run(command, args.verbosity)
 
 
 def run_command(args) -> None:

@@ -12,6 +12,8 @@ Every directory may be local or on a bucket (:mod:`longformer_jax.fileio`).
 from __future__ import annotations
 
 import logging
+import os
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +24,29 @@ log = logging.getLogger("longformer_jax")
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
                    "special_tokens_map.json")
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+HUB_FILES = ("*.json", "*.safetensors", "*.bin", "*.txt", "*.model")
+
+
+def checkpoint_path(ref: str | os.PathLike) -> str:
+  """A checkpoint directory: ``ref`` itself when it exists (local or a bucket), else, when
+  it reads as a hub id (``allenai/longformer-base-4096``), the hub's copy in
+  huggingface_hub's cache (``snapshot_download``: ``HF_HOME`` and ``HF_HUB_OFFLINE``
+  honoured; config, weights and tokenizer files only). A hub id neither cached nor
+  downloadable is one FileNotFoundError saying how to fetch it."""
+  text = str(ref)
+  if fileio.is_remote(text) or fileio.exists(text) or not HUB_ID.match(text):
+    return text
+  import huggingface_hub
+  try:
+    return huggingface_hub.snapshot_download(text, allow_patterns=list(HUB_FILES))
+  except Exception as e:  # noqa: BLE001  (offline, no network, no such repo: one message)
+    raise FileNotFoundError(
+        f"{text}: no such directory, and the hub's copy is not in the cache "
+        f"({type(e).__name__}); fetch it with `hf download {text} --local-dir DIR` and "
+        "pass DIR, or allow downloads (HF_HUB_OFFLINE unset, network)") from None
 
 
 def _load_file(path) -> dict[str, np.ndarray]:

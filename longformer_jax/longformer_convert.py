@@ -111,7 +111,7 @@ def from_hf(path: str | os.PathLike, task: str | None = None, **config_overrides
   A checkpoint whose ``model_type`` is ``led`` loads as ``led.LEDModel`` or
   ``led.LEDForConditionalGeneration`` (``led_convert.from_hf``).
   """
-  path = str(fileio.path(path))
+  path = str(fileio.path(hf_io.checkpoint_path(path)))
   config_json = fileio.join(path, "config.json")
   if fileio.exists(config_json):
     if fileio.read_json(config_json).get("model_type") == "led":

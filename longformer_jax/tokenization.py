@@ -40,8 +40,9 @@ def _roberta_from_vocab(vocab: str, merges: str):
 
 def tokenizer_files(path: str | os.PathLike) -> list[str]:
   """The files a tokenizer is read from, local or on a bucket (raises
-  FileNotFoundError naming ``path``)."""
-  path = fileio.path(path)
+  FileNotFoundError naming ``path``); a hub id reads the hub's cached copy."""
+  from longformer_jax import hf_io
+  path = fileio.path(hf_io.checkpoint_path(path))
   if path.is_file():
     return [str(path)]
   if (path / "tokenizer.json").is_file():

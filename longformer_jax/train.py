@@ -90,7 +90,7 @@ def model_config(config, phase: Phase, task: tasks.Task | None = None):
   config_cls = families.get(task.family).config_cls
   fields = dict(config.model)
   if config.get("init_from_hf"):
-    arch = config_cls.from_json(config.init_from_hf)
+    arch = config_cls.from_json(hf_io.checkpoint_path(config.init_from_hf))
     tunable = config_cls.tunable_fields()
     fields = {**{f: getattr(arch, f) for f in arch.__dataclass_fields__
                  if f not in ("extra_json",)},
@@ -423,7 +423,7 @@ class Runner:
     directory of the model's family) put in, each array built shard by shard on its
     devices from the host copy: the whole model never sits on one device. Head
     weights the checkpoint lacks keep their values in ``params`` (the random init)."""
-    path = self.config.init_from_hf
+    path = hf_io.checkpoint_path(self.config.init_from_hf)
     log.info("initialising parameters from %s", path)
     cfg = self.model_configs[0]
     family = families.of_config(cfg)

@@ -1,6 +1,7 @@
 """Parity with HF transformers' PyTorch Longformer (random init, weights through from_hf/to_hf)."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -207,3 +208,37 @@ def test_scanned_encoder_parity_and_round_trip(tmp_path):
 def test_scan_needs_uniform_layers():
   with pytest.raises(ValueError, match="scan_layers"):
     lj.LongformerConfig(num_hidden_layers=2, attention_window=[8, 4], scan_layers=True)
+
+
+def test_hub_ids_read_the_hub_cache(tmp_path):
+  """``from_hf("org/name")`` and a tokenizer given as a hub id read huggingface_hub's
+  cache (HF_HOME, offline: no network), the same model as the directory; an id the cache
+  lacks is one line saying how to fetch it."""
+  import subprocess
+  import sys
+  _, path = save_hf("masked_lm", tmp_path)
+  commit = "0123456789abcdef0123456789abcdef01234567"
+  repo = tmp_path / "hf_home" / "hub" / "models--tiny-org--lf-tiny"
+  shutil.copytree(path, repo / "snapshots" / commit)
+  (repo / "refs").mkdir()
+  (repo / "refs" / "main").write_text(commit)
+  code = f"""
+import numpy as np, longformer_jax as lj
+from longformer_jax import hf_io
+ids = np.arange(3, 19, dtype=np.int32)[None]
+a = lj.from_hf("tiny-org/lf-tiny")
+b = lj.from_hf({str(path)!r})
+assert np.array_equal(np.asarray(a(ids).logits), np.asarray(b(ids).logits))
+assert hf_io.checkpoint_path("tiny-org/lf-tiny").endswith({commit!r})
+try:
+  lj.from_hf("tiny-org/not-cached")
+except FileNotFoundError as e:
+  print("ERROR", e)
+"""
+  env = dict(os.environ, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
+  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                        timeout=300, cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (line,) = [x for x in proc.stdout.splitlines() if x.startswith("ERROR")]
+  assert "tiny-org/not-cached: no such directory" in line
+  assert "hf download tiny-org/not-cached --local-dir DIR" in line

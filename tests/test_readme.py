@@ -18,6 +18,7 @@ import importlib
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -86,6 +87,12 @@ def checkpoints(tmp_path_factory):
       decoder_ffn_dim=48, max_encoder_position_embeddings=64,
       max_decoder_position_embeddings=260, attention_window=[8, 8])).save_pretrained(
           root / "led")
+  # The hub's cache, as huggingface_hub lays it out, holding the quick start's id.
+  commit = "0123456789abcdef0123456789abcdef01234567"
+  repo = root / "hub" / "models--allenai--longformer-base-4096"
+  shutil.copytree(root / "longformer", repo / "snapshots" / commit)
+  (repo / "refs").mkdir()
+  (repo / "refs" / "main").write_text(commit)
   return root
 
 
@@ -181,6 +188,11 @@ def test_doc_code_blocks_run(doc, checkpoints, tmp_path, monkeypatch, request):
   """Every unmarked python / bash block of the file, in order."""
   if doc == "docs/pods.md":
     request.getfixturevalue("gcs_emulator")
+  import huggingface_hub.constants  # hub ids read the pre-filled cache, never the network
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(checkpoints / "hub"))
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+  monkeypatch.setenv("HF_HUB_CACHE", str(checkpoints / "hub"))
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   (tmp_path / "configs").symlink_to(os.path.join(ROOT, "configs"))
   monkeypatch.chdir(tmp_path)  # relative outputs land here, configs/ resolves
   namespace = {}

@@ -94,8 +94,8 @@ def task_of_architectures(d: dict) -> str:
 
 
 def from_hf(path: str | os.PathLike, task: str | None = None, **config_overrides):
-  """An HF LED checkpoint directory as our model (eval mode)."""
-  path = str(fileio.path(path))
+  """An HF LED checkpoint directory (or hub id) as our model (eval mode)."""
+  path = str(fileio.path(hf_io.checkpoint_path(path)))
   d = fileio.read_json(fileio.join(path, "config.json"))
   cfg = LEDConfig.from_hf_dict(d, **config_overrides)
   model = led_lib.create_model(cfg, task or task_of_architectures(d))
