@@ -268,6 +268,9 @@ def host_rows(rows: dict) -> dict:
 PREEMPTED_EXIT_STATUS = 143
 
 
+EVAL_PROGRESS_S = 20.0  # an evaluation longer than this logs its progress this often
+
+
 class Preempted(Exception):
   """Raised by :func:`train_and_evaluate` when SIGTERM stopped the run, after its
   checkpoint of ``step`` is saved: the run is not finished."""
@@ -457,9 +460,13 @@ class Runner:
     out = {}
     for name, fn in evals.items():
       totals, rows = None, []
+      t0 = shown = time.time()
       for i, batch in enumerate(self.iterator(phase, split)):
         if limit is not None and i >= limit:
           break
+        if time.time() - shown >= EVAL_PROGRESS_S:  # a long evaluation says where it is
+          shown = time.time()
+          log.info("evaluating %s on %s: %d batches in %.0fs", name, split, i, shown - t0)
         sums, batch_rows = fn(state["params"], self.to_global(batch), i)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
         if batch_rows:

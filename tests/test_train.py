@@ -337,10 +337,11 @@ def test_rerunning_a_finished_run_reports_its_eval(tmp_path):
   assert len(losses(str(tmp_path / "run"))) == 5  # nothing retrained or logged twice
 
 
-def test_a_workdir_refuses_another_runs_config(tmp_path):
+def test_a_workdir_refuses_another_runs_config(tmp_path, monkeypatch, caplog):
   """A rerun may train longer, report or save at another cadence; a config that differs
   in anything else is another run, refused with the fields and the flag that overrides;
-  every start is recorded in runs.jsonl."""
+  every start is recorded in runs.jsonl. (A long evaluation logs its progress: here
+  every batch.)"""
   from longformer_jax import train
   workdir = str(tmp_path / "run")
   c = tiny_config(tmp_path, train_steps=2, eval_every=2, checkpoint_every=2)
@@ -352,8 +353,11 @@ def test_a_workdir_refuses_another_runs_config(tmp_path):
     train.train_and_evaluate(other, workdir)
   assert json.loads((tmp_path / "run" / "experiment.json").read_text())["optim"]["lr"] != 1e-3
   longer = tiny_config(tmp_path, train_steps=4, eval_every=2, checkpoint_every=2, log_every=2)
+  monkeypatch.setattr(train, "EVAL_PROGRESS_S", 0.0)
+  caplog.set_level("INFO", logger="longformer_jax")
   train.train_and_evaluate(longer, workdir)
   assert max(losses(workdir)) == 4
+  assert re.search(r"evaluating \w+ on validation: 1 batches in \d+s", caplog.text)
   train.train_and_evaluate(other, workdir, allow_config_change=True)  # finished: reports
   starts = [json.loads(line) for line in (tmp_path / "run" / "runs.jsonl").read_text()
             .splitlines()]
