@@ -24,6 +24,9 @@ JIT_CACHE = os.path.join(tempfile.gettempdir(), "longformer_jax_test_jit_cache")
 # steps compiled far more than run. Model calls (the HF parity tests) compile as usual; the
 # runs a test compares exactly all use the same setting.
 os.environ.setdefault("LONGFORMER_JAX_FAST_COMPILE", "1")
+# Nothing here reaches a model hub: hub ids read pre-filled caches (test_hf_parity,
+# test_readme), and a missing path fails at once instead of trying the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 # ---- the rotating share of sampled sweeps -----------------------------------------
