@@ -68,7 +68,7 @@ def _divisors(n: int) -> list[int]:
 
 def model_facts(model_cfg) -> dict:
   """What the search needs of a model config, whatever its family."""
-  get = lambda *names, default=None: next(  # noqa: E731
+  get = lambda *names, default=None: next(
       (getattr(model_cfg, n) for n in names if getattr(model_cfg, n, None) is not None),
       default)
   heads = get("num_attention_heads", "encoder_attention_heads", "num_heads", default=1)
@@ -282,14 +282,20 @@ def advise_family(config, workdir: str, family: str) -> dict:
     target = topo_lib.resolve(topology)
     rows.append(dict(compiled_candidate(config, workdir, target, order[0][1], shape,
                                         order[0][0]), topology=topology))
+  chosen = recommended_slice(rows, family)
+  return {"topology": family, "params": params, "compiled": rows, "chosen": chosen,
+          "recommended_slice": chosen["topology"], "flags": mesh_flags(chosen["mesh"])}
+
+
+def recommended_slice(rows: list[dict], family: str) -> dict:
+  """The smallest slice whose tokens/s per chip is within :data:`PER_CHIP_SHARE` of the
+  best one's, among the compiled rows that fit."""
   ok = [r for r in rows if r["fits"] and r["tokens_per_s_per_chip"]]
   if not ok:
     raise ValueError(f"config.mesh=auto: no {family} slice fits the run")
   best = max(r["tokens_per_s_per_chip"] for r in ok)
-  chosen = min((r for r in ok if r["tokens_per_s_per_chip"] >= PER_CHIP_SHARE * best),
-               key=lambda r: r["devices"])
-  return {"topology": family, "params": params, "compiled": rows, "chosen": chosen,
-          "recommended_slice": chosen["topology"], "flags": mesh_flags(chosen["mesh"])}
+  return min((r for r in ok if r["tokens_per_s_per_chip"] >= PER_CHIP_SHARE * best),
+             key=lambda r: r["devices"])
 
 
 def table(report: dict) -> str:
@@ -297,7 +303,7 @@ def table(report: dict) -> str:
   lines = ["| slice | mesh | fits | HBM/chip GiB | est. run s | run bound s | tokens/s "
            "| tokens/s/chip | MFU | bound by |", "|" + "---|" * 10]
   for r in report["compiled"]:
-    fmt = lambda x, f="{:.3g}": "-" if x is None else f.format(x)  # noqa: E731
+    fmt = lambda x, f="{:.3g}": "-" if x is None else f.format(x)
     lines.append(f"| {r.get('topology', report['topology'])} | {mesh_flags(r['mesh'])} "
                  f"| {r['fits']} | {r['hbm_per_chip'] / 2 ** 30:.2f} | {fmt(r['estimate_s'])} "
                  f"| {fmt(r['run_s'])} | {fmt(r['tokens_per_s'])} "
