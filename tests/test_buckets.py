@@ -165,6 +165,7 @@ def test_gzip_and_xz_are_read_through_the_layer(store):
       assert f.read() == text, name
 
 
+@pytest.mark.parametrize("store", ["bucket"], indirect=True)  # local: their own tests
 def test_corpora_images_and_native_checkpoints_in_the_bucket(store, tmp_path, monkeypatch):
   """A text corpus, an image folder and a native checkpoint read from (and prepared
   into) the store, with the same bytes, labels and logits as their sources."""
