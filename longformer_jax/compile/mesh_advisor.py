@@ -129,12 +129,12 @@ def candidate_meshes(shape: dict, devices: int) -> list[dict]:
 
 def param_count(shape: dict) -> int:
   """Parameters of the run's model (abstract: nothing allocated)."""
+  import jax
   from flax import nnx
   cfg = shape["model_cfgs"][-1]
   create = families.of_config(cfg).create_model
   model = nnx.eval_shape(lambda: create(cfg, shape["head"], 0))
-  return sum(math.prod(x.shape) for x in __import__("jax").tree.leaves(
-      nnx.state(model, nnx.Param)))
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
 def estimate(shape: dict, mesh: dict, chip: topo_lib.Chip, params: int) -> dict:
